@@ -60,6 +60,8 @@ class Benchmark:
     shape: FeatureShape
     # Protocol settings that belong to the benchmark (memory budget, instance weight, epochs, ...).
     defaults: dict = field(default_factory=dict)
+    # The encoder profile and preprocessing settings the features came from (None for synthetic features).
+    profile: dict | None = None
 
     def __post_init__(self) -> None:
         missing = [s for s in SPLITS if s not in self.splits]

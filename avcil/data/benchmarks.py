@@ -1,0 +1,59 @@
+"""Turn what the user names on the command line (`--data`, `--avcil-release`) into a Benchmark."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from avcil.data.clips import Benchmark
+
+BUILT_IN = ("synthetic", "av-digits")
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("AVCIL_CACHE", Path.home() / ".cache" / "avcil"))
+
+
+def av_digits_benchmark(cache: Path, progress: bool = True) -> Benchmark:
+    """AV-Digits clips built offline, then features from the lite encoders; both cached under `cache`."""
+    from avcil.data.avdigits import AV_DIGITS_CLASSES, AV_DIGITS_STEPS, build_av_digits
+    from avcil.data.extract import extract
+    from avcil.data.store import open_store
+
+    csv = build_av_digits(cache / "av-digits")
+    store = cache / "av-digits-lite-features"
+    extract(csv, store, "lite", progress=progress)
+    opened = open_store(store)
+    benchmark = opened.benchmark(AV_DIGITS_STEPS, class_order=list(AV_DIGITS_CLASSES), name="av-digits",
+                                       defaults={"memory_budget": 100, "instance_weight": 0.5, "epochs": 60,
+                                                 "fusion_dim": 256, "batch_size": 64, "exemplar_batch_size": 64})
+    benchmark.profile = opened.profile
+    return benchmark
+
+
+def load_benchmark(data: str | None, release: str | None = None, steps: int | None = None,
+                   cache: Path | None = None, progress: bool = True) -> Benchmark:
+    if (data is None) == (release is None):
+        raise ValueError("name exactly one data source: --data synthetic|av-digits|STORE or --avcil-release DIR")
+    if release is not None:
+        from avcil.data.release import load_release
+
+        return load_release(release, num_steps=steps)
+    if data == "synthetic":
+        from avcil.data.synthetic import SyntheticSpec, synthetic_benchmark
+
+        return synthetic_benchmark(SyntheticSpec(steps=steps) if steps else SyntheticSpec())
+    if data == "av-digits":
+        return av_digits_benchmark(cache or default_cache(), progress)
+    store = Path(data)
+    if not (store / "store.json").is_file() and not store.is_dir():
+        raise ValueError(f"--data {data!r}: not one of {BUILT_IN} and not a feature store directory")
+    from avcil.data.store import open_store
+
+    opened = open_store(store)
+    if steps is None:
+        raise ValueError(f"--data {data}: a feature store needs --steps (its {len(opened.class_names())} classes "
+                         f"are split into that many equal steps)")
+    benchmark = opened.benchmark(steps)
+    benchmark.profile = opened.profile
+    return benchmark

@@ -1,0 +1,132 @@
+"""The AV-CIL fusion head (REFERENCE.md §3): audio-guided spatial and temporal attention, pre-fusion
+projections, additive fusion and a classifier that grows by appending rows.
+
+One class covers the three modalities; `modality` decides which branches exist, so the losses and the
+learner see the same `HeadOutput` whatever the variant (fields a variant cannot produce are None).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from avcil.features import FeatureShape
+
+MODALITIES = ("audio-visual", "audio", "visual")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    audio_dim: int
+    visual_dim: int
+    fusion_dim: int
+    modality: str = "audio-visual"
+
+    def __post_init__(self) -> None:
+        if self.modality not in MODALITIES:
+            raise ValueError(f"unknown modality {self.modality!r}; expected one of {MODALITIES}")
+
+    @classmethod
+    def for_shape(cls, shape: FeatureShape, fusion_dim: int | None = None, modality: str = "audio-visual") -> "HeadConfig":
+        # The paper's fusion width equals the visual width (768); keep that unless told otherwise.
+        return cls(shape.audio_dim, shape.visual_dim, fusion_dim or shape.visual_dim, modality)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class HeadOutput:
+    logits: torch.Tensor  # [B, classes]
+    fused: torch.Tensor  # h = ha + hv (or the single branch) [B, D]: the feature NME classifiers use
+    audio_embed: torch.Tensor | None  # normalize(ha) [B, D]
+    visual_embed: torch.Tensor | None  # normalize(hv) [B, D]
+    spatial_attn: torch.Tensor | None  # alpha [B, T, S, Dv], a distribution over S for every (t, d)
+    temporal_attn: torch.Tensor | None  # beta [B, T, Dv], a distribution over T for every d
+
+
+def audio_guided_attention(audio_query: torch.Tensor, keys: torch.Tensor, visual: torch.Tensor):
+    """Channel-wise attention of REFERENCE.md §3.
+
+    audio_query qa [B, Dv], keys K = tanh(Pv V) [B, T, S, Dv], visual V [B, T, S, Dv].
+    Returns the pooled visual vector [B, Dv], alpha [B, T, S, Dv] and beta [B, T, Dv].
+    """
+    q = audio_query[:, None, None, :]
+    spatial = torch.softmax(keys * q, dim=2)
+    attended_keys = (spatial * keys).sum(dim=2)  # u [B, T, Dv]
+    temporal = torch.softmax(attended_keys * audio_query[:, None, :], dim=1)
+    pooled = (temporal * (spatial * visual).sum(dim=2)).sum(dim=1)
+    return pooled, spatial, temporal
+
+
+class FusionHead(nn.Module):
+    def __init__(self, config: HeadConfig, num_classes: int = 0):
+        super().__init__()
+        self.config = config
+        c = config
+        uses_audio = c.modality in ("audio-visual", "audio")
+        uses_visual = c.modality in ("audio-visual", "visual")
+        self.audio_proj = nn.Linear(c.audio_dim, c.fusion_dim) if uses_audio else None  # Wa
+        self.visual_proj = nn.Linear(c.visual_dim, c.fusion_dim) if uses_visual else None  # Wv
+        if c.modality == "audio-visual":
+            self.audio_query = nn.Linear(c.audio_dim, c.visual_dim)  # Pa
+            self.visual_key = nn.Linear(c.visual_dim, c.visual_dim)  # Pv
+        self.classifier = _linear(c.fusion_dim, num_classes)  # Wc
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier.out_features
+
+    def add_classes(self, count: int) -> None:
+        """Append `count` classifier rows; the rows of the classes seen so far are kept as they are."""
+        old = self.classifier
+        grown = _linear(old.in_features, old.out_features + count).to(old.weight.device, old.weight.dtype)
+        with torch.no_grad():
+            grown.weight[: old.out_features] = old.weight
+            grown.bias[: old.out_features] = old.bias
+        self.classifier = grown
+
+    def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> HeadOutput:
+        modality = self.config.modality
+        spatial = temporal = audio_hidden = visual_hidden = None
+        if modality == "audio-visual":
+            query = torch.tanh(self.audio_query(audio))
+            keys = torch.tanh(self.visual_key(visual))
+            pooled, spatial, temporal = audio_guided_attention(query, keys, visual)
+        elif modality == "visual":
+            pooled = visual.mean(dim=(1, 2))
+        if self.audio_proj is not None:
+            audio_hidden = F.relu(self.audio_proj(audio))
+        if self.visual_proj is not None:
+            visual_hidden = F.relu(self.visual_proj(pooled))
+        fused = sum(h for h in (audio_hidden, visual_hidden) if h is not None)
+        return HeadOutput(
+            logits=self.classifier(fused),
+            fused=fused,
+            audio_embed=F.normalize(audio_hidden, dim=-1) if audio_hidden is not None else None,
+            visual_embed=F.normalize(visual_hidden, dim=-1) if visual_hidden is not None else None,
+            spatial_attn=spatial,
+            temporal_attn=temporal,
+        )
+
+
+def _linear(inputs: int, outputs: int) -> nn.Linear:
+    with warnings.catch_warnings():
+        # A head starts with no classes; torch warns that initialising an empty weight does nothing.
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        return nn.Linear(inputs, outputs)
+
+
+class LogitsOnly(nn.Module):
+    """Inference wrapper: (audio, visual) -> logits, for export and runtimes that need one tensor out."""
+
+    def __init__(self, head: FusionHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        return self.head(audio, visual).logits

@@ -1,0 +1,191 @@
+"""The one training loop. A step learns new classes from their clips plus exemplars of the old ones, with the
+head of the previous step as a frozen teacher; the method decides which loss terms apply.
+
+Used the same way by the benchmark protocol (1 step or 10) and by field learning on the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+from tqdm import tqdm
+
+from avcil.data.clips import ClipSet
+from avcil.model.head import FusionHead
+from avcil.model.losses import LossInputs
+from avcil.train.memory import ExemplarMemory
+from avcil.train.methods import Method
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 128  # new-class clips per batch
+    exemplar_batch_size: int = 128  # exemplars drawn beside them
+    eval_batch_size: int = 256
+    seed: int = 42
+    num_workers: int = 0  # feature-loading processes; >0 helps for stores on disk
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StepReport:
+    best_epoch: int
+    best_val_accuracy: float | None
+    seconds: float
+    clips_per_second: float
+    loss_history: list[dict] = field(default_factory=list)
+
+
+class _Batches(Dataset):
+    """Loads a whole batch of clips per item, so that a store reads them in one call."""
+
+    def __init__(self, clips: ClipSet, indices: Sequence[int]):
+        self.clips, self.indices = clips, np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, batch: list[int]):
+        chosen = self.indices[batch]
+        audio, visual = self.clips.load(chosen)
+        return torch.from_numpy(audio), torch.from_numpy(visual), torch.from_numpy(self.clips.labels[chosen])
+
+
+def batches(clips: ClipSet, indices: Sequence[int], batch_size: int, shuffle: bool, seed: int,
+            num_workers: int = 0) -> DataLoader:
+    data = _Batches(clips, indices)
+    generator = torch.Generator().manual_seed(seed)
+    base = RandomSampler(data, generator=generator) if shuffle else range(len(data))
+    return DataLoader(data, sampler=BatchSampler(base, batch_size, drop_last=False), batch_size=None,
+                      num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def _cycle(loader: DataLoader) -> Iterator:
+    # Re-iterating reshuffles: each pass over the memory is a new order.
+    return itertools.chain.from_iterable(itertools.repeat(loader))
+
+
+@torch.no_grad()
+def predict_logits(head: FusionHead, clips: ClipSet, indices: Sequence[int], config: TrainConfig,
+                   what: str = "logits") -> np.ndarray:
+    """Head outputs (`logits` or `fused` features) for the given clips, in order."""
+    head.eval()
+    rows = []
+    for audio, visual, _ in batches(clips, indices, config.eval_batch_size, False, 0, config.num_workers):
+        out = head(audio.to(config.device), visual.to(config.device))
+        rows.append(getattr(out, what).float().cpu().numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, head.num_classes), np.float32)
+
+
+class NearestMeanClassifier:
+    """iCaRL's NME: cosine to the mean normalised fused feature of each class's exemplars."""
+
+    def __init__(self, head: FusionHead, memory: ExemplarMemory, config: TrainConfig):
+        means = []
+        exemplars = memory.as_clip_set()
+        feats = _normalise(predict_logits(head, exemplars, range(len(exemplars.labels)), config, "fused"))
+        for c in range(head.num_classes):
+            rows = exemplars.labels == c
+            if not rows.any():
+                raise ValueError(f"NME classifier: class {c} has no exemplars in memory")
+            means.append(feats[rows].mean(axis=0))
+        self.means = _normalise(np.stack(means))
+
+    def scores(self, fused: np.ndarray) -> np.ndarray:
+        return _normalise(fused) @ self.means.T
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def predict(head: FusionHead, clips: ClipSet, indices: Sequence[int], config: TrainConfig,
+            nme: NearestMeanClassifier | None = None) -> np.ndarray:
+    if nme is None:
+        return predict_logits(head, clips, indices, config).argmax(axis=1)
+    return nme.scores(predict_logits(head, clips, indices, config, "fused")).argmax(axis=1)
+
+
+def accuracy(head: FusionHead, clips: ClipSet, indices: Sequence[int], config: TrainConfig) -> float:
+    indices = np.asarray(indices)
+    return float((predict(head, clips, indices, config) == clips.labels[indices]).mean())
+
+
+class Learner:
+    def __init__(self, method: Method, config: TrainConfig, progress: bool = True):
+        self.method = method
+        self.config = config
+        self.progress = progress
+
+    def learn_step(self, head: FusionHead, teacher: FusionHead | None, old_task_ranges: list[tuple[int, int]],
+                   train: ClipSet, train_indices: Sequence[int], memory: ExemplarMemory | None,
+                   val: ClipSet | None = None, val_indices: Sequence[int] | None = None,
+                   step_name: str = "step") -> StepReport:
+        """Train `head` in place on the new clips (+ exemplars); keep the epoch with the best validation accuracy
+        over all seen classes (the last epoch when there is no validation set)."""
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        head.to(cfg.device)
+        if teacher is not None:
+            teacher.to(cfg.device).eval()
+            teacher.requires_grad_(False)
+        run_teacher = teacher is not None and self.method.uses_teacher
+        optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        new_loader = batches(train, train_indices, cfg.batch_size, True, cfg.seed, cfg.num_workers)
+        exemplars = memory.as_clip_set() if memory is not None else None
+        exemplar_stream = None
+        if exemplars is not None:
+            exemplar_stream = _cycle(batches(exemplars, range(len(exemplars.labels)), cfg.exemplar_batch_size,
+                                             True, cfg.seed + 1))
+        best = (-1.0, 0, copy.deepcopy(head.state_dict()))
+        history, clips_seen, start = [], 0, time.perf_counter()
+        bar = tqdm(range(cfg.epochs), desc=step_name, disable=not self.progress, leave=False, unit="epoch")
+        for epoch in bar:
+            head.train()
+            sums: dict[str, float] = {}
+            for audio, visual, labels in new_loader:
+                is_exemplar = torch.zeros(len(labels), dtype=torch.bool)
+                if exemplar_stream is not None:
+                    ex_audio, ex_visual, ex_labels = next(exemplar_stream)
+                    audio, visual = torch.cat([audio, ex_audio]), torch.cat([visual, ex_visual])
+                    labels = torch.cat([labels, ex_labels])
+                    is_exemplar = torch.cat([is_exemplar, torch.ones(len(ex_labels), dtype=torch.bool)])
+                audio, visual = audio.to(cfg.device), visual.to(cfg.device)
+                labels, is_exemplar = labels.to(cfg.device), is_exemplar.to(cfg.device)
+                out = head(audio, visual)
+                old = None
+                if run_teacher:
+                    with torch.no_grad():
+                        old = teacher(audio, visual)
+                inputs = LossInputs(out, old, labels, is_exemplar, old_task_ranges)
+                parts = {t.name: t.weight * t(inputs) for t in self.method.terms}
+                loss = sum(parts.values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                clips_seen += len(labels)
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+            val_acc = accuracy(head, val, val_indices, cfg) if val is not None and len(val_indices) else None
+            history.append({"epoch": epoch, "val_accuracy": val_acc, **sums})
+            score = val_acc if val_acc is not None else float(epoch)  # no validation: keep the last epoch
+            if score > best[0]:
+                best = (score, epoch, copy.deepcopy(head.state_dict()))
+            bar.set_postfix(loss=f"{sum(sums.values()):.3f}", val=f"{val_acc:.3f}" if val_acc is not None else "-")
+        head.load_state_dict(best[2])
+        seconds = time.perf_counter() - start
+        return StepReport(best[1], best[0] if val is not None else None, seconds,
+                          clips_seen / seconds if seconds else 0.0, history)

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import torch
+
+from avcil.features import FeatureShape
+from avcil.model.head import FusionHead, HeadConfig
+
+
+def np_softmax(z, axis):
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def test_attention_matches_the_equations_in_numpy():
+    torch.manual_seed(1)
+    head = FusionHead(HeadConfig(audio_dim=3, visual_dim=4, fusion_dim=5), num_classes=2)
+    audio, visual = torch.randn(2, 3), torch.randn(2, 3, 6, 4)
+    out = head(audio, visual)
+    w = {k: v.detach().numpy().astype(np.float64) for k, v in head.state_dict().items()}
+    a, V = audio.numpy().astype(np.float64), visual.numpy().astype(np.float64)
+    qa = np.tanh(a @ w["audio_query.weight"].T + w["audio_query.bias"])  # [B, Dv]
+    K = np.tanh(V @ w["visual_key.weight"].T + w["visual_key.bias"])  # [B, T, S, Dv]
+    alpha = np_softmax(K * qa[:, None, None, :], axis=2)
+    u = (alpha * K).sum(axis=2)
+    beta = np_softmax(u * qa[:, None, :], axis=1)
+    pooled = (beta * (alpha * V).sum(axis=2)).sum(axis=1)
+    ha = np.maximum(a @ w["audio_proj.weight"].T + w["audio_proj.bias"], 0)
+    hv = np.maximum(pooled @ w["visual_proj.weight"].T + w["visual_proj.bias"], 0)
+    logits = (ha + hv) @ w["classifier.weight"].T + w["classifier.bias"]
+    np.testing.assert_allclose(out.spatial_attn.detach().numpy(), alpha, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.temporal_attn.detach().numpy(), beta, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out.logits.detach().numpy(), logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.audio_embed.detach().numpy(), ha / np.linalg.norm(ha, axis=1, keepdims=True),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_growing_keeps_old_rows_and_adds_new_ones():
+    head = FusionHead(HeadConfig(3, 4, 5), num_classes=2)
+    old_weight = head.classifier.weight.detach().clone()
+    audio, visual = torch.randn(4, 3), torch.randn(4, 2, 3, 4)
+    before = head(audio, visual).logits.detach()
+    head.add_classes(3)
+    after = head(audio, visual).logits.detach()
+    assert head.num_classes == 5 and after.shape == (4, 5)
+    torch.testing.assert_close(head.classifier.weight[:2].detach(), old_weight)
+    torch.testing.assert_close(after[:, :2], before)
+
+
+def test_single_modality_variants():
+    shape = FeatureShape(3, 2, 3, 4)
+    audio, visual = torch.randn(4, 3), torch.randn(4, *shape.visual)
+    audio_only = FusionHead(HeadConfig.for_shape(shape, 5, "audio"), 2)
+    out = audio_only(audio, visual)
+    assert out.visual_embed is None and out.spatial_attn is None
+    # Audio-only ignores the video entirely.
+    torch.testing.assert_close(out.logits, audio_only(audio, torch.zeros_like(visual)).logits)
+    visual_only = FusionHead(HeadConfig.for_shape(shape, 5, "visual"), 2)
+    w = visual_only.visual_proj
+    expected = visual_only.classifier(torch.relu(w(visual.mean(dim=(1, 2)))))
+    torch.testing.assert_close(visual_only(audio, visual).logits, expected)
+
+
+def test_unknown_modality_is_refused():
+    with pytest.raises(ValueError, match="modality"):
+        HeadConfig(3, 4, 5, modality="smell")

@@ -1,0 +1,73 @@
+"""The protocol end to end on the synthetic benchmark, through the command line a user runs."""
+
+import json
+
+import pytest
+
+from avcil.cli import main
+from avcil.data.synthetic import SyntheticSpec, synthetic_benchmark
+from avcil.runtime.modeldir import ModelDir
+from avcil.train.learner import TrainConfig
+from avcil.train.methods import build_method
+from avcil.train.protocol import run_protocol
+
+FAST = ["--epochs", "6"]
+
+
+def train(tmp_path, name, *extra):
+    out = tmp_path / name
+    assert main(["train", "--data", "synthetic", "--out", str(out), *FAST, *extra]) == 0
+    return json.loads((out / "results.json").read_text()), out
+
+
+def test_train_writes_results_plot_and_model(tmp_path):
+    results, out = train(tmp_path, "r1", "--method", "avcil")
+    for key in ("method", "dataset", "accuracy_matrix", "step_accuracy", "mean_accuracy",
+                "mean_accuracy_excl_step0", "mean_forgetting", "config"):
+        assert key in results
+    steps = len(results["step_accuracy"])
+    assert steps == 5 and len(results["accuracy_matrix"]) == steps
+    assert all(row[s + 1:] == [None] * (steps - s - 1) for s, row in enumerate(results["accuracy_matrix"]))
+    assert (out / "accuracy.png").stat().st_size > 10_000
+    loaded = ModelDir(out / "model").load()
+    assert len(loaded.class_names) == 20 and loaded.head.num_classes == 20
+    assert len(loaded.memory) <= results["config"]["memory_budget"]
+    assert [c["step"] for c in loaded.manifest["classes"]] == [c // 4 for c in range(20)]
+
+
+def test_avcil_forgets_less_than_finetuning(tmp_path):
+    avcil, _ = train(tmp_path, "a", "--method", "avcil")
+    finetune, _ = train(tmp_path, "f", "--method", "finetune")
+    assert avcil["mean_forgetting"] < finetune["mean_forgetting"]
+    assert avcil["mean_accuracy"] > finetune["mean_accuracy"]
+
+
+def test_runs_are_reproducible_under_a_seed():
+    bench = synthetic_benchmark(SyntheticSpec(classes=6, steps=3, train_per_class=20))
+    cfg = TrainConfig(epochs=3, batch_size=16, exemplar_batch_size=16)
+    first, second = (run_protocol(bench, build_method("avcil"), cfg, 12, 16, progress=False).results
+                     for _ in range(2))
+    assert first["accuracy_matrix"] == second["accuracy_matrix"]
+
+
+def test_upper_bound_trains_on_all_seen_data_in_one_step_as_in_ten():
+    bench = synthetic_benchmark(SyntheticSpec(classes=4, steps=1, train_per_class=10))
+    result = run_protocol(bench, build_method("upper"), TrainConfig(epochs=2, batch_size=8), 8, 8, progress=False)
+    assert len(result.results["step_accuracy"]) == 1 and result.results["mean_forgetting"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "avcil", "--memory-budget", "10"], "budget of 10 clips is smaller than the 20 classes"),
+    (["--method", "avcil", "--steps", "3"], "20 classes cannot be split into 3 equal steps"),
+])
+def test_bad_settings_are_clear_errors(tmp_path, capsys, argv, message):
+    assert main(["train", "--data", "synthetic", "--out", str(tmp_path / "x"), *FAST, *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_method_and_data_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--data", "synthetic", "--method", "magic", "--out", str(tmp_path)])
+    assert "invalid choice: 'magic'" in capsys.readouterr().err
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 2
+    assert "not a feature store" in capsys.readouterr().err
