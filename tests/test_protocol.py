@@ -71,3 +71,10 @@ def test_unknown_method_and_data_are_refused(tmp_path, capsys):
     assert "invalid choice: 'magic'" in capsys.readouterr().err
     assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "y")]) == 2
     assert "not a feature store" in capsys.readouterr().err
+
+
+def test_single_modality_avcil_needs_its_audio_visual_terms_removed(tmp_path, capsys):
+    assert main(["train", "--data", "synthetic", "--modality", "audio", "--out", str(tmp_path / "a"), *FAST]) == 2
+    assert "--without instance,class,vad" in capsys.readouterr().err
+    results, _ = train(tmp_path, "b", "--modality", "audio", "--without", "instance,class,vad")
+    assert results["config"]["modality"] == "audio"

@@ -94,6 +94,7 @@ class InstanceContrast:
     temperature: float = 0.05
     weight: float = 0.5
     name: str = "instance"
+    needs_both_modalities = True  # class attribute: defined on audio and visual embeddings together
 
     def __call__(self, x: LossInputs) -> torch.Tensor:
         sim = _similarities(x, self.temperature, self.name)
@@ -109,6 +110,7 @@ class ClassContrast:
     normalise: str = "batch"
     weight: float = 1.0
     name: str = "class"
+    needs_both_modalities = True  # class attribute: defined on audio and visual embeddings together
 
     def __post_init__(self) -> None:
         if self.normalise not in ("batch", "positives"):
@@ -130,6 +132,7 @@ class AttentionDistillation:
     spatial_share: float = 0.5
     weight: float = 1.0
     name: str = "vad"
+    needs_both_modalities = True  # class attribute: defined on audio and visual embeddings together
     uses_teacher = True
 
     def __call__(self, x: LossInputs) -> torch.Tensor:

@@ -42,6 +42,10 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig, memo
                  fusion_dim: int | None = None, modality: str = "audio-visual", memory_precision: str = "fp16",
                  progress: bool = True) -> ProtocolResult:
     ranges = check_steps(benchmark)
+    both = [t.name for t in method.terms if getattr(t, "needs_both_modalities", False)]
+    if modality != "audio-visual" and both:
+        raise ValueError(f"method {method.name} uses {', '.join(both)}, which need both modalities; with modality "
+                         f"{modality!r} remove them (--without {','.join(both)}) or pick another method")
     if memory_budget < len(benchmark.class_names) and method.memory:
         ExemplarMemory(memory_budget).quota(len(benchmark.class_names))  # fails early with the budget message
     torch.manual_seed(config.seed)
