@@ -40,11 +40,14 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from avcil.bench import accuracy, head_speed
+    from avcil.bench import accuracy, head_speed, latency, update
     from avcil.data import avdigits, extract
+    from avcil.export import command as export_command
+    from avcil.runtime import commands as runtime_commands
 
     parser = argparse.ArgumentParser(
-        prog="avcil", description="Audio-visual class-incremental recognition: train, extract, benchmark.")
+        prog="avcil", description="Audio-visual class-incremental recognition: train, extract, export, run live, learn "
+                    "new classes in the field, benchmark.")
     parser.add_argument("--version", action="version", version=f"avcil {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -69,9 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
     head = kinds.add_parser("head", help="training throughput of the head (default: the paper's dimensions)")
     head_speed.add_flags(head)
     head.set_defaults(func=_bench, bench_func=head_speed.run)
+    lat = kinds.add_parser("latency", help="per-stage latency of encoders and head for each backend and profile")
+    latency.add_flags(lat)
+    lat.set_defaults(func=_bench, bench_func=latency.run)
+    upd = kinds.add_parser("update", help="field learning: time to learn a class, decision gaps during an update")
+    update.add_flags(upd)
+    upd.set_defaults(func=_bench, bench_func=update.run)
 
     extract.add_parser(commands)
     avdigits.add_parser(commands)
+    export_command.add_parser(commands)
+    runtime_commands.add_parsers(commands)
     return parser
 
 

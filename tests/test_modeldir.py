@@ -1,5 +1,6 @@
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from avcil.train.memory import ExemplarMemory
 FEATURES = {"shape": {"audio_dim": 5, "time": 2, "positions": 3, "visual_dim": 4}, "profile": None}
 
 
-def small_model(classes=3):
+def small_model(classes=3, budget=6):
     torch.manual_seed(0)
     head = FusionHead(HeadConfig(5, 4, 6), num_classes=classes)
     rng = np.random.default_rng(0)
@@ -21,7 +22,7 @@ def small_model(classes=3):
     clips = ArrayClipSet([f"x{i}" for i in range(len(labels))], labels,
                          rng.normal(size=(len(labels), 5)).astype(np.float32),
                          rng.normal(size=(len(labels), 2, 3, 4)).astype(np.float32))
-    memory = ExemplarMemory(6)
+    memory = ExemplarMemory(budget)
     memory.update(clips, {c: np.flatnonzero(labels == c) for c in range(classes)})
     return head, memory, [{"name": f"c{c}", "step": 0} for c in range(classes)]
 
@@ -80,3 +81,84 @@ def test_bad_inputs_are_refused(tmp_path):
     manifest.write_text(json.dumps({"files": {}})[:-3])
     with pytest.raises(ModelDirError, match="not valid JSON"):
         model.load()
+
+
+def test_a_corrupt_current_version_falls_back_to_the_last_good_one(tmp_path):
+    head, memory, classes = small_model()
+    model = ModelDir(tmp_path / "m")
+    model.commit(head, memory, classes, FEATURES)
+    model.commit(head, memory, classes, FEATURES)
+    path = tmp_path / "m" / "versions" / "v0002" / "head.pt"
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.warns(UserWarning, match="v0002.*checksum mismatch.*last good version v0001"):
+        loaded = model.load()
+    assert loaded.version == "v0001" and "v0002" in loaded.refused
+    with pytest.raises(ModelDirError, match="checksum mismatch"):
+        model.load("v0002")  # asked for by name: no substitute
+    rows = {r["version"]: r for r in model.describe_versions()}
+    assert rows["v0001"]["ok"] and not rows["v0002"]["ok"] and rows["v0002"]["current"]
+
+
+def test_rollback_goes_to_the_previous_good_version_and_forward_again(tmp_path):
+    head, memory, classes = small_model()
+    model = ModelDir(tmp_path / "m")
+    for _ in range(3):
+        model.commit(head, memory, classes, FEATURES)
+    (tmp_path / "m" / "versions" / "v0002" / "memory.npz").write_bytes(b"damaged")
+    assert model.rollback() == "v0001"  # v0002 does not verify: skipped
+    assert model.current() == "v0001" and model.load().version == "v0001"
+    assert model.rollback("v0003") == "v0003"
+    with pytest.raises(ModelDirError, match="checksum mismatch"):
+        model.rollback("v0002")
+    with pytest.raises(ModelDirError, match="no such version"):
+        model.load("v0009")
+
+
+def test_a_second_writer_is_refused_while_one_holds_the_lock(tmp_path):
+    head, memory, classes = small_model()
+    model = ModelDir(tmp_path / "m")
+    model.commit(head, memory, classes, FEATURES)
+    with model.writer():
+        with pytest.raises(ModelDirError, match="being written by another process"):
+            ModelDir(tmp_path / "m").commit(head, memory, classes, FEATURES)
+        assert model.commit(head, memory, classes, FEATURES) == "v0002"  # the holder itself may commit
+    assert ModelDir(tmp_path / "m").commit(head, memory, classes, FEATURES) == "v0003"
+
+
+def commit_forever(root: str, ready) -> None:
+    """A writer that commits until it is killed (runs in a child process)."""
+    head, memory, classes = small_model()
+    model = ModelDir(root)
+    ready.set()
+    while True:
+        model.commit(head, memory, classes, FEATURES)
+
+
+def test_killing_a_writer_at_random_moments_never_leaves_a_partial_version(tmp_path):
+    import multiprocessing
+    import random
+    import signal
+
+    head, memory, classes = small_model()
+    model = ModelDir(tmp_path / "m")
+    model.commit(head, memory, classes, FEATURES)
+    # Children fork from a server that has imported torch once, so that each kill costs milliseconds, not seconds.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["avcil.runtime.modeldir", "avcil.data.clips"])
+    rng = random.Random(0)
+    for _ in range(30):
+        before = model.current()
+        ready = context.Event()
+        writer = context.Process(target=commit_forever, args=(str(tmp_path / "m"), ready))
+        writer.start()
+        assert ready.wait(60)
+        time.sleep(rng.uniform(0.0, 0.1))
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join()
+        loaded = model.load()
+        assert loaded.version >= before and not loaded.refused  # the newest version is whole
+        assert all(row["ok"] for row in model.describe_versions())  # and so is every visible one
+    with model.writer():  # the next writer clears what killed ones left aside
+        hidden = [p.name for p in (tmp_path / "m").rglob(".*") if p.name != ".lock"]
+    assert hidden == []
+    assert len(model.list_versions()) > 2  # kills came after commits too: the test did reach the writes

@@ -7,7 +7,10 @@ Layout:
 
 A commit writes the whole version into a hidden temporary folder, fsyncs every file, renames the folder into
 place and only then points CURRENT at it, so a crash at any moment leaves the last good version loadable.
-The manifest holds every file's sha256; a version whose files do not match is refused.
+The manifest holds every file's sha256; a version whose files do not match is refused, and `load()` then falls
+back to the newest older version that verifies (saying so), so that a damaged file never stops a device.
+A writer (commit, rollback, field learning) holds MODEL/.lock for its whole read-modify-commit, so that two
+writers cannot both build on the same version; leftovers of a writer that was killed are removed by the next one.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +50,8 @@ class LoadedModel:
     manifest: dict
     head: FusionHead
     memory: ExemplarMemory | None
+    # Newer versions that were refused on the way to this one: {version: reason}.
+    refused: dict[str, str] = field(default_factory=dict)
 
     @property
     def class_names(self) -> list[str]:
@@ -93,6 +99,7 @@ class ModelDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.versions = self.root / "versions"
+        self._lock_depth = 0
 
     # Reading -----------------------------------------------------------------------------------------------
     def current(self) -> str:
@@ -116,11 +123,15 @@ class ModelDir:
         except json.JSONDecodeError as e:
             raise ModelDirError(f"{path}: not valid JSON ({e}); this version is corrupt") from None
 
-    def verify(self, version: str) -> dict:
-        """The version's manifest, after checking every file it lists against its sha256."""
+    def verify(self, version: str, skip: tuple[str, ...] = ()) -> dict:
+        """The version's manifest, after checking every file it lists (but `skip`) against its sha256."""
         manifest = self.manifest(version)
         folder = self.versions / version
+        if not isinstance(manifest.get("files"), dict) or HEAD_FILE not in manifest["files"]:
+            raise ModelDirError(f"{folder / MANIFEST_FILE}: lists no {HEAD_FILE}; this version is incomplete")
         for name, expected in manifest["files"].items():
+            if name in skip:
+                continue
             path = folder / name
             if not path.is_file():
                 raise ModelDirError(f"{path}: listed in the manifest but missing")
@@ -128,31 +139,114 @@ class ModelDir:
                 raise ModelDirError(f"{path}: checksum mismatch (truncated or modified); refusing this version")
         return manifest
 
-    def load(self, version: str | None = None) -> LoadedModel:
-        version = version or self.current()
-        manifest = self.verify(version)
+    def load(self, version: str | None = None, with_memory: bool = True) -> LoadedModel:
+        """A verified version: `version` exactly, or (by default) the current one — falling back to the newest
+        older version that verifies when the current one is corrupt or partial (the refusals are kept in
+        `refused` and warned about). `with_memory=False` skips reading (and checksumming) the exemplar memory,
+        which the recognizer does not need."""
+        if version is not None:
+            return self._load(version, with_memory)
+        current = self.current()
+        refused: dict[str, str] = {}
+        for candidate in [current] + [v for v in reversed(self.list_versions()) if v < current]:
+            try:
+                loaded = self._load(candidate, with_memory)
+            except ModelDirError as error:
+                refused[candidate] = str(error)
+                continue
+            if refused:
+                warnings.warn(f"{self.root}: refused {', '.join(f'{v} ({why})' for v, why in refused.items())}; "
+                              f"using the last good version {candidate}", stacklevel=2)
+            loaded.refused = refused
+            return loaded
+        raise ModelDirError(f"{self.root}: no loadable version; "
+                            + "; ".join(f"{v}: {why}" for v, why in refused.items()))
+
+    def _load(self, version: str, with_memory: bool) -> LoadedModel:
+        if not (self.versions / version).is_dir():
+            raise ModelDirError(f"{self.versions / version}: no such version (have {', '.join(self.list_versions())})")
+        skip = () if with_memory else (MEMORY_FILE,)
+        manifest = self.verify(version, skip)
         folder = self.versions / version
         config = HeadConfig(**manifest["head"]["config"])
         head = FusionHead(config, num_classes=len(manifest["classes"]))
         head.load_state_dict(torch.load(folder / HEAD_FILE, map_location="cpu", weights_only=True))
         head.eval()
         memory = None
-        if MEMORY_FILE in manifest["files"]:
+        if with_memory and MEMORY_FILE in manifest["files"]:
             with np.load(folder / MEMORY_FILE, allow_pickle=False) as arrays:
                 memory = ExemplarMemory.from_arrays(manifest["memory"], dict(arrays),
                                                     FeatureShape.from_dict(manifest["features"]["shape"]))
         return LoadedModel(version, manifest, head, memory)
 
+    def describe_versions(self) -> list[dict]:
+        """One row per version, oldest first: version, current, ok, classes, created, parent, note (the reason
+        when it does not verify)."""
+        current = self.current() if (self.root / "CURRENT").is_file() else None
+        rows = []
+        for version in self.list_versions():
+            row = {"version": version, "current": version == current, "ok": True}
+            try:
+                manifest = self.verify(version)
+                row.update(classes=[c["name"] for c in manifest["classes"]], created=manifest.get("created"),
+                           parent=manifest.get("parent"), note=manifest.get("note", ""))
+            except ModelDirError as error:
+                row.update(ok=False, classes=None, created=None, parent=None, note=str(error))
+            rows.append(row)
+        return rows
+
     # Writing -----------------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _writer_lock(self):
+    def writer(self):
+        """Hold the writer lock (non-blocking: a second writer gets a clear error) for a read-modify-commit.
+        Commits and rollbacks inside it do not take it again. Leftovers of a killed writer are removed here."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield self
+            finally:
+                self._lock_depth -= 1
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise ModelDirError(f"{self.root} is being written by another process (locked); try again") from None
-            yield
+            self._remove_leftovers()
+            self._lock_depth = 1
+            try:
+                yield self
+            finally:
+                self._lock_depth = 0
+
+    def _remove_leftovers(self) -> None:
+        """Staging folders and aside-files of a writer killed mid-commit (safe: we hold the lock)."""
+        for path in [*self.root.glob(".CURRENT.*"), *(self.versions.glob(".v*") if self.versions.is_dir() else [])]:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    def rollback(self, version: str | None = None) -> str:
+        """Point CURRENT at `version` (default: the newest good version older than the current one), after
+        verifying it. Nothing is deleted: a later `rollback VERSION` can go forward again."""
+        with self.writer():
+            current = self.current()
+            if version is None:
+                older = [v for v in reversed(self.list_versions()) if v < current]
+                for candidate in older:
+                    try:
+                        self.verify(candidate)
+                    except ModelDirError:
+                        continue
+                    version = candidate
+                    break
+                else:
+                    raise ModelDirError(f"{self.root}: no good version older than {current} to roll back to")
+            self.verify(version)
+            atomic_write(self.root / "CURRENT", f"{version}\n".encode())
+        return version
 
     def commit(self, head: FusionHead, memory: ExemplarMemory | None, classes: list[dict], features: dict,
                extra: dict | None = None) -> str:
@@ -163,7 +257,7 @@ class ModelDir:
             raise ModelDirError(f"duplicate class names in {names}")
         if len(classes) != head.num_classes:
             raise ModelDirError(f"{len(classes)} class names for a head with {head.num_classes} outputs")
-        with self._writer_lock():
+        with self.writer():
             self.versions.mkdir(parents=True, exist_ok=True)
             existing = self.list_versions()
             version = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"

@@ -1,0 +1,193 @@
+"""`avcil bench update`: field learning on the device, measured while live recognition runs.
+
+Setting (lite profile, AV-Digits, this CPU): a model dir with digits 0-8 and an exemplar memory under the AVE budget
+of 340 clips (37 per class, 333 clips); live recognition of paced AV-Digits test clips at the lite window (3 s) and
+hop (1 s); after a quiet period, digit 9 is learnt in a separate process, as `avcil learn` runs beside
+`avcil run`. Reported:
+- decision latency (from a window's end to its decision) p50/p95, before and during the update;
+- the time to learn the class (load, AV-CIL step, memory update, commit), and the clips per second trained;
+- the largest gap between two decisions while the update runs, in hops (a recognizer that never pauses keeps it
+  at 1; a dropped window makes it 2).
+Targets (issue 5): p95 <= 150 ms, learning <= 60 s, largest gap <= 2 hops. The starting head is untrained (its
+accuracy is not what is measured here: the timings do not depend on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
+from avcil.train.plots import plt
+
+TARGETS = {"latency_p95_ms": 150.0, "learn_seconds": 60.0, "largest_gap_hops": 2.0}
+MEMORY_BUDGET = 340  # AVE's
+OLD_DIGITS = 9
+
+LEARN_SCRIPT = """
+import json, sys, numpy as np, torch
+from avcil.runtime.field import FieldSettings, learn_class
+torch.set_num_threads({threads})
+with np.load({features!r}) as f:
+    audio, visual = f["audio"], f["visual"]
+summary = learn_class({model!r}, "9", audio, visual, FieldSettings(epochs={epochs}, batch_size={batch},
+                      exemplar_batch_size={batch}), progress=False)
+print(json.dumps(summary))
+"""
+
+
+def build_model(model_dir: Path, cache: Path | None) -> tuple[object, dict]:
+    """A model dir with digits 0-8 of AV-Digits (lite features) and a 340-clip-budget memory; returns the
+    benchmark and the AV-Digits clip files."""
+    import torch
+
+    from avcil.data.avdigits import build_av_digits
+    from avcil.data.benchmarks import av_digits_benchmark, default_cache
+    from avcil.model.head import FusionHead, HeadConfig
+    from avcil.runtime.demo import clip_files
+    from avcil.runtime.modeldir import ModelDir
+    from avcil.train.memory import ExemplarMemory
+
+    cache = cache or default_cache()
+    benchmark = av_digits_benchmark(cache)
+    files = clip_files(build_av_digits(cache / "av-digits"))
+    train = benchmark.splits["train"]
+    torch.manual_seed(0)
+    head = FusionHead(HeadConfig.for_shape(benchmark.shape, 256), num_classes=OLD_DIGITS)
+    memory = ExemplarMemory(MEMORY_BUDGET)
+    memory.update(train, {c: np.flatnonzero(train.labels == c) for c in range(OLD_DIGITS)})
+    classes = [{"name": benchmark.class_names[c], "step": c // 2} for c in range(OLD_DIGITS)]
+    ModelDir(model_dir).commit(head, memory, classes, {"shape": benchmark.shape.to_dict(),
+                                                       "profile": benchmark.profile})
+    return benchmark, files
+
+
+def measure(args: argparse.Namespace) -> dict:
+    from avcil.runtime.backends import profile_from_record
+    from avcil.runtime.field import encode_files
+    from avcil.runtime.recognizer import Recognizer, run_live
+
+    work = Path(args.out_dir) / "update-work"
+    model_dir = work / f"model-{int(time.time())}"
+    benchmark, files = build_model(model_dir, Path(args.cache) if args.cache else None)
+    profile = profile_from_record(benchmark.profile)
+    features = work / "digit9.npz"
+    audio, visual = encode_files(profile, files[("train", "9")])
+    np.savez(features, audio=audio, visual=visual)
+
+    if args.backend == "onnxruntime":
+        from avcil.export.onnx import export_onnx
+
+        export_onnx(model_dir, profile, progress=False)
+    recognizer = Recognizer(model_dir, args.backend, profile=profile, threshold=0.0, smoothing=1)
+    decisions: list[dict] = []
+    stop = threading.Event()
+    playlist = ",".join(str(p) for d in range(OLD_DIGITS) for p in files[("test", str(d))][:1])
+    worker = threading.Thread(target=run_live, args=(recognizer, playlist, playlist,
+                                                     lambda d, w: decisions.append(d)),
+                              kwargs={"hop": args.hop, "loop": True, "slot_s": 3.0, "stop": stop})
+    worker.start()
+    try:
+        time.sleep(args.quiet_seconds)
+        script = LEARN_SCRIPT.format(threads=args.learn_threads, features=str(features), model=str(model_dir),
+                                     epochs=args.epochs, batch=args.batch_size)
+        update_start = time.time()
+        learnt = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        update_end = time.time()
+        time.sleep(2 * args.hop)
+    finally:
+        stop.set()
+        worker.join()
+        recognizer.close()
+    summary = json.loads(learnt.stdout.strip().splitlines()[-1])
+    return analyse(decisions, update_start, update_end, args.hop, summary, recognizer.reloads)
+
+
+def analyse(decisions: list[dict], update_start: float, update_end: float, hop: float, learnt: dict,
+            reloads: list[dict]) -> dict:
+    times = np.array([d["time"] for d in decisions])
+    latency = np.array([d["latency_ms"]["total"] for d in decisions])
+    quiet = times < update_start
+    during = (times >= update_start) & (times <= update_end + hop)
+    gaps = np.diff(times[(times >= update_start - hop) & (times <= update_end + hop)])
+
+    def percentiles(values: np.ndarray) -> dict:
+        return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
+                "n": int(values.size)} if values.size else {"p50": None, "p95": None, "n": 0}
+
+    row = {
+        "latency_quiet_ms": percentiles(latency[quiet]),
+        "latency_during_update_ms": percentiles(latency[during]),
+        "stage_p95_ms": {k: float(np.percentile([d["latency_ms"][k] for d in decisions], 95))
+                         for k in decisions[0]["latency_ms"]},
+        "learn_seconds": learnt["seconds"],
+        "learn_train_seconds": learnt["train_seconds"],
+        "memory_clips_after": learnt["memory_clips"],
+        "largest_gap_hops": float(gaps.max() / hop) if gaps.size else None,
+        "dropped_windows": decisions[-1]["dropped_windows"],
+        "reloaded_to": reloads[0]["to"] if reloads else None,
+        "hop_s": hop,
+    }
+    row["targets"] = {
+        "latency_p95_ms": {"target": TARGETS["latency_p95_ms"], "quiet": row["latency_quiet_ms"]["p95"],
+                           "during_update": row["latency_during_update_ms"]["p95"]},
+        "learn_seconds": {"target": TARGETS["learn_seconds"], "measured": row["learn_seconds"]},
+        "largest_gap_hops": {"target": TARGETS["largest_gap_hops"], "measured": row["largest_gap_hops"]},
+    }
+    row["timeline"] = [{"time": float(t - update_start), "latency_ms": float(v)} for t, v in zip(times, latency)]
+    row["update_seconds"] = update_end - update_start
+    return row
+
+
+def run(args: argparse.Namespace) -> int:
+    row = measure(args)
+    table_rows = [
+        {"what": "decision latency p95, lite, quiet (ms)", "measured": row["latency_quiet_ms"]["p95"],
+         "target": TARGETS["latency_p95_ms"]},
+        {"what": "decision latency p95, lite, during the update (ms)",
+         "measured": row["latency_during_update_ms"]["p95"], "target": TARGETS["latency_p95_ms"]},
+        {"what": f"time to learn one class, memory {MEMORY_BUDGET} (s)", "measured": row["learn_seconds"],
+         "target": TARGETS["learn_seconds"]},
+        {"what": "largest gap between decisions during the update (hops)", "measured": row["largest_gap_hops"],
+         "target": TARGETS["largest_gap_hops"]},
+    ]
+    table = markdown_table(table_rows, [("what", "measure"), ("measured", "measured"), ("target", "target")])
+
+    def plot(path: Path) -> None:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.plot([p["time"] for p in row["timeline"]], [p["latency_ms"] for p in row["timeline"]], ".-")
+        ax.axvspan(0, row["update_seconds"], alpha=0.2, label="avcil learn running")
+        ax.axhline(TARGETS["latency_p95_ms"], linestyle="--", color="grey", label="p95 target")
+        ax.set(xlabel="seconds from the start of the update", ylabel="decision latency (ms)",
+               title="live recognition while a class is learnt (lite, CPU)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+    settings = {"backend": args.backend, "epochs": args.epochs, "batch_size": args.batch_size, "learn_threads": args.learn_threads,
+                "hop_s": args.hop}
+    write_report(args.out_dir, f"update-lite-cpu-{args.backend}", {"settings": settings, "rows": [row]}, table,
+                 "Field learning while recognising (lite, CPU)", plot)
+    print(table)
+    return 0
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", help="AV-Digits and features cache (default $AVCIL_CACHE or ~/.cache/avcil)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                        help="runtime of the encoders (onnxruntime: exported first)")
+    parser.add_argument("--hop", type=float, default=1.0, help="seconds between decisions (lite: a third of 3 s)")
+    parser.add_argument("--quiet-seconds", type=float, default=15.0, help="recognition before the update starts")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of the field update")
+    parser.add_argument("--batch-size", type=int, default=32, help="new clips and exemplars per batch (each)")
+    parser.add_argument("--learn-threads", type=int, default=1,
+                        help="torch threads of the update (the other core stays with recognition)")
+    parser.add_argument("--out-dir", default=DEFAULT_DIR)

@@ -1,0 +1,267 @@
+"""`avcil extract`: videos -> encoder features in a feature store, resumable.
+
+Videos are listed by either
+- a folder with one subfolder per class (the subfolder name is the label; videos anywhere below it; every clip in
+  the 'train' split), or
+- a CSV with columns path,label,split (paths relative to the CSV's folder, or absolute).
+A clip's id is its path as listed (relative to the folder or as written in the CSV). Clips already in the store are
+skipped, so rerunning the same command resumes. A file that fails to decode is logged, skipped and summarised at the
+end (and in STORE/failures.json); it never stops the run. Decoding and preprocessing run in threads ahead of the
+encoders, which see one batch per forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from avcil.data.clips import SPLITS
+from avcil.data.decode import MISSING_AUDIO_POLICIES, decode_clip
+from avcil.data.store import FeatureStoreWriter, write_json
+from avcil.features import Features
+from avcil.model.encoders import PROFILES, EncoderProfile, load_profile
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts"}
+FAILURES_FILE = "failures.json"
+# A partly filled chunk is committed at least this often, so that an interrupted slow run loses little work.
+FLUSH_EVERY_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class ClipEntry:
+    clip_id: str
+    path: Path
+    label: str
+    split: str
+
+
+def _clips_in_folder(root: Path) -> list[ClipEntry]:
+    entries = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(class_dir.rglob("*")):
+            if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+                entries.append(ClipEntry(path.relative_to(root).as_posix(), path, class_dir.name, "train"))
+    if not entries:
+        raise ValueError(f"{root}: no videos found; expected one subfolder per class holding video files "
+                         f"({', '.join(sorted(VIDEO_SUFFIXES))})")
+    return entries
+
+
+def _clips_in_csv(table: Path) -> list[ClipEntry]:
+    with open(table, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"path", "label", "split"} - set(reader.fieldnames or [])
+        if missing:
+            raise ValueError(f"{table}: missing column(s) {sorted(missing)}; expected a header path,label,split")
+        entries = []
+        for line, row in enumerate(reader, start=2):
+            if row["split"] not in SPLITS:
+                raise ValueError(f"{table}:{line}: split {row['split']!r}, expected one of {SPLITS}")
+            if not row["path"] or not row["label"]:
+                raise ValueError(f"{table}:{line}: empty path or label")
+            path = Path(row["path"])
+            entries.append(ClipEntry(row["path"], path if path.is_absolute() else table.parent / path, row["label"],
+                                     row["split"]))
+    ids = [e.clip_id for e in entries]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{table}: a path is listed more than once")
+    return entries
+
+
+def list_clips(videos: str | Path) -> list[ClipEntry]:
+    """The clips of a class-per-subfolder directory or of a path,label,split CSV."""
+    videos = Path(videos)
+    if videos.is_dir():
+        return _clips_in_folder(videos)
+    if videos.is_file() and videos.suffix.lower() == ".csv":
+        return _clips_in_csv(videos)
+    raise ValueError(f"{videos}: expected a folder of class subfolders or a .csv with columns path,label,split")
+
+
+@dataclass
+class Prepared:
+    entry: ClipEntry
+    audio: np.ndarray | None = None  # profile inputs, or None and `error` when the clip failed
+    visual: np.ndarray | None = None
+    error: str | None = None
+    silent_fallback: bool = False
+
+
+def _prepare(entry: ClipEntry, profile: EncoderProfile, missing_audio: str) -> Prepared:
+    try:
+        clip = decode_clip(entry.path, profile.frame_prep.count, profile.audio_prep.sample_rate, missing_audio)
+        return Prepared(entry, profile.preprocess_audio(clip.waveform, clip.sample_rate),
+                        profile.preprocess_frames(clip.frames), silent_fallback=clip.silent_fallback)
+    except Exception as error:  # noqa: BLE001 - one bad file must not end the run; the reason is recorded
+        return Prepared(entry, error=f"{type(error).__name__}: {error}")
+
+
+def _ahead(pool: ThreadPoolExecutor, fn, items: Iterable, window: int) -> Iterator:
+    """fn over items in order, computed up to `window` items ahead in the pool (bounded memory, unlike map)."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _batches(prepared: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
+    batch: list[Prepared] = []
+    for item in prepared:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _encode_and_store(batch: list[Prepared], profile: EncoderProfile, writer: FeatureStoreWriter,
+                      summary: dict) -> None:
+    """One encoder forward for the clips of `batch` that decoded; the others are recorded as failures."""
+    good = [p for p in batch if p.error is None]
+    for bad in batch:
+        if bad.error is not None:
+            summary["failures"][bad.entry.clip_id] = bad.error
+            log.warning("skipped %s", bad.error)
+    if not good:
+        return
+    audio, visual = profile.encode_batch(np.stack([p.audio for p in good]), np.stack([p.visual for p in good]))
+    for p, a, v in zip(good, audio, visual):
+        writer.add(p.entry.clip_id, p.entry.label, p.entry.split, Features(audio=a, visual=v))
+    summary["silent_audio"] += [p.entry.clip_id for p in good if p.silent_fallback]
+    summary["extracted"] += len(good)
+
+
+def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, profile: EncoderProfile | None = None,
+            batch_size: int | None = None, workers: int = 2, threads: int | None = None, device: str | None = None,
+            missing_audio: str = "error", limit: int | None = None, progress: bool = True,
+            **profile_options) -> dict:
+    """Extract the features of every clip under `videos` not yet in the store `out`; return a summary.
+
+    `profile` (an already loaded EncoderProfile) takes precedence over `profile_name` + `profile_options`
+    (e.g. audiomae=..., videomae=..., random_init=True). `threads`: torch threads (default: torch's own, one per
+    core); `device`: move the encoders there first ('cpu', 'cuda'; default: leave them where they are);
+    `batch_size`: clips per forward pass (default: 2 on a CPU, where larger batches of 224² frames run slower per
+    frame, 16 on a GPU); `workers`: decoding threads; `missing_audio`: 'error' or 'silence' (see avcil.data.decode); `limit`: extract
+    at most this many new clips. The summary holds counts, `failures` {clip id: reason}, `silent_audio`
+    (clips encoded with silence), `clips_per_second` and `feature_bytes_per_clip_fp16`.
+    """
+    if missing_audio not in MISSING_AUDIO_POLICIES:
+        raise ValueError(f"missing_audio must be one of {MISSING_AUDIO_POLICIES}, got {missing_audio!r}")
+    entries = list_clips(videos)
+    if threads:
+        torch.set_num_threads(threads)
+    if profile is None:
+        profile = load_profile(profile_name, **profile_options)
+    if device:
+        profile.to(device)
+    if batch_size is None:
+        on_gpu = next(profile.visual.parameters()).device.type != "cpu"
+        batch_size = 16 if on_gpu else 2
+    out = Path(out)
+    summary = {"store": str(out), "profile": profile.name, "clips_listed": len(entries), "already_done": 0,
+               "extracted": 0, "failed": 0, "failures": {}, "silent_audio": []}
+    started = time.perf_counter()
+    with FeatureStoreWriter(out, profile.shape, profile.describe()) as writer:
+        done = writer.done_ids()
+        todo = [e for e in entries if e.clip_id not in done]
+        summary["already_done"] = len(entries) - len(todo)
+        todo = todo[:limit]
+        bar = tqdm(total=len(todo), unit="clip", desc=f"extract {profile.name}", disable=not progress,
+                   file=sys.stderr)
+        last_flush = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            prepared = _ahead(pool, lambda e: _prepare(e, profile, missing_audio), todo, window=2 * batch_size)
+            for batch in _batches(prepared, batch_size):
+                _encode_and_store(batch, profile, writer, summary)
+                if time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
+                    writer.flush()
+                    last_flush = time.perf_counter()
+                bar.update(len(batch))
+                bar.set_postfix(failed=len(summary["failures"]), refresh=False)
+        bar.close()
+    seconds = time.perf_counter() - started
+    write_json(out / FAILURES_FILE, {"failures": summary["failures"], "silent_audio": summary["silent_audio"]})
+    summary.update(failed=len(summary["failures"]), seconds=round(seconds, 3),
+                   clips_per_second=round(summary["extracted"] / seconds, 3),
+                   feature_bytes_per_clip_fp16=2 * (profile.shape.audio_dim + int(np.prod(profile.shape.visual))))
+    return summary
+
+
+def _summary_lines(summary: dict) -> list[str]:
+    lines = [f"{summary['store']}: {summary['extracted']} clips extracted ({summary['clips_per_second']} clips/s), "
+             f"{summary['already_done']} already there, {summary['failed']} failed, of {summary['clips_listed']} "
+             f"listed"]
+    if summary["silent_audio"]:
+        lines.append(f"{len(summary['silent_audio'])} clips had no audio track and were encoded with silence")
+    for clip_id, reason in sorted(summary["failures"].items()):
+        lines.append(f"  failed {clip_id}: {reason}")
+    if summary["failures"]:
+        lines.append(f"failures are listed in {Path(summary['store']) / FAILURES_FILE}; fix or remove those files "
+                     f"and rerun to add them")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit status 0 when every listed clip is in the store, 1 when some failed."""
+    options = {}
+    if args.profile == "paper":
+        options = {"audiomae": args.audiomae, "videomae": args.videomae, "random_init": args.random_init,
+                   "sample_rate": args.sample_rate, "normalize": args.normalize}
+    summary = extract(args.videos, args.out, args.profile, batch_size=args.batch_size, workers=args.workers,
+                      threads=args.threads, device=args.device, missing_audio=args.missing_audio, limit=args.limit,
+                      **options)
+    print("\n".join(_summary_lines(summary)), file=sys.stderr)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 1 if summary["failed"] else 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from avcil.model.encoders.paper import PAPER_NORMALIZE, PAPER_SAMPLE_RATE
+
+    parser = subparsers.add_parser(
+        "extract", help="encode videos into a feature store (resumable)",
+        description="Encode videos with a frozen encoder profile into a feature store. Rerun to resume.")
+    parser.add_argument("--profile", choices=PROFILES, default="lite")
+    parser.add_argument("--videos", required=True,
+                        help="a folder with one subfolder per class, or a CSV with columns path,label,split")
+    parser.add_argument("--out", required=True, help="feature store folder (created, or resumed)")
+    parser.add_argument("--audiomae", help="paper profile: AudioMAE ViT-B/16 checkpoint (.pth)")
+    parser.add_argument("--videomae", help="paper profile: VideoMAE-base model folder (transformers format)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="paper profile: random weights (speed tests only; the features mean nothing)")
+    parser.add_argument("--sample-rate", type=int, default=PAPER_SAMPLE_RATE,
+                        help=f"paper profile: fbank sample rate (default {PAPER_SAMPLE_RATE}, the paper's "
+                             f"extraction; AudioMAE's own recipe is 16000)")
+    parser.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=PAPER_NORMALIZE,
+                        help="paper profile: AudioMAE input normalisation (default off, as the paper's extraction)")
+    parser.add_argument("--missing-audio", choices=MISSING_AUDIO_POLICIES, default="error",
+                        help="a video without an audio track: fail it (default) or encode silence")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="clips per encoder forward pass (default: 2 on a CPU, 16 on a GPU)")
+    parser.add_argument("--workers", type=int, default=2, help="decoding threads")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
+    parser.add_argument("--device", default="cpu", help="where the encoders run: cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--limit", type=int, default=None, help="extract at most this many new clips")
+    parser.add_argument("--json", help="also write the summary to this JSON file")
+    parser.set_defaults(func=run)
+    return parser

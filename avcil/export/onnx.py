@@ -1,0 +1,286 @@
+"""ONNX export of a model dir's encoders and head, validated with ONNX Runtime against PyTorch.
+
+Exported encoders are frozen and not versioned with the head; they live beside the versions:
+
+    MODEL/encoders/audio.onnx     preprocessed audio [batch, ...] -> audio_embedding [batch, Da]
+    MODEL/encoders/visual.onnx    preprocessed frames [batch, ...] -> visual_tokens [batch, T, S, Dv]
+    MODEL/encoders/head.onnx      (audio_embedding, visual_tokens) -> logits [batch, classes], of one head version
+    MODEL/encoders/encoders.json  profile and preprocessing settings, I/O names and shapes, opset, sha256 per file
+    MODEL/encoders/export_report.json   max abs and relative error of each graph against PyTorch
+
+The folder is staged in a hidden temporary folder, fsynced and renamed into place as a whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+import avcil
+from avcil.model.head import FusionHead
+from avcil.runtime.modeldir import _fsync_dir, _sha256, _write_synced, atomic_write
+
+OPSET = 17  # LayerNormalization is an ONNX op from 17 on: TensorRT then keeps LayerNorm as one accurate layer
+TOLERANCE = 1e-4  # largest relative error (see `errors`) an fp32 graph may have against PyTorch
+VALIDATION_BATCHES = (1, 4)
+EXAMPLE_BATCH = 2  # traced at 2 and checked at 1 and 4, so a batch size frozen into the graph shows
+ENCODERS_DIR, SPEC_FILE, REPORT_FILE = "encoders", "encoders.json", "export_report.json"
+SPEC_FORMAT = 1
+ERROR_DEFINITION = ("max_abs_error = max |runtime - torch| over all output elements; relative_error = "
+                    "max_abs_error / max |torch| (relative to the output's range, not element-wise)")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.onnx"
+
+
+# The names chain: the encoders' outputs are the head's inputs.
+AUDIO_GRAPH = Graph("audio", ("audio_input",), ("audio_embedding",))
+VISUAL_GRAPH = Graph("visual", ("frames",), ("visual_tokens",))
+# A single-modality head takes only the features it uses (the exporter drops an unused input anyway).
+HEAD_INPUTS = {"audio-visual": ("audio_embedding", "visual_tokens"), "audio": ("audio_embedding",),
+               "visual": ("visual_tokens",)}
+GRAPH_NAMES = ("audio", "visual", "head")
+
+
+def head_graph(modality: str = "audio-visual") -> Graph:
+    return Graph("head", HEAD_INPUTS[modality], ("logits",))
+
+
+class HeadLogits(nn.Module):
+    """The head's inference graph: the features its modality uses, in HEAD_INPUTS order -> logits."""
+
+    def __init__(self, head: FusionHead):
+        super().__init__()
+        self.head = head
+        self.inputs = HEAD_INPUTS[head.config.modality]
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        named = dict(zip(self.inputs, features))
+        return self.head(named.get("audio_embedding"), named.get("visual_tokens")).logits
+
+
+def graph_modules(profile, head: FusionHead) -> dict[str, tuple[nn.Module, Graph, list[tuple[int, ...]]]]:
+    """Per graph name: the PyTorch module, its I/O names and its input shapes without the batch dimension."""
+    shape = profile.shape
+    features = {"audio_embedding": (shape.audio_dim,), "visual_tokens": shape.visual}
+    spec = head_graph(head.config.modality)
+    return {"audio": (profile.audio, AUDIO_GRAPH, [tuple(profile.audio_input_shape)]),
+            "visual": (profile.visual, VISUAL_GRAPH, [tuple(profile.visual_input_shape)]),
+            "head": (HeadLogits(head).eval(), spec, [features[name] for name in spec.inputs])}
+
+
+def export_graph(module: nn.Module, example: Sequence[torch.Tensor], path: Path, spec: Graph,
+                 opset: int = OPSET) -> None:
+    """Trace `module` into `path` with a dynamic batch dimension on every input and output."""
+    import onnx
+
+    if opset < 17:
+        raise ValueError(f"opset {opset}: avcil exports at opset >= 17 (LayerNormalization, REFERENCE.md §9)")
+    dynamic = {name: {0: "batch"} for name in (*spec.inputs, *spec.outputs)}
+    with warnings.catch_warnings():
+        # The TorchScript exporter warns that it is deprecated and about Python values it traces as constants
+        # (shapes of transformers' reshapes); a frozen batch size would fail the batch-1/4 validation instead.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), tuple(example), str(path), input_names=list(spec.inputs),
+                          output_names=list(spec.outputs), dynamic_axes=dynamic, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
+    model = onnx.load(str(path))
+    names = ([i.name for i in model.graph.input], [o.name for o in model.graph.output])
+    if names != (list(spec.inputs), list(spec.outputs)):
+        raise ExportError(f"{path}: exported I/O {names[0]} -> {names[1]}, expected {list(spec.inputs)} -> "
+                          f"{list(spec.outputs)} (an input the module does not use is dropped by the exporter)")
+    # Reshapes with -1 leave the exporter unsure of the output sizes; state them (all but the batch are fixed),
+    # so that runtimes and the manifest see [batch, T, S, Dv] rather than placeholder names.
+    for value, output in zip(model.graph.output, torch_outputs(module, [x.numpy() for x in example])):
+        for dim, size in zip(value.type.tensor_type.shape.dim[1:], output.shape[1:]):
+            dim.dim_value = size
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def io_record(path: Path) -> dict:
+    """Names, shapes ('batch' for the dynamic dimension) and element types of an ONNX file's inputs/outputs."""
+    import onnx
+
+    exported = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(values) -> list[dict]:
+        return [{"name": v.name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim],
+                 "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name}
+                for v in values]
+
+    return {"inputs": describe(exported.input), "outputs": describe(exported.output)}
+
+
+def errors(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> dict:
+    """Max abs and relative error (ERROR_DEFINITION) of `candidate` outputs against `reference` outputs."""
+    if len(reference) != len(candidate):
+        raise ExportError(f"{len(candidate)} outputs, expected {len(reference)}")
+    max_abs, scale = 0.0, 0.0
+    for ref, got in zip(reference, candidate):
+        if ref.shape != got.shape:
+            raise ExportError(f"output of shape {got.shape}, expected {ref.shape}")
+        max_abs = max(max_abs, float(np.max(np.abs(got.astype(np.float64) - ref))))
+        scale = max(scale, float(np.max(np.abs(ref))))
+    return {"max_abs_error": max_abs, "relative_error": max_abs / scale if scale > 0 else max_abs}
+
+
+def random_inputs(shapes: Sequence[Sequence[int]], batch: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Standard normal inputs: the range of normalised frames, fbanks and encoder features."""
+    return [rng.standard_normal((batch, *shape)).astype(np.float32) for shape in shapes]
+
+
+@torch.inference_mode()
+def torch_outputs(module: nn.Module, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    result = module(*(torch.from_numpy(x) for x in inputs))
+    return [r.float().numpy() for r in (result if isinstance(result, (tuple, list)) else [result])]
+
+
+def graph_inputs(profile, audio: np.ndarray, frames: np.ndarray,
+                 head_inputs: Sequence[str]) -> dict[str, list[np.ndarray]]:
+    """Per graph, its inputs for a batch of preprocessed clips: the encoders take audio and frames, the head takes
+    their PyTorch features."""
+    audio, frames = (np.ascontiguousarray(x, dtype=np.float32) for x in (audio, frames))
+    features = {"audio_embedding": torch_outputs(profile.audio, [audio])[0],
+                "visual_tokens": torch_outputs(profile.visual, [frames])[0]}
+    return {"audio": [audio], "visual": [frames], "head": [features[name] for name in head_inputs]}
+
+
+def validate(module: nn.Module, run: Callable[..., list[np.ndarray]], cases: dict[str, list[np.ndarray]]) -> dict:
+    """Errors of a runtime (`run(*inputs)`) against the PyTorch module on each named input case; the model's
+    errors are the largest over the cases."""
+    rows = []
+    for name, inputs in cases.items():
+        rows.append({"input": name, "batch": int(inputs[0].shape[0]),
+                     **errors(torch_outputs(module, inputs), run(*inputs))})
+    return {"max_abs_error": max(r["max_abs_error"] for r in rows),
+            "relative_error": max(r["relative_error"] for r in rows), "cases": rows}
+
+
+def check_tolerance(models: dict[str, dict], tolerance: float, what: str) -> None:
+    failed = {name: m for name, m in models.items() if not m["relative_error"] <= tolerance}
+    if failed:
+        details = "; ".join(f"{name}: relative error {m['relative_error']:.3g} (max abs {m['max_abs_error']:.3g})"
+                            for name, m in failed.items())
+        raise ExportError(f"{what} does not match PyTorch within the relative tolerance {tolerance:g}: {details}. "
+                          f"Nothing was written; the previous export (if any) is unchanged.")
+
+
+# The exported folder ---------------------------------------------------------------------------------------------
+def read_spec(folder: Path) -> dict:
+    path = Path(folder) / SPEC_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no exported encoders here (run `avcil export --model DIR --format onnx`)")
+    spec = json.loads(path.read_text())
+    if spec.get("format") != SPEC_FORMAT:
+        raise ValueError(f"{path}: format {spec.get('format')!r}, this avcil reads {SPEC_FORMAT}")
+    return spec
+
+
+def write_json(path: Path, payload: dict) -> None:
+    atomic_write(path, json.dumps(payload, indent=2).encode())
+
+
+def replace_folder(staging: Path, target: Path) -> None:
+    """Move a complete, fsynced staging folder to `target`. A folder cannot be renamed over a non-empty one, so
+    the old export is renamed aside first and removed after: a crash between the two renames leaves it, whole,
+    in a hidden `.{target}-old-*` folder."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+        target.rename(old / target.name)
+    staging.rename(target)
+    _fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old)
+
+
+def export_onnx(model_dir: Path, profile, real: tuple[np.ndarray, np.ndarray] | None = None, real_source: str = "",
+                opset: int = OPSET, tolerance: float = TOLERANCE, progress: bool = True, seed: int = 0) -> dict:
+    """Export the profile's encoders and the current head of `model_dir` into MODEL/encoders/, validate each
+    graph in ONNX Runtime (CPU) against PyTorch on random inputs at batch 1 and 4 and on the `real` clip
+    (preprocessed audio and frames, no batch dimension) and return the report. Raises ExportError, leaving the
+    previous export in place, when a graph is off by more than `tolerance`."""
+    from tqdm import tqdm
+
+    from avcil.runtime.backends import load_backend
+    from avcil.runtime.modeldir import ModelDir
+
+    model_dir = Path(model_dir)
+    loaded = ModelDir(model_dir).load(with_memory=False)
+    recorded = loaded.manifest["features"]["shape"]
+    if profile.shape.to_dict() != recorded:
+        raise ValueError(f"{model_dir}: the head takes features {recorded}, the {profile.name} encoders make "
+                         f"{profile.shape.to_dict()}")
+    modules = graph_modules(profile, loaded.head)
+    rng = np.random.default_rng(seed)
+    real_inputs = graph_inputs(profile, real[0][None], real[1][None], modules["head"][1].inputs) if real else {}
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{ENCODERS_DIR}-", dir=model_dir))
+    try:
+        models, graphs = {}, {}
+        bar = tqdm(modules.values(), desc="export onnx", unit="graph", disable=not progress)
+        for module, spec, shapes in bar:
+            path = staging / spec.file
+            bar.set_postfix_str(f"{spec.name}: export")
+            export_graph(module, [torch.from_numpy(x) for x in random_inputs(shapes, EXAMPLE_BATCH, rng)], path,
+                         spec, opset)
+            _fsync_file(path)
+            bar.set_postfix_str(f"{spec.name}: validate")
+            cases = {f"random-batch{b}": random_inputs(shapes, b, rng) for b in VALIDATION_BATCHES}
+            if spec.name in real_inputs:
+                cases["real-batch1"] = real_inputs[spec.name]
+            models[spec.name] = {"file": spec.file, **validate(module, load_backend(path, "onnxruntime"), cases)}
+            graphs[spec.name] = {"file": spec.file, "sha256": _sha256(path), **io_record(path)}
+        check_tolerance(models, tolerance, "the ONNX export")
+        report = {"format": "onnx", "precision": "fp32", "opset": opset, "tolerance": {"relative": tolerance},
+                  "error_definition": ERROR_DEFINITION, "runtime": _versions(), "head_version": loaded.version,
+                  "real_input": real_source if real is not None else None, "models": models, "engines": {}}
+        spec_record = {"format": SPEC_FORMAT, "profile": profile.describe(), "opset": opset, "precision": "fp32",
+                       "head_version": loaded.version, "classes": loaded.class_names, "graphs": graphs,
+                       "engines": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **_versions()}
+        _write_synced(staging / SPEC_FILE, json.dumps(spec_record, indent=2).encode())
+        _write_synced(staging / REPORT_FILE, json.dumps(report, indent=2).encode())
+        _fsync_dir(staging)
+        replace_folder(staging, model_dir / ENCODERS_DIR)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _versions() -> dict:
+    import onnx
+    import onnxruntime
+
+    return {"avcil": avcil.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__}

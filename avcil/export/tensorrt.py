@@ -1,0 +1,293 @@
+"""TensorRT engines built from the exported ONNX files with the TensorRT 10 Python API.
+
+An engine only runs under the TensorRT version and on the GPU that built it (REFERENCE.md §9), so every engine
+file starts with a metadata header that the loader checks before deserialising:
+
+    b"AVCILTRT"  uint32 little-endian header length  header (UTF-8 JSON)  serialized engine
+
+The pure parts (the header, the optimization profile, the precision choice, which layers stay in fp32) need no
+TensorRT and are tested everywhere; `build_engine` and `load_engine` need `tensorrt` and a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+import avcil
+from avcil.runtime.modeldir import _sha256, atomic_write
+
+MAGIC = b"AVCILTRT"
+HEADER_FORMAT = 1
+PRECISIONS = ("fp32", "fp16", "int8")
+# Layer types that overflow or lose too much in fp16 (REFERENCE.md §9): pinned to fp32 in fp16 and int8 engines.
+# At opset >= 17 LayerNorm arrives as one ONNX LayerNormalization node, which TensorRT parses into a single
+# normalization layer, so pinning by type catches every LayerNorm.
+ACCURATE_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX")
+# Jetson boards share 4-8 GiB between CPU and GPU; 1 GiB of tactic workspace leaves room for the rest.
+DEFAULT_WORKSPACE_MIB = 1024
+# Lowest compute capability with fast fp16 (Jetson TX1, sm_53) and with fast int8 (dp4a, sm_61).
+FAST_FP16_FROM = (5, 3)
+FAST_INT8_FROM = (6, 1)
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot be built or must not be loaded here; the message says why."""
+
+
+# The optimization profile ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BatchRange:
+    """The batch sizes an engine accepts: any in [min, max], tuned for opt."""
+
+    min: int = 1
+    opt: int = 1
+    max: int = 8
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ValueError(f"batch range needs 1 <= min <= opt <= max, got min={self.min} opt={self.opt} "
+                             f"max={self.max}")
+
+    @classmethod
+    def parse(cls, text: str) -> "BatchRange":
+        """'1,4,8' (min,opt,max) or '4' (a fixed batch)."""
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise ValueError(f"batch range {text!r}: expected MIN,OPT,MAX or one batch size, as integers") from None
+        if len(values) == 1:
+            values *= 3
+        if len(values) != 3:
+            raise ValueError(f"batch range {text!r}: expected MIN,OPT,MAX or one batch size")
+        return cls(*values)
+
+
+def optimization_profile(input_shapes: dict[str, Sequence[int]], batch: BatchRange) -> dict[str, dict[str, list[int]]]:
+    """Per input: the min/opt/max shapes of one profile. `input_shapes` holds each input's shape without the
+    batch dimension (the only dynamic one); every other dimension is fixed by the encoder profile."""
+    profile = {}
+    for name, shape in input_shapes.items():
+        if any(int(d) < 1 for d in shape):
+            raise ValueError(f"input {name!r}: every dimension but the batch must be fixed and positive, got {shape}")
+        profile[name] = {key: [size, *map(int, shape)]
+                         for key, size in (("min", batch.min), ("opt", batch.opt), ("max", batch.max))}
+    return profile
+
+
+# Precision ------------------------------------------------------------------------------------------------------
+def choose_precision(requested: str, compute_capability: tuple[int, int], has_calibration: bool) -> str:
+    """The precision to build, or a clear error when this GPU or the inputs cannot give the one asked for.
+
+    No silent fallback: an fp16 request on a GPU without fast fp16 would build an engine slower than fp32."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r}: expected one of {PRECISIONS}")
+    capability = tuple(compute_capability)
+    if requested == "fp16" and capability < FAST_FP16_FROM:
+        raise EngineError(f"fp16 needs a GPU of compute capability >= {_cc(FAST_FP16_FROM)}; this one is "
+                          f"{_cc(capability)}: build with --precision fp32")
+    if requested == "int8":
+        if capability < FAST_INT8_FROM:
+            raise EngineError(f"int8 needs a GPU of compute capability >= {_cc(FAST_INT8_FROM)}; this one is "
+                              f"{_cc(capability)}: build with --precision fp16 or fp32")
+        if not has_calibration:
+            raise EngineError("int8 needs calibration data: pass real clips (--calibration FILES) or an existing "
+                              "calibration cache")
+    return requested
+
+
+def builder_flags(precision: str) -> list[str]:
+    """TensorRT BuilderFlag names for a precision. int8 also allows fp16, so that layers TensorRT cannot run in
+    int8 fall back to fp16 rather than fp32; the accurate layers are pinned to fp32 in both reduced modes."""
+    flags = {"fp32": [], "fp16": ["FP16"], "int8": ["INT8", "FP16"]}[precision]
+    return flags + (["OBEY_PRECISION_CONSTRAINTS"] if flags else [])
+
+
+def accurate_layers(layer_types: Sequence[str]) -> list[int]:
+    """Indices of the network's layers (given by TensorRT LayerType name) to keep in fp32."""
+    return [i for i, kind in enumerate(layer_types) if kind in ACCURATE_LAYER_TYPES]
+
+
+def _cc(capability: Sequence[int]) -> str:
+    return ".".join(str(c) for c in capability)
+
+
+# The header -----------------------------------------------------------------------------------------------------
+def make_header(*, environment: dict, precision: str, profile: dict, inputs: Sequence[str], outputs: Sequence[str],
+                onnx_path: Path, workspace_mib: int) -> dict:
+    return {"format": HEADER_FORMAT, **environment, "precision": precision, "profile": profile,
+            "inputs": list(inputs), "outputs": list(outputs), "onnx_file": Path(onnx_path).name,
+            "onnx_sha256": _sha256(Path(onnx_path)), "workspace_mib": workspace_mib,
+            "avcil": avcil.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def write_engine(path: Path, header: dict, engine: bytes) -> None:
+    header_bytes = json.dumps(header, sort_keys=True).encode()
+    atomic_write(Path(path), MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + bytes(engine))
+
+
+def read_engine(path: Path) -> tuple[dict, bytes]:
+    """The header and the serialized engine of an engine file written by `write_engine`."""
+    path = Path(path)
+    data = path.read_bytes()
+    prefix = len(MAGIC) + 4
+    if len(data) < prefix or not data.startswith(MAGIC):
+        raise EngineError(f"{path}: not an avcil engine (no {MAGIC.decode()} header); build it with "
+                          f"`avcil export --format engine`")
+    (length,) = struct.unpack("<I", data[len(MAGIC):prefix])
+    if len(data) < prefix + length:
+        raise EngineError(f"{path}: truncated header ({len(data) - prefix} of {length} bytes)")
+    try:
+        header = json.loads(data[prefix:prefix + length])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise EngineError(f"{path}: corrupt header ({e})") from None
+    if header.get("format") != HEADER_FORMAT:
+        raise EngineError(f"{path}: header format {header.get('format')!r}, this avcil reads {HEADER_FORMAT}")
+    engine = data[prefix + length:]
+    if not engine:
+        raise EngineError(f"{path}: the header is there but the engine is missing (truncated file)")
+    return header, engine
+
+
+def check_header(header: dict, path: Path, environment: dict, onnx_path: Path | None = None) -> None:
+    """Refuse an engine built under another TensorRT or GPU, or from another ONNX file than the one beside it."""
+    problems = [f"built with {key} {header.get(key)!r}, this machine has {environment[key]!r}"
+                for key in ("tensorrt", "gpu", "compute_capability") if header.get(key) != environment[key]]
+    if onnx_path is not None and Path(onnx_path).is_file() and _sha256(Path(onnx_path)) != header.get("onnx_sha256"):
+        problems.append(f"built from another {Path(onnx_path).name} than the one beside it (sha256 differs)")
+    if problems:
+        raise EngineError(f"{path}: refusing this engine: " + "; ".join(problems)
+                          + ". Rebuild it here with `avcil export --model DIR --format engine`.")
+
+
+# Needs TensorRT -------------------------------------------------------------------------------------------------
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError:
+        raise EngineError("TensorRT is not installed (pip install tensorrt, or JetPack on a Jetson); "
+                          "use the onnxruntime or torch backend instead") from None
+    return tensorrt
+
+
+def environment() -> dict:
+    """What an engine is tied to: the TensorRT version and the GPU (name and compute capability)."""
+    trt = import_tensorrt()
+    name, capability = current_gpu()
+    return {"tensorrt": trt.__version__, "gpu": name, "compute_capability": _cc(capability)}
+
+
+def current_gpu() -> tuple[str, tuple[int, int]]:
+    """Name and compute capability of CUDA device 0, through torch or, where torch has no CUDA, pycuda."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
+    try:
+        import pycuda.autoinit  # noqa: F401  (creates the context on device 0)
+        import pycuda.driver as cuda
+    except ImportError:
+        raise EngineError("no CUDA GPU visible: torch has no CUDA and pycuda is not installed") from None
+    device = cuda.Device(0)
+    return device.name(), device.compute_capability()
+
+
+def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch: BatchRange,
+                 workspace_mib: int = DEFAULT_WORKSPACE_MIB, timing_cache: Path | None = None,
+                 calibration: Iterable[dict[str, np.ndarray]] | None = None,
+                 calibration_cache: Path | None = None) -> dict:
+    """Parse `onnx_path`, build an engine at `precision` for `batch`, write it with its header to `engine_path`
+    and return the header. The timing cache file is read when present and written back, so rebuilds are fast;
+    int8 calibrates on `calibration` batches (dicts input name -> array) or reuses `calibration_cache`."""
+    import onnx
+
+    trt = import_tensorrt()
+    env = environment()
+    has_calibration = calibration is not None or (calibration_cache is not None and calibration_cache.is_file())
+    precision = choose_precision(precision, tuple(int(c) for c in env["compute_capability"].split(".")),
+                                 has_calibration)
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    input_shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim[1:]]
+                    for i in graph.input if i.name not in initializers}
+    outputs = [o.name for o in graph.output]
+    profile_shapes = optimization_profile(input_shapes, batch)
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    for flag in builder_flags(precision):
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if precision != "fp32":
+        layers = [network.get_layer(i) for i in range(network.num_layers)]
+        for index in accurate_layers([layer.type.name for layer in layers]):
+            layers[index].precision = trt.float32
+            for output in range(layers[index].num_outputs):
+                layers[index].set_output_type(output, trt.float32)
+    profile = builder.create_optimization_profile()
+    for name, shapes in profile_shapes.items():
+        profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    if precision == "int8":
+        # The config keeps only a pointer: the local name keeps the calibrator alive through the build.
+        calibrator = _calibrator(trt, calibration, calibration_cache, list(input_shapes), batch.opt)
+        config.int8_calibrator = calibrator
+        config.set_calibration_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"{onnx_path}: TensorRT failed to build a {precision} engine (see its log above)")
+    if timing_cache is not None:
+        atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))
+    header = make_header(environment=env, precision=precision, profile=profile_shapes, inputs=list(input_shapes),
+                         outputs=outputs, onnx_path=onnx_path, workspace_mib=workspace_mib)
+    write_engine(engine_path, header, bytes(serialized))
+    return header
+
+
+def _calibrator(trt, batches: Iterable[dict[str, np.ndarray]] | None, cache: Path | None, names: list[str],
+                batch_size: int):
+    """An entropy calibrator fed from host batches of `batch_size` (the profile's opt batch, the shape TensorRT
+    calibrates at) through torch CUDA tensors; the cache is read when it exists (then no batch is needed) and
+    written after calibration."""
+    import torch
+
+    class Calibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            super().__init__()
+            self.batches = iter(batches or ())
+            self.current: list[torch.Tensor] = []
+
+        def get_batch_size(self) -> int:
+            return batch_size
+
+        def get_batch(self, requested: list[str]):
+            batch = next(self.batches, None)
+            if batch is None:
+                return None
+            self.current = [torch.from_numpy(np.ascontiguousarray(batch[n], dtype=np.float32)).cuda() for n in names]
+            torch.cuda.synchronize()  # TensorRT reads the buffers on its own stream once this returns
+            return [self.current[names.index(n)].data_ptr() for n in requested]
+
+        def read_calibration_cache(self):
+            return cache.read_bytes() if cache is not None and cache.is_file() else None
+
+        def write_calibration_cache(self, data) -> None:
+            if cache is not None:
+                atomic_write(cache, bytes(data))
+
+    return Calibrator()
+

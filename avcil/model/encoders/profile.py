@@ -1,0 +1,101 @@
+"""An encoder profile: the two frozen encoders of a clip and the preprocessing that feeds them."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from avcil.data.preprocess import AudioPreprocess, FramePreprocess
+from avcil.features import Features, FeatureShape
+
+
+def weights_record(path: str | Path) -> dict:
+    """How a manifest names a weights file: its name and sha256 (not its folder, so that moving it keeps the
+    identity)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": Path(path).name, "sha256": digest.hexdigest()}
+
+
+def frozen(module: nn.Module) -> nn.Module:
+    """Inference mode for good: eval() and no gradients."""
+    module.eval()
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module
+
+
+@dataclass
+class EncoderProfile:
+    """Frozen audio and visual encoders with their preprocessing.
+
+    `audio`: preprocessed audio [B, *audio_input_shape] float32 -> [B, audio_dim].
+    `visual`: preprocessed frames [B, *visual_input_shape] float32 -> [B, time, positions, visual_dim].
+    Both are plain nn.Modules that trace and export to ONNX with a dynamic batch; preprocessing stays in numpy.
+    """
+
+    name: str
+    shape: FeatureShape
+    audio: nn.Module
+    visual: nn.Module
+    audio_prep: AudioPreprocess
+    frame_prep: FramePreprocess
+    weights: dict  # per encoder: {'file', 'sha256'} of the weights, or how random ones were made
+
+    def __post_init__(self) -> None:
+        frozen(self.audio)
+        frozen(self.visual)
+
+    @property
+    def audio_input_shape(self) -> tuple[int, ...]:
+        return self.audio_prep.input_shape
+
+    @property
+    def visual_input_shape(self) -> tuple[int, ...]:
+        return self.frame_prep.input_shape
+
+    @property
+    def settings(self) -> dict:
+        """Everything a manifest or feature store records to reproduce these features."""
+        return {"audio": self.audio_prep.to_dict(), "visual": self.frame_prep.to_dict(), "weights": self.weights}
+
+    def describe(self) -> dict:
+        return {"name": self.name, "shape": self.shape.to_dict(), "settings": self.settings}
+
+    def preprocess_audio(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Mono float waveform at any rate -> float32 `audio_input_shape`."""
+        return self.audio_prep(waveform, sample_rate)
+
+    def preprocess_frames(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """RGB uint8 frames [H, W, 3], already sampled (`frame_prep.count` of them) -> float32 `visual_input_shape`."""
+        return self.frame_prep(frames)
+
+    def to(self, device: str | torch.device) -> "EncoderProfile":
+        """Move both encoders (e.g. to 'cuda' for extraction); encode_batch follows them."""
+        self.audio.to(device)
+        self.visual.to(device)
+        return self
+
+    @torch.inference_mode()
+    def encode_batch(self, audio_inputs: np.ndarray, visual_inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed batches -> float32 audio [B, audio_dim] and visual [B, time, positions, visual_dim]."""
+        outputs = []
+        for module, inputs in ((self.audio, audio_inputs), (self.visual, visual_inputs)):
+            device = next(module.parameters()).device
+            batch = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(device)
+            outputs.append(module(batch).float().cpu().numpy())
+        return outputs[0], outputs[1]
+
+    def encode(self, waveform: np.ndarray, sample_rate: int, frames: Sequence[np.ndarray]) -> Features:
+        """One clip, end to end."""
+        audio, visual = self.encode_batch(self.preprocess_audio(waveform, sample_rate)[None],
+                                          self.preprocess_frames(frames)[None])
+        return Features(audio=audio[0], visual=visual[0])

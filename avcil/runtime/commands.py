@@ -1,0 +1,170 @@
+"""The device commands: `avcil run` (live recognition), `avcil learn` (a new class in the field),
+`avcil model list|rollback` (versions of a model dir) and `avcil demo` (the embedded default, offline).
+
+`add_parsers(subparsers)` adds all four to the `avcil` command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from avcil.runtime.backends import KINDS
+
+
+def _run(args: argparse.Namespace) -> int:
+    from avcil.runtime.recognizer import DecisionWriter, Recognizer, run_live
+
+    recognizer = Recognizer(args.model, args.backend, args.device, threshold=args.threshold,
+                            smoothing=args.smoothing, top_k=args.top_k)
+    writer = DecisionWriter(args.jsonl, None if args.quiet else sys.stdout, args.video_out,
+                            video_fps=1.0 / args.hop if args.hop else 1.0)
+    print(f"model {recognizer.version} ({len(recognizer.class_names)} classes), encoders on {args.backend}",
+          file=sys.stderr)
+    try:
+        summary = run_live(recognizer, args.camera, args.mic, writer, hop=args.hop, duration=args.duration,
+                           loop=args.loop, slot_s=args.slot)
+    except KeyboardInterrupt:
+        summary = None
+    finally:
+        writer.close()
+        recognizer.close()
+    if summary is not None:
+        print(f"{summary['decisions']} decisions, {summary['dropped_windows']} windows dropped, "
+              f"{len(recognizer.reloads)} model reloads", file=sys.stderr)
+    return 0
+
+
+def _learn(args: argparse.Namespace) -> int:
+    import torch
+
+    from avcil.runtime.backends import profile_from_record
+    from avcil.runtime.field import FieldSettings, check_new_label, encode_files, learn_class, record_clips
+    from avcil.runtime.modeldir import ModelDir
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = ModelDir(args.model)
+    loaded = model.load(with_memory=False)
+    check_new_label(loaded.class_names, args.label, model.root)  # before recording or encoding anything
+    profile = profile_from_record(loaded.manifest["features"].get("profile"))
+    if args.files:
+        audio, visual = encode_files(profile, args.files)
+    else:
+        if not (args.camera and args.mic and args.clips):
+            raise ValueError("name the clips of the new class: --files F... or --camera SRC --mic SRC --clips N")
+        audio, visual = record_clips(args.camera, args.mic, args.clips, profile, args.countdown)
+    settings = FieldSettings(epochs=args.epochs, batch_size=args.batch_size, exemplar_batch_size=args.batch_size,
+                             instance_weight=args.instance_weight)
+    summary = learn_class(args.model, args.label, audio, visual, settings)
+    print(f"learnt {summary['label']!r} from {summary['clips']} clips in {summary['seconds']:.1f} s: "
+          f"{summary['parent']} -> {summary['version']} (memory {summary['memory_clips']} clips)")
+    return 0
+
+
+def _model_list(args: argparse.Namespace) -> int:
+    from avcil.runtime.modeldir import ModelDir
+
+    rows = ModelDir(args.model).describe_versions()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        mark = "*" if row["current"] else " "
+        if row["ok"]:
+            print(f"{mark} {row['version']}  {row['created']}  {len(row['classes'])} classes  "
+                  f"{row['note'] or ''}".rstrip())
+        else:
+            print(f"{mark} {row['version']}  CORRUPT: {row['note']}")
+    return 0
+
+
+def _model_rollback(args: argparse.Namespace) -> int:
+    from avcil.runtime.modeldir import ModelDir
+
+    model = ModelDir(args.model)
+    before = model.current()
+    after = model.rollback(args.version)
+    print(f"{model.root}: current version {before} -> {after}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from avcil.runtime.demo import run_demo
+
+    run_demo(args.out, cache=args.cache, epochs=args.epochs, clips_per_class=args.clips_per_class,
+             train_clips=args.train_clips)
+    return 0
+
+
+def add_parsers(subparsers) -> None:
+    run = subparsers.add_parser(
+        "run", help="recognise live from a camera and a microphone (or paced files); one JSON line per decision",
+        description="Live recognition: clip windows from the camera and the microphone, encoders on the chosen "
+                    "backend, the model's head, smoothing, a label or 'unknown'. Picks up new versions of the "
+                    "model dir (avcil learn, avcil model rollback) without a restart.")
+    run.add_argument("--model", required=True, metavar="DIR", help="model dir (from avcil train / avcil learn)")
+    run.add_argument("--camera", required=True, metavar="SRC",
+                     help="camera index (0), http/rtsp URL, or video file(s), comma-separated, played in real time")
+    run.add_argument("--mic", required=True, metavar="SRC",
+                     help="sounddevice input by index or name ('default', 'pulse'), or audio/video file(s), "
+                          "comma-separated, played in real time")
+    run.add_argument("--backend", choices=KINDS, default="torch", help="runtime of the encoders (default torch); "
+                     "onnxruntime/tensorrt need `avcil export` first")
+    run.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    run.add_argument("--jsonl", metavar="FILE", help="append one JSON line per decision here")
+    run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C, "
+                     "or until file sources end)")
+    run.add_argument("--hop", type=float, metavar="S", help="seconds between decisions (default: a third of the "
+                     "profile's window)")
+    run.add_argument("--threshold", type=float, default=0.5, help="below this smoothed probability: 'unknown'")
+    run.add_argument("--smoothing", type=int, default=3, help="average the probabilities of this many windows")
+    run.add_argument("--top-k", type=int, default=3)
+    run.add_argument("--loop", action="store_true", help="file sources: play again from the start when done")
+    run.add_argument("--slot", type=float, default=0.0, metavar="S",
+                     help="file sources: give each file at least S seconds (silence, last frame held)")
+    run.add_argument("--video-out", metavar="FILE", help="write an annotated video (one frame per decision)")
+    run.add_argument("--quiet", action="store_true", help="no console line per decision")
+    run.set_defaults(func=_run)
+
+    learn = subparsers.add_parser(
+        "learn", help="add a class to a model dir from files or from clips recorded live",
+        description="Learn a new class on the device: encode its clips, run one AV-CIL step with the current head "
+                    "as teacher and the exemplar memory replayed, update the memory, commit a new version. A "
+                    "running `avcil run` on the same model dir picks it up.")
+    learn.add_argument("--model", required=True, metavar="DIR")
+    learn.add_argument("--label", required=True, metavar="NAME", help="name of the new class")
+    learn.add_argument("--files", nargs="+", metavar="F", help="video files (with sound) of the new class")
+    learn.add_argument("--camera", metavar="SRC", help="record from this camera (with --mic and --clips)")
+    learn.add_argument("--mic", metavar="SRC", help="record from this microphone")
+    learn.add_argument("--clips", type=int, metavar="N", help="number of clips to record")
+    learn.add_argument("--countdown", type=float, default=3.0, metavar="S", help="countdown before each clip")
+    learn.add_argument("--epochs", type=int, default=30)
+    learn.add_argument("--batch-size", type=int, default=64, help="new clips and exemplars per batch (each)")
+    learn.add_argument("--instance-weight", type=float, default=0.5, help="λ_I of D-AVSC instance")
+    learn.add_argument("--threads", type=int, help="torch threads for the update (leave cores to `avcil run`)")
+    learn.set_defaults(func=_learn)
+
+    model = subparsers.add_parser("model", help="versions of a model dir: list, rollback")
+    actions = model.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="every version, its classes, and whether it verifies")
+    listing.add_argument("--model", required=True, metavar="DIR")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=_model_list)
+    rollback = actions.add_parser("rollback", help="make an earlier version current (default: the previous good)")
+    rollback.add_argument("--model", required=True, metavar="DIR")
+    rollback.add_argument("version", nargs="?", help="version to make current (e.g. v0002)")
+    rollback.set_defaults(func=_model_rollback)
+
+    demo = subparsers.add_parser(
+        "demo", help="offline demo: train on AV-Digits, recognise paced clips, learn a digit in the field",
+        description="The embedded default, offline and without a camera: a lite model trained on 8 of the 10 "
+                    "AV-Digits classes, live recognition of test clips played through the real file sources, "
+                    "the digit 9 learnt in the field from its clips, then recognised.")
+    demo.add_argument("--out", default="avcil-demo", metavar="DIR", help="where the model and JSON lines go")
+    demo.add_argument("--cache", help="AV-Digits and features cache (default $AVCIL_CACHE or ~/.cache/avcil)")
+    demo.add_argument("--epochs", type=int, default=15, help="epochs of the base training and of the field step")
+    demo.add_argument("--train-clips", type=int, default=16, help="training clips per digit")
+    demo.add_argument("--clips-per-class", type=int, default=2, help="test clips played per class")
+    demo.set_defaults(func=_demo)

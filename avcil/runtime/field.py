@@ -1,0 +1,186 @@
+"""Field learning: add a class to a model dir on the device, from video files or from clips recorded live.
+
+    features = encode_files(profile, ["a.mp4", ...])              # or record_clips(...) from camera + microphone
+    learn_class("MODEL", "doorbell", *features)                    # -> the new version's name
+
+The update is one AV-CIL step of the shared learner (avcil/train/learner.py): the current head is the frozen
+teacher, the new class is one new task, the exemplar memory of the old classes is replayed, and afterwards the
+memory makes room for the new class under the same budget (REFERENCE.md §5). Since a field step brings a single
+class, its cross-entropy runs over all classes (see `learn_class`). The model dir's writer lock is held
+from reading the current version to committing the new one, so two learners cannot lose each other's class; the
+commit is atomic, so killing `avcil learn` at any moment leaves the previous version in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from avcil.data.clips import ArrayClipSet
+from avcil.data.decode import decode_clip
+from avcil.runtime.modeldir import ModelDir, ModelDirError
+from avcil.train.learner import Learner, TrainConfig
+from avcil.train.methods import build_method
+
+
+@dataclass
+class FieldSettings:
+    """The update's training settings: the paper's optimiser with fewer epochs, since one class of a few dozen
+    clips converges quickly and the update should finish within a minute on a CPU."""
+
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    exemplar_batch_size: int = 64
+    instance_weight: float = 0.5
+    seed: int = 42
+    device: str = "cpu"
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                           batch_size=self.batch_size, exemplar_batch_size=self.exemplar_batch_size, seed=self.seed,
+                           device=self.device)
+
+
+def check_new_label(names: list[str], label: str, where: Path) -> None:
+    """Refuse an empty or already known class name."""
+    if not label.strip():
+        raise ModelDirError("the new class needs a non-empty name (--label)")
+    if label in names:
+        raise ModelDirError(f"{where}: class {label!r} is already in the model ({', '.join(names)}); "
+                            f"pick another name, or roll back with `avcil model rollback`")
+
+
+def task_ranges(classes: list[dict]) -> list[tuple[int, int]]:
+    """The [start, end) logit range of each step, from the manifest's classes in logit order."""
+    ranges: list[tuple[int, int]] = []
+    for index, entry in enumerate(classes):
+        if ranges and entry["step"] == classes[ranges[-1][0]]["step"]:
+            ranges[-1] = (ranges[-1][0], index + 1)
+        else:
+            ranges.append((index, index + 1))
+    steps = [classes[start]["step"] for start, _ in ranges]
+    if len(set(steps)) != len(steps):
+        raise ModelDirError(f"the manifest's classes are not grouped by step ({steps}); cannot tell the old tasks")
+    return ranges
+
+
+def encode_files(profile, paths: Sequence[str | Path], batch_size: int = 8,
+                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Audio [n, Da] and visual [n, T, S, Dv] features of video files, decoded as `avcil extract` decodes them."""
+    audio, visual = [], []
+    paths = [Path(p) for p in paths]
+    for start in tqdm(range(0, len(paths), batch_size), desc="encode clips", unit="batch", disable=not progress,
+                      file=sys.stderr):
+        clips = [decode_clip(p, profile.frame_prep.count, profile.audio_prep.sample_rate)
+                 for p in paths[start:start + batch_size]]
+        a, v = profile.encode_batch(np.stack([profile.preprocess_audio(c.waveform, c.sample_rate) for c in clips]),
+                                    np.stack([profile.preprocess_frames(c.frames) for c in clips]))
+        audio.append(a)
+        visual.append(v)
+    return np.concatenate(audio), np.concatenate(visual)
+
+
+def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np.ndarray,
+                settings: FieldSettings | None = None, progress: bool = True) -> dict:
+    """Add class `label` learnt from these clips' features; commit and return a summary with the new version."""
+    settings = settings or FieldSettings()
+    model = ModelDir(model_dir)
+    check_new_label(model.load(with_memory=False).class_names, label, model.root)
+    if len(audio) == 0 or len(audio) != len(visual):
+        raise ValueError(f"learning {label!r} needs clips: got {len(audio)} audio and {len(visual)} visual rows")
+    started = time.perf_counter()
+    with model.writer():
+        loaded = model.load()
+        check_new_label(loaded.class_names, label, model.root)  # again, now that no other writer can add it
+        manifest = loaded.manifest
+        classes = manifest["classes"]
+        new_index = len(classes)
+        clips = ArrayClipSet([f"field/{label}/{i}" for i in range(len(audio))], np.full(len(audio), new_index),
+                             np.asarray(audio, np.float32), np.asarray(visual, np.float32))
+        expected = manifest["features"]["shape"]
+        if clips.shape.to_dict() != expected:
+            raise ValueError(f"the new clips have features {clips.shape.to_dict()}, the model expects {expected}")
+        if loaded.memory is not None:
+            loaded.memory.quota(new_index + 1)  # a budget too small for one more class fails before training
+        head = loaded.head
+        teacher = copy.deepcopy(head).eval()
+        head.add_classes(1)
+        # The split cross-entropy scores new clips against the new classes' logits only: with one new class that
+        # is a softmax over one logit, which teaches nothing. A one-class step uses the plain cross-entropy over
+        # all classes (AV-CIL's "without split" variant); every other AV-CIL term stays.
+        method = build_method("avcil", instance_weight=settings.instance_weight, without=("split",))
+        learner = Learner(method, settings.train_config(), progress)
+        report = learner.learn_step(head, teacher, task_ranges(classes), clips, np.arange(len(audio)),
+                                    loaded.memory, step_name=f"learn {label}")
+        memory = loaded.memory
+        if memory is not None:
+            memory.update(clips, {new_index: np.arange(len(audio))}, embed=_fused_embedder(head))
+        step = max(c["step"] for c in classes) + 1 if classes else 0
+        seconds = time.perf_counter() - started
+        version = model.commit(
+            head, memory, classes + [{"name": label, "step": step}], manifest["features"],
+            extra={"parent": loaded.version, "note": f"learnt {label!r} in the field from {len(audio)} clips",
+                   "training": manifest.get("training"),
+                   "field_learning": {"label": label, "clips": len(audio), "seconds": round(seconds, 3),
+                                      "settings": asdict(settings), "best_epoch": report.best_epoch}})
+    return {"version": version, "parent": loaded.version, "label": label, "clips": len(audio),
+            "memory_clips": len(memory) if memory is not None else 0, "seconds": seconds,
+            "train_seconds": report.seconds}
+
+
+def _fused_embedder(head):
+    @torch.no_grad()
+    def embed(audio: np.ndarray, visual: np.ndarray) -> np.ndarray:
+        head.eval()
+        return head(torch.from_numpy(audio), torch.from_numpy(visual)).fused.numpy()
+    return embed
+
+
+def record_clips(camera: str, microphone: str, count: int, profile, countdown_s: float = 3.0,
+                 pause_s: float = 1.0, out=sys.stderr) -> tuple[np.ndarray, np.ndarray]:
+    """Record `count` clips of the profile's window length from live sources, with a countdown before each and
+    a progress line, and encode them."""
+    from avcil.runtime.sources import FrameHistory, open_camera, open_microphone
+    from avcil.runtime.windows import WindowAssembler, history_settings, window_seconds
+
+    seconds = window_seconds(profile.audio_prep)
+    history_s, min_interval = history_settings(seconds, seconds, profile.frame_prep)
+    frames = FrameHistory(history_s, min_interval)
+    video = open_camera(camera, frames)
+    audio = open_microphone(microphone, profile.audio_prep.sample_rate, history_s)
+    video.start()
+    audio.start()
+    try:
+        if hasattr(audio, "wait_started"):
+            audio.wait_started()
+        if hasattr(video, "wait_opened"):
+            video.wait_opened()
+        assemble = WindowAssembler(audio.ring, frames, seconds, profile.frame_prep)
+        audio_inputs, visual_inputs = [], []
+        for n in range(count):
+            for left in range(int(countdown_s), 0, -1):
+                print(f"clip {n + 1}/{count} in {left} ...", file=out, flush=True)
+                time.sleep(1.0)
+            print(f"clip {n + 1}/{count}: recording {seconds:.1f} s", file=out, flush=True)
+            end = time.monotonic() + seconds
+            time.sleep(seconds)
+            window = assemble(end)
+            if window.frames is None:
+                raise ModelDirError(f"camera {camera!r} delivered no frame while recording")
+            audio_inputs.append(profile.preprocess_audio(window.waveform, window.rate))
+            visual_inputs.append(profile.preprocess_frames(window.frames))
+            time.sleep(pause_s)
+    finally:
+        video.stop()
+        audio.stop()
+    return profile.encode_batch(np.stack(audio_inputs), np.stack(visual_inputs))

@@ -1,0 +1,260 @@
+"""Live recognition: clip window -> preprocessing -> encoders (chosen backend) -> head -> probabilities ->
+smoothing over recent windows -> a label, or `unknown` under the threshold.
+
+The head always runs in torch from the model dir's current version (it is small, and it is the part field learning
+changes): a watcher thread notices a new version (`avcil learn`, `avcil model rollback`), loads and verifies it
+off the recognition path, and swaps it in between two decisions, so recognition never pauses for an update.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TextIO
+
+import numpy as np
+import torch
+
+from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
+from avcil.runtime.modeldir import LoadedModel, ModelDir, ModelDirError
+from avcil.runtime.windows import Schedule, Window, WindowAssembler
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+WATCH_INTERVAL_S = 0.5
+
+
+@dataclass
+class _Head:
+    version: str
+    head: torch.nn.Module
+    class_names: list[str]
+
+
+class Recognizer:
+    """Decides one window at a time. `backend`: torch | onnxruntime | tensorrt for the encoders; `profile`: an
+    already built encoder profile for the torch backend (default: rebuilt from the manifest)."""
+
+    def __init__(self, model_dir: str | Path, backend: str = "torch", device: str = "cpu", profile=None,
+                 threshold: float = 0.5, smoothing: int = 3, top_k: int = 3, watch: bool = True):
+        from avcil.runtime.backends import model_backends
+
+        self.model = ModelDir(model_dir)
+        loaded = self.model.load(with_memory=False)
+        record = loaded.manifest["features"].get("profile")
+        if not record:
+            raise ModelDirError(f"{model_dir}: the model records no encoder profile (trained on features from "
+                                f"elsewhere), so live sources cannot be encoded for it")
+        self.audio_prep = audio_preprocess_from_settings(record["settings"]["audio"])
+        self.frame_prep = frame_preprocess_from_settings(record["settings"]["visual"])
+        encoders = model_backends(model_dir, backend, device, profile=profile)
+        self.audio_encoder, self.visual_encoder = encoders["audio"], encoders["visual"]
+        self.backend = backend
+        self.threshold, self.top_k = threshold, top_k
+        self.recent: deque[np.ndarray] = deque(maxlen=max(1, smoothing))
+        self._current = self._wrap(loaded)
+        self.reloads: list[dict] = []
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="model watcher", daemon=True) if watch else None
+        if self._watcher is not None:
+            self._watcher.start()
+
+    @staticmethod
+    def _wrap(loaded: LoadedModel) -> _Head:
+        return _Head(loaded.version, loaded.head.eval(), loaded.class_names)
+
+    @property
+    def version(self) -> str:
+        return self._current.version
+
+    @property
+    def class_names(self) -> list[str]:
+        return self._current.class_names
+
+    # Hot reload ------------------------------------------------------------------------------------------------
+    def _watch(self) -> None:
+        seen = self._current.version
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            try:
+                pointer = self.model.current()
+            except ModelDirError:
+                continue
+            if pointer == seen:
+                continue
+            seen = pointer
+            self.reload()
+
+    def reload(self) -> bool:
+        """Load the current version (or the last good one) and swap it in; False (and the old head kept) when
+        nothing loadable is there."""
+        try:
+            loaded = self.model.load(with_memory=False)
+        except ModelDirError as error:
+            log.error("model dir changed but no version loads (%s); keeping %s", error, self._current.version)
+            return False
+        if loaded.version == self._current.version:
+            return False
+        self.reloads.append({"time": time.time(), "from": self._current.version, "to": loaded.version,
+                             "refused": loaded.refused})
+        self._current = self._wrap(loaded)  # one reference assignment: a decision sees the old or the new head
+        log.info("now using model %s (%d classes)", loaded.version, len(loaded.class_names))
+        return True
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+
+    # Deciding --------------------------------------------------------------------------------------------------
+    def decide(self, window: Window) -> dict:
+        """One decision: label, score, top-k, and the latency of each stage in milliseconds."""
+        marks = [("start", time.perf_counter())]
+
+        def mark(stage: str) -> None:
+            marks.append((stage, time.perf_counter()))
+
+        audio_input = self.audio_prep(window.waveform, window.rate)[None]
+        mark("audio_preprocess")
+        frames = window.frames
+        if frames is None:  # no camera frame yet: black frames, as an unlit camera would show
+            frames = [np.zeros((self.frame_prep.size, self.frame_prep.size, 3), np.uint8)] * self.frame_prep.count
+        visual_input = self.frame_prep(frames)[None]
+        mark("frame_preprocess")
+        audio_features, = self.audio_encoder(audio_input)
+        mark("audio_encoder")
+        visual_features, = self.visual_encoder(visual_input)
+        mark("visual_encoder")
+        current = self._current
+        with torch.inference_mode():
+            logits = current.head(torch.from_numpy(audio_features), torch.from_numpy(visual_features)).logits
+        probabilities = torch.softmax(logits.float(), dim=1)[0].numpy()
+        mark("head")
+        if self.recent and len(self.recent[-1]) != len(probabilities):
+            self.recent.clear()  # the class set changed: earlier windows cannot be averaged with this one
+        self.recent.append(probabilities)
+        smoothed = np.mean(self.recent, axis=0)
+        order = np.argsort(-smoothed)[:self.top_k]
+        best = int(order[0])
+        score = float(smoothed[best])
+        latency = {stage: (t - marks[i][1]) * 1000 for i, (stage, t) in enumerate(marks[1:])}
+        return {"label": current.class_names[best] if score >= self.threshold else UNKNOWN,
+                "score": round(score, 4),
+                "top_k": [{"label": current.class_names[i], "score": round(float(smoothed[i]), 4)} for i in order],
+                "latency_ms": {k: round(v, 2) for k, v in latency.items()},
+                "model_version": current.version}
+
+
+class DecisionWriter:
+    """Where decisions go: JSON lines (a file, flushed per line), a console line, and optionally an annotated
+    video (the window's last frame with the decision written on it, one frame per decision)."""
+
+    def __init__(self, jsonl: str | Path | None = None, console: TextIO | None = sys.stdout,
+                 video: str | Path | None = None, video_fps: float = 1.0):
+        self.jsonl = open(jsonl, "a") if jsonl else None
+        self.console = console
+        self.video_path, self.video_fps = video, video_fps
+        self.video = None
+
+    def __call__(self, decision: dict, window: Window) -> None:
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(decision) + "\n")
+            self.jsonl.flush()
+        if self.console is not None:
+            top = ", ".join(f"{t['label']} {t['score']:.2f}" for t in decision["top_k"])
+            print(f"{time.strftime('%H:%M:%S')} {decision['label']:>12} {decision['score']:.2f}  [{top}]  "
+                  f"{decision['latency_ms']['total']:.0f} ms  dropped {decision['dropped_windows']}  "
+                  f"{decision['model_version']}", file=self.console, flush=True)
+        if self.video_path is not None and window.frames is not None:
+            self._annotate(decision, window.frames[-1])
+
+    def _annotate(self, decision: dict, frame_rgb: np.ndarray) -> None:
+        import cv2
+
+        image = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
+        if self.video is None:
+            self.video_size = (image.shape[1], image.shape[0])
+            self.video = cv2.VideoWriter(str(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"), self.video_fps,
+                                         self.video_size)
+        image = cv2.resize(image, self.video_size)  # a reconnected stream may come back at another size
+        text = f"{decision['label']} {decision['score']:.2f}"
+        cv2.putText(image, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(image, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
+        self.video.write(image)
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.video is not None:
+            self.video.release()
+
+
+def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Schedule,
+              on_decision: Callable[[dict, Window], None], until: float | None = None,
+              audio_live: bool = True, stop: threading.Event | None = None,
+              sources_done: Callable[[], bool] = lambda: False) -> int:
+    """Decide every scheduled window until clock time `until`, `stop` is set, or the sources have finished;
+    returns the number of decisions. Each decision gains `time` (wall clock), `window` (its clock span),
+    `dropped_windows` (so far) and `latency_ms.total` (from the window's end to the decision)."""
+    count = 0
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        end = schedule.wait(stop)
+        if stop.is_set() or (until is not None and end > until):
+            break
+        window = assembler(end, audio_live)
+        decision = recognizer.decide(window)
+        decision["latency_ms"]["total"] = round((time.monotonic() - end) * 1000, 2)
+        decision = {"time": round(time.time(), 3), "window": [round(window.start, 3), round(window.end, 3)],
+                    **decision, "dropped_windows": schedule.dropped}
+        on_decision(decision, window)
+        count += 1
+        if sources_done():
+            break
+    return count
+
+
+def run_live(recognizer: Recognizer, camera: str, microphone: str, on_decision: Callable[[dict, Window], None],
+             hop: float | None = None, duration: float | None = None, loop: bool = False, slot_s: float = 0.0,
+             stop: threading.Event | None = None) -> dict:
+    """Open the sources (see avcil.runtime.sources.open_camera / open_microphone), then decide every window until
+    `duration` seconds have passed, `stop` is set, or file sources have played out. File sources start together
+    on the clock, each file taking at least `slot_s` seconds. Returns counts of decisions and dropped windows."""
+    from avcil.runtime.sources import CameraSource, FrameHistory, Microphone, clock, open_camera, open_microphone
+    from avcil.runtime.windows import HOP_SHARE, history_settings, window_seconds
+
+    seconds = window_seconds(recognizer.audio_prep)
+    hop = hop or seconds * HOP_SHARE
+    history_s, min_interval = history_settings(seconds, hop, recognizer.frame_prep)
+    frames = FrameHistory(history_s, min_interval)
+    start = clock() + 0.2  # both file sources begin at this clock time, in step
+    video = open_camera(camera, frames, start, loop, slot_s)
+    audio = open_microphone(microphone, recognizer.audio_prep.sample_rate, history_s, start, loop, slot_s)
+    live_audio = isinstance(audio, Microphone)
+    video.start()
+    audio.start()
+    try:
+        if live_audio:
+            audio.wait_started()
+            start = clock()
+        if isinstance(video, CameraSource):
+            video.wait_opened()
+        schedule = Schedule(first_end=start + seconds, hop=hop)
+        assembler = WindowAssembler(audio.ring, frames, seconds, recognizer.frame_prep)
+        decisions = recognise(recognizer, assembler, schedule, on_decision,
+                              until=start + duration if duration else None, audio_live=live_audio, stop=stop,
+                              sources_done=lambda: video.finished and audio.finished)
+    finally:
+        video.stop()
+        audio.stop()
+    for source in (video, audio):
+        if getattr(source, "error", None) is not None:
+            raise RuntimeError(f"{source.name} failed: {source.error}")
+    return {"decisions": decisions, "dropped_windows": schedule.dropped, "window_s": seconds, "hop_s": hop,
+            "camera_reconnects": getattr(video, "reconnects", 0), "frames_received": frames.received}

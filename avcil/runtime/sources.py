@@ -1,0 +1,433 @@
+"""Live sources on one monotonic clock: a camera (OpenCV), a microphone (sounddevice), and audio/video files
+paced in real time so that they behave like live sources.
+
+Every source runs its own reader thread and only ever keeps a bounded recent past:
+- video sources keep timestamped frames thinned to `min_interval` (what a clip window samples from) over the last
+  `history_s` seconds; a slow consumer never makes them fall behind, it just sees newer frames;
+- audio sources keep a ring buffer of the last `history_s` seconds at the source's own rate, with the monotonic
+  time of its newest sample; the window's preprocessing resamples to the profile's rate
+  (avcil.data.preprocess.resample), so a device or file at another rate works unchanged.
+
+`open_camera(SRC)` takes a device index ("0"), a video file, or an http(s)/rtsp URL; `open_microphone(SRC)` takes
+a sounddevice name or index, or an audio/video file. Streams that drop are reopened with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from avcil.data.preprocess import as_mono
+
+log = logging.getLogger(__name__)
+
+clock = time.monotonic
+STREAM_PREFIXES = ("http://", "https://", "rtsp://", "rtsps://", "udp://", "tcp://")
+AUDIO_BLOCK_S = 0.02  # how finely paced files and the microphone hand audio to the ring
+RECONNECT_BACKOFF_S = (0.25, 4.0)  # first and largest wait between attempts to reopen a dropped stream
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened: the message says what was asked for and what exists."""
+
+
+# Buffers ---------------------------------------------------------------------------------------------------------
+class AudioRing:
+    """The last `seconds` of mono audio at `rate`, and the clock time of the newest sample."""
+
+    def __init__(self, rate: int, seconds: float):
+        self.rate = int(rate)
+        self.buffer = np.zeros(int(np.ceil(seconds * rate)), dtype=np.float32)
+        self.written = 0  # samples ever appended
+        self.newest_time: float | None = None
+        self.lock = threading.Lock()
+
+    def append(self, samples: np.ndarray, end_time: float) -> None:
+        samples = np.asarray(samples, dtype=np.float32)[-len(self.buffer):]
+        with self.lock:
+            start = self.written % len(self.buffer)
+            first = min(len(samples), len(self.buffer) - start)
+            self.buffer[start:start + first] = samples[:first]
+            self.buffer[:len(samples) - first] = samples[first:]
+            self.written += len(samples)
+            self.newest_time = end_time
+
+    def covers(self, end_time: float) -> bool:
+        with self.lock:
+            return self.newest_time is not None and self.newest_time >= end_time
+
+    def window(self, end_time: float, seconds: float) -> np.ndarray:
+        """The `seconds` of audio that end at clock time `end_time`; zeros where nothing was recorded (before the
+        source started, or after its newest sample)."""
+        length = int(round(seconds * self.rate))
+        out = np.zeros(length, dtype=np.float32)
+        with self.lock:
+            if self.newest_time is None:
+                return out
+            end = self.written - int(round((self.newest_time - end_time) * self.rate))  # sample index of end_time
+            start = end - length
+            lo, hi = max(start, self.written - len(self.buffer), 0), min(end, self.written)
+            if hi <= lo:
+                return out
+            positions = np.arange(lo, hi) % len(self.buffer)
+            out[lo - start:hi - start] = self.buffer[positions]
+        return out
+
+
+class FrameHistory:
+    """Timestamped RGB frames of the last `seconds`, at most one per `min_interval`."""
+
+    def __init__(self, seconds: float, min_interval: float):
+        self.seconds, self.min_interval = seconds, min_interval
+        self.frames: collections.deque[tuple[float, np.ndarray]] = collections.deque()
+        self.lock = threading.Lock()
+        self.received = 0
+
+    def add(self, frame_bgr: np.ndarray, when: float) -> None:
+        with self.lock:
+            self.received += 1
+            if self.frames and when - self.frames[-1][0] < self.min_interval:
+                return
+            self.frames.append((when, cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)))
+            while self.frames and when - self.frames[0][0] > self.seconds:
+                self.frames.popleft()
+
+    def latest(self) -> tuple[float, np.ndarray] | None:
+        with self.lock:
+            return self.frames[-1] if self.frames else None
+
+    def sample(self, times: Sequence[float]) -> list[np.ndarray] | None:
+        """For each clock time, the newest frame taken at or before it (the oldest one kept for times before all
+        frames); None while no frame has arrived."""
+        with self.lock:
+            if not self.frames:
+                return None
+            stamps = np.array([t for t, _ in self.frames])
+            picks = np.clip(np.searchsorted(stamps, np.asarray(times), side="right") - 1, 0, len(stamps) - 1)
+            return [self.frames[i][1] for i in picks]
+
+
+# Threads ---------------------------------------------------------------------------------------------------------
+class _Reader:
+    """A daemon thread running `_loop` until `stop()`."""
+
+    name = "source"
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self) -> "_Reader":
+        self._thread = threading.Thread(target=self._guarded, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def _guarded(self) -> None:
+        try:
+            self._loop()
+        except BaseException as error:  # noqa: BLE001 - kept for the consumer, which reports it
+            self.error = error
+            log.error("%s stopped: %s", self.name, error)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def finished(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# Video -------------------------------------------------------------------------------------------------------------
+class CameraSource(_Reader):
+    """A camera index or a network stream, read as fast as it delivers; reopened with backoff when it drops."""
+
+    name = "camera"
+
+    def __init__(self, source: int | str, history: FrameHistory, open_timeout_s: float = 10.0):
+        super().__init__()
+        self.source, self.history = source, history
+        self.open_timeout_s = open_timeout_s
+        self.reconnects = 0
+
+    def _open(self) -> cv2.VideoCapture | None:
+        capture = cv2.VideoCapture(self.source)
+        if capture.isOpened():
+            return capture
+        capture.release()
+        return None
+
+    def wait_opened(self, timeout: float | None = None) -> None:
+        """Block until the first frame arrives; a SourceError if none comes within the open timeout."""
+        deadline = clock() + (timeout or self.open_timeout_s)
+        while self.history.latest() is None:
+            if self.error is not None:
+                raise SourceError(f"camera {self.source!r}: {self.error}")
+            if clock() > deadline:
+                raise SourceError(f"camera {self.source!r}: no frame within {timeout or self.open_timeout_s:.0f} s "
+                                  f"(is the device or stream there? /dev/video* and URLs are what OpenCV opens)")
+            time.sleep(0.02)
+
+    def _loop(self) -> None:
+        wait = RECONNECT_BACKOFF_S[0]
+        while not self._stop.is_set():
+            capture = self._open()
+            if capture is None:
+                log.warning("camera %r: cannot open; retrying in %.2f s", self.source, wait)
+                self._stop.wait(wait)
+                wait = min(wait * 2, RECONNECT_BACKOFF_S[1])
+                continue
+            got_frame = False
+            while not self._stop.is_set():
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                got_frame = True
+                self.history.add(frame, clock())
+            capture.release()
+            if self._stop.is_set():
+                break
+            if got_frame:
+                wait = RECONNECT_BACKOFF_S[0]
+                self.reconnects += 1
+            log.warning("camera %r: stream ended; reconnecting in %.2f s", self.source, wait)
+            self._stop.wait(wait)
+            wait = min(wait * 2, RECONNECT_BACKOFF_S[1])
+
+
+def _video_fps(path: Path) -> float:
+    capture = cv2.VideoCapture(str(path))
+    fps = float(capture.get(cv2.CAP_PROP_FPS))
+    capture.release()
+    return fps if fps > 0 else 25.0
+
+
+class PacedVideoFiles(_Reader):
+    """Video files played one after the other in real time from clock time `start`: each file occupies at least
+    `slot_s` seconds (its last frame is held), optionally looping. Frames are decoded just in time."""
+
+    name = "video files"
+
+    def __init__(self, paths: Sequence[str | Path], history: FrameHistory, start: float | None = None,
+                 loop: bool = False, slot_s: float = 0.0):
+        super().__init__()
+        self.paths = [Path(p) for p in paths]
+        for path in self.paths:
+            if not path.is_file():
+                raise SourceError(f"camera file {path}: no such file")
+        self.history, self.start_time, self.loop, self.slot_s = history, start, loop, slot_s
+
+    def _loop(self) -> None:
+        at = self.start_time if self.start_time is not None else clock()
+        while not self._stop.is_set():
+            for path in self.paths:
+                at = self._play(path, at)
+                if self._stop.is_set():
+                    return
+            if not self.loop:
+                return
+
+    def _play(self, path: Path, start: float) -> float:
+        """Play one file from clock time `start`; returns the clock time its slot ends."""
+        period = 1.0 / _video_fps(path)
+        capture = cv2.VideoCapture(str(path))
+        index, frame = 0, None
+        while not self._stop.is_set():
+            ok, image = capture.read()
+            if not ok:
+                break
+            frame = image
+            when = start + index * period
+            self._stop.wait(max(0.0, when - clock()))
+            self.history.add(frame, when)
+            index += 1
+        capture.release()
+        end = start + max(index * period, self.slot_s)
+        # Hold the last frame until the slot ends, as a still camera would keep showing it (stamped before the
+        # end, so that the next file's first frame is the one seen at the slot's end).
+        when = start + index * period
+        while frame is not None and not self._stop.is_set() and when < end - period / 2:
+            self._stop.wait(max(0.0, when - clock()))
+            self.history.add(frame, when)
+            when += period
+        return end
+
+
+# Audio -------------------------------------------------------------------------------------------------------------
+def read_audio_file(path: str | Path, fallback_rate: int) -> tuple[np.ndarray, int]:
+    """Mono float32 audio of a file at its own rate when soundfile reads it (wav, flac, ogg), otherwise decoded by
+    ffmpeg at `fallback_rate` (video containers)."""
+    import soundfile as sf
+
+    from avcil.data.decode import read_audio
+
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"microphone file {path}: no such file")
+    try:
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        return as_mono(samples), int(rate)
+    except sf.LibsndfileError:
+        return read_audio(path, fallback_rate), fallback_rate
+
+
+class PacedAudioFiles(_Reader):
+    """Audio of files (wav, or the sound track of videos) appended to the ring in real time from clock time
+    `start`, each file padded with silence to `slot_s` seconds, optionally looping. Files at a rate other than
+    the ring's are resampled once when loaded."""
+
+    name = "audio files"
+
+    def __init__(self, paths: Sequence[str | Path], ring: AudioRing, start: float | None = None, loop: bool = False,
+                 slot_s: float = 0.0):
+        super().__init__()
+        from avcil.data.preprocess import resample
+
+        self.ring, self.start_time, self.loop = ring, start, loop
+        self.tracks = []
+        for path in paths:
+            samples, rate = read_audio_file(path, ring.rate)
+            samples = resample(samples, rate, ring.rate)
+            pad = max(0, int(round(slot_s * ring.rate)) - len(samples))
+            self.tracks.append(np.concatenate([samples, np.zeros(pad, np.float32)]))
+
+    def _loop(self) -> None:
+        block = max(1, int(AUDIO_BLOCK_S * self.ring.rate))
+        at = self.start_time if self.start_time is not None else clock()
+        while not self._stop.is_set():
+            for track in self.tracks:
+                for offset in range(0, len(track), block):
+                    chunk = track[offset:offset + block]
+                    end = at + (offset + len(chunk)) / self.ring.rate
+                    self._stop.wait(max(0.0, end - clock()))
+                    if self._stop.is_set():
+                        return
+                    self.ring.append(chunk, end)
+                at += len(track) / self.ring.rate
+            if not self.loop:
+                return
+
+
+def list_input_devices() -> list[dict]:
+    """The input devices sounddevice sees: index, name, channels, default rate."""
+    import sounddevice as sd
+
+    return [{"index": i, "name": d["name"], "channels": d["max_input_channels"],
+             "default_rate": d["default_samplerate"]}
+            for i, d in enumerate(sd.query_devices()) if d["max_input_channels"] > 0]
+
+
+def find_input_device(name_or_index: str | int) -> dict:
+    """An input device by index or by (part of its) name, or a SourceError that lists the devices there are."""
+    devices = list_input_devices()
+    text = str(name_or_index)
+    if text.isdigit():
+        matches = [d for d in devices if d["index"] == int(text)]
+    else:
+        matches = [d for d in devices if d["name"] == text] or [d for d in devices if text.lower() in d["name"].lower()]
+    if not matches:
+        listing = "\n".join(f"  {d['index']}: {d['name']} ({d['channels']} ch, {d['default_rate']:.0f} Hz)"
+                            for d in devices) or "  (none: no sound server or card is visible to PortAudio)"
+        raise SourceError(f"microphone {text!r}: no such input device. Input devices here:\n{listing}")
+    return matches[0]
+
+
+class Microphone:
+    """A sounddevice input stream whose callback appends to the ring (mono, at the rate the device was opened
+    with: the profile's when the device accepts it, else its default)."""
+
+    name = "microphone"
+
+    def __init__(self, device: str | int, rate: int, history_s: float):
+        import sounddevice as sd
+
+        self.device = find_input_device(device)
+        self.rate = self._supported_rate(sd, rate)
+        self.ring = AudioRing(self.rate, history_s)
+        self.callbacks = 0
+        self.overflows = 0
+        self.stream = sd.InputStream(device=self.device["index"], channels=1, samplerate=self.rate,
+                                     blocksize=max(1, int(AUDIO_BLOCK_S * self.rate)), dtype="float32",
+                                     callback=self._callback)
+        self.error: BaseException | None = None
+
+    def _supported_rate(self, sd, wanted: int) -> int:
+        try:
+            sd.check_input_settings(device=self.device["index"], channels=1, samplerate=wanted)
+            return wanted
+        except Exception:  # noqa: BLE001 - PortAudio reports an unsupported rate in several ways
+            rate = int(self.device["default_rate"])
+            log.info("microphone %s: %d Hz not supported, recording at %d Hz and resampling", self.device["name"],
+                     wanted, rate)
+            return rate
+
+    def _callback(self, indata, frames, times, status) -> None:
+        if status.input_overflow:
+            self.overflows += 1
+        self.callbacks += 1
+        self.ring.append(indata[:, 0].copy(), clock())
+
+    def start(self) -> "Microphone":
+        self.stream.start()
+        return self
+
+    def wait_started(self, timeout: float = 10.0) -> None:
+        """The first callback comes 1.5-2 s after the stream starts with PulseAudio (REFERENCE.md §8)."""
+        deadline = clock() + timeout
+        while self.callbacks == 0:
+            if clock() > deadline:
+                raise SourceError(f"microphone {self.device['name']!r}: no audio within {timeout:.0f} s")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.stream.stop()
+        self.stream.close()
+
+    @property
+    def finished(self) -> bool:
+        return False
+
+
+# Opening by name ---------------------------------------------------------------------------------------------------
+def is_stream(source: str) -> bool:
+    return source.lower().startswith(STREAM_PREFIXES)
+
+
+def open_camera(source: str, history: FrameHistory, start: float | None = None, loop: bool = False,
+                slot_s: float = 0.0):
+    """A camera index, a stream URL, or video file(s) (comma-separated) paced in real time."""
+    if source.isdigit():
+        return CameraSource(int(source), history)
+    if is_stream(source):
+        return CameraSource(source, history)
+    return PacedVideoFiles(source.split(","), history, start, loop, slot_s)
+
+
+def open_microphone(source: str, rate: int, history_s: float, start: float | None = None, loop: bool = False,
+                    slot_s: float = 0.0):
+    """Audio file(s) (comma-separated; wav or the sound track of videos) paced in real time, or else a sounddevice
+    input by index or name ('default', 'pulse', part of a device name)."""
+    parts = source.split(",")
+    if all(Path(p).suffix and Path(p).is_file() for p in parts):
+        return PacedAudioFiles(parts, AudioRing(rate, history_s), start, loop, slot_s)
+    if Path(source).suffix and not source.isdigit() and len(parts) == 1 and "/" in source:
+        raise SourceError(f"microphone file {source}: no such file")
+    return Microphone(source, rate, history_s)

@@ -1,0 +1,90 @@
+"""Clip windows on the sources' monotonic clock: window length and hop from the encoder profile, frames sampled
+across the window as the encoders were trained (first and last included), and a schedule that never queues:
+when recognition falls behind, the windows it has no time for are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from avcil.data.preprocess import FramePreprocess, KaldiFbank, SfxMel
+from avcil.runtime.sources import AudioRing, FrameHistory, clock
+
+HOP_SHARE = 1 / 3  # default hop as a share of the window: a decision every third of a clip
+AUDIO_WAIT_S = 0.25  # longest wait for a live source's audio to reach the window's end
+
+
+def window_seconds(audio_prep: KaldiFbank | SfxMel) -> float:
+    """The clip length the audio encoder sees: the paper profile's 1024 fbank frames (10.24 s), lite's 3 s."""
+    if isinstance(audio_prep, SfxMel):
+        return float(audio_prep.window_seconds)
+    return audio_prep.target_frames * audio_prep.frame_shift_ms / 1000.0
+
+
+@dataclass
+class Window:
+    start: float  # clock time
+    end: float
+    waveform: np.ndarray  # mono float32 at `rate`
+    rate: int
+    frames: list[np.ndarray] | None  # `count` RGB frames, None while the camera has delivered nothing
+
+
+class WindowAssembler:
+    """Cuts the window ending at a clock time out of an audio ring and a frame history."""
+
+    def __init__(self, ring: AudioRing, frames: FrameHistory, seconds: float, frame_prep: FramePreprocess):
+        self.ring, self.frames, self.seconds, self.count = ring, frames, seconds, frame_prep.count
+
+    def __call__(self, end: float, audio_live: bool = True) -> Window:
+        """The window [end - seconds, end]. With `audio_live`, waits (at most AUDIO_WAIT_S) for audio up to `end`
+        to arrive, since a sound card hands it over in blocks."""
+        deadline = clock() + AUDIO_WAIT_S
+        while audio_live and not self.ring.covers(end) and clock() < deadline:
+            time.sleep(0.005)
+        start = end - self.seconds
+        times = np.linspace(start, end, self.count) if self.count > 1 else [start + self.seconds / 2]
+        return Window(start, end, self.ring.window(end, self.seconds), self.ring.rate, self.frames.sample(times))
+
+
+def history_settings(seconds: float, hop: float, frame_prep: FramePreprocess) -> tuple[float, float]:
+    """How much past the sources keep (a window, two hops and a margin) and the finest frame spacing worth
+    keeping (half the spacing of the frames a window samples)."""
+    return seconds + 2 * hop + 1.0, seconds / max(1, frame_prep.count) / 2
+
+
+class Schedule:
+    """Window ends at `first_end + k * hop`. `next_end()` is the end of the next window to process: the newest
+    one that has already ended when recognition is late (the skipped ones count in `dropped`), else the next."""
+
+    def __init__(self, first_end: float, hop: float):
+        if hop <= 0:
+            raise ValueError(f"the hop between windows must be positive, got {hop}")
+        self.first_end, self.hop = first_end, hop
+        self.index = -1
+        self.dropped = 0
+
+    def next_end(self, now: float | None = None) -> float:
+        now = clock() if now is None else now
+        wanted = self.index + 1
+        newest_ended = int(np.floor((now - self.first_end) / self.hop))
+        if newest_ended > wanted:
+            self.dropped += newest_ended - wanted
+            wanted = newest_ended
+        self.index = wanted
+        return self.first_end + wanted * self.hop
+
+    def wait(self, stop=None) -> float:
+        """Sleep until the next window ends (or `stop`, a threading.Event, is set); return that end time."""
+        end = self.next_end()
+        delay = end - clock()
+        if delay > 0:
+            if stop is not None:
+                stop.wait(delay)
+            else:
+                time.sleep(delay)
+        return end
+

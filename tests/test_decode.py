@@ -1,0 +1,102 @@
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avcil.data.decode import (DecodeError, EmptyClip, NoAudioTrack, TruncatedVideo, decode_clip, read_audio,
+                               read_frames)
+from avcil.data.preprocess import sample_frame_indices
+
+FPS = 10
+
+
+def frame_level(index: int) -> int:
+    """The red level of frame `index` in the test videos: frames tell which one they are."""
+    return 10 + 6 * index
+
+
+def make_video(path: Path, frames: int = 20, tone_hz: float | None = 440.0, size=(64, 48), faststart=True,
+               seed: int = 0) -> Path:
+    """An H.264 mp4 whose frame i is uniformly red at frame_level(i) (green 0, blue 200), with a sine track
+    at 44.1 kHz as long as the video (or no audio). `seed` adds a little noise so that clips differ."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    video = np.zeros((frames, height, width, 3), dtype=np.uint8)
+    for i in range(frames):
+        video[i, ..., 0] = frame_level(i)
+    video[..., 2] = 200
+    video = np.clip(video.astype(int) + rng.integers(-3, 4, video.shape), 0, 255).astype(np.uint8)
+    command = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
+               "-r", str(FPS), "-i", "pipe:0"]
+    if tone_hz is not None:
+        command += ["-f", "lavfi", "-i", f"sine=frequency={tone_hz}:sample_rate=44100:duration={frames / FPS}"]
+    command += ["-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p"]
+    if tone_hz is not None:
+        command += ["-c:a", "aac"]
+    if faststart:
+        command += ["-movflags", "+faststart"]
+    subprocess.run(command + [str(path)], input=video.tobytes(), check=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("videos")
+    make_video(folder / "ok.mp4")
+    make_video(folder / "silent.mp4", tone_hz=None)
+    data = make_video(folder / "whole.mp4", frames=40).read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (folder / "empty.mp4").write_bytes(b"")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10", "-t", "0",
+                    "-c:v", "libx264", str(folder / "zero.mp4")], check=True)
+    return folder
+
+
+def test_frames_are_sampled_uniformly_in_rgb_with_first_and_last(videos):
+    frames, duration = read_frames(videos / "ok.mp4", 8)
+    assert duration == pytest.approx(2.0)
+    assert len(frames) == 8 and all(f.shape == (48, 64, 3) and f.dtype == np.uint8 for f in frames)
+    red = [float(f[..., 0].mean()) for f in frames]
+    expected = [frame_level(i) for i in sample_frame_indices(20, 8)]
+    np.testing.assert_allclose(red, expected, atol=2)  # neighbours differ by 6
+    assert expected[0] == frame_level(0) and expected[-1] == frame_level(19)
+    assert all(abs(f[..., 2].mean() - 200) < 3 and f[..., 1].mean() < 3 for f in frames)  # RGB, not BGR
+
+
+def test_audio_is_mono_float_at_the_requested_rate(videos):
+    waveform = read_audio(videos / "ok.mp4", 16000)
+    assert waveform.dtype == np.float32 and waveform.ndim == 1
+    assert len(waveform) == pytest.approx(2.0 * 16000, rel=0.05)
+    spectrum = np.abs(np.fft.rfft(waveform))
+    assert np.fft.rfftfreq(len(waveform), 1 / 16000)[spectrum.argmax()] == pytest.approx(440, abs=2)
+
+
+def test_a_video_without_audio_is_an_error_or_silence_when_asked(videos):
+    with pytest.raises(NoAudioTrack, match="silent.mp4"):
+        decode_clip(videos / "silent.mp4", 4, 16000)
+    clip = decode_clip(videos / "silent.mp4", 4, 16000, missing_audio="silence")
+    assert clip.silent_fallback and len(clip.frames) == 4
+    assert len(clip.waveform) == 2 * 16000 and not clip.waveform.any()
+
+
+def test_a_truncated_file_is_a_truncation_error_naming_it(videos):
+    with pytest.raises(TruncatedVideo, match="truncated.mp4.*states 40 frames"):
+        decode_clip(videos / "truncated.mp4", 8, 16000)
+
+
+@pytest.mark.parametrize("name", ["empty.mp4", "zero.mp4"])
+def test_a_zero_length_clip_is_an_empty_clip_error(videos, name):
+    with pytest.raises(EmptyClip, match=name):
+        decode_clip(videos / name, 8, 16000)
+
+
+def test_a_missing_or_non_video_file_is_a_decode_error(videos, tmp_path):
+    with pytest.raises(DecodeError, match="no such file"):
+        decode_clip(tmp_path / "nope.mp4", 8, 16000)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video" * 100)
+    with pytest.raises(DecodeError, match="junk.mp4"):
+        decode_clip(junk, 8, 16000)
+    with pytest.raises(ValueError, match="missing_audio"):
+        decode_clip(videos / "ok.mp4", 8, 16000, missing_audio="ignore")

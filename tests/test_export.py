@@ -1,0 +1,171 @@
+import argparse
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from avcil.export import command
+from avcil.export.onnx import (ENCODERS_DIR, REPORT_FILE, SPEC_FILE, ExportError, export_onnx, read_spec,
+                               torch_outputs)
+from avcil.model.encoders import load_profile
+from avcil.model.head import FusionHead, HeadConfig, LogitsOnly
+from avcil.runtime.modeldir import ModelDir, _sha256
+
+
+def commit_model(root, profile, classes=3, modality="audio-visual"):
+    torch.manual_seed(1)
+    head = FusionHead(HeadConfig.for_shape(profile.shape, modality=modality), num_classes=classes)
+    ModelDir(root).commit(head, None, [{"name": f"c{i}", "step": 0} for i in range(classes)],
+                          {"shape": profile.shape.to_dict(), "profile": profile.describe()})
+    return head
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_profile("tiny")
+
+
+@pytest.fixture(scope="module")
+def exported(tiny, tmp_path_factory):
+    """A tiny model dir exported through the command line, as a user runs it."""
+    root = tmp_path_factory.mktemp("tiny") / "model"
+    commit_model(root, tiny)
+    assert run_export(["--model", str(root), "--format", "onnx"]) == 0
+    return root
+
+
+def run_export(argv):
+    parser = argparse.ArgumentParser()
+    command.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["export", *argv])
+    return args.func(args)
+
+
+def plain_session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_export_writes_validated_graphs_and_a_report(exported):
+    folder = exported / ENCODERS_DIR
+    report = json.loads((folder / REPORT_FILE).read_text())
+    assert set(report["models"]) == {"audio", "visual", "head"}
+    for name, model in report["models"].items():
+        assert model["relative_error"] < 1e-4, name
+        assert model["max_abs_error"] >= 0
+        assert [c["input"] for c in model["cases"]] == ["random-batch1", "random-batch4", "real-batch1"]
+    assert report["real_input"].startswith("spoken digits")
+    assert report["head_version"] == "v0001" and report["opset"] >= 17
+
+
+def test_spec_records_profile_io_and_checksums(exported, tiny):
+    spec = read_spec(exported / ENCODERS_DIR)
+    assert spec["profile"]["name"] == "tiny"
+    assert spec["profile"]["settings"]["audio"] == json.loads(json.dumps(tiny.settings["audio"]))
+    assert spec["opset"] >= 17 and spec["classes"] == ["c0", "c1", "c2"]
+    visual = spec["graphs"]["visual"]
+    assert visual["inputs"] == [{"name": "frames", "shape": ["batch", *tiny.visual_input_shape], "dtype": "float32"}]
+    assert visual["outputs"] == [{"name": "visual_tokens", "shape": ["batch", *tiny.shape.visual], "dtype": "float32"}]
+    assert spec["graphs"]["head"]["outputs"][0]["shape"] == ["batch", 3]
+    assert [i["name"] for i in spec["graphs"]["head"]["inputs"]] == ["audio_embedding", "visual_tokens"]
+    for graph in spec["graphs"].values():
+        assert _sha256(exported / ENCODERS_DIR / graph["file"]) == graph["sha256"]
+        assert onnx.load(str(exported / ENCODERS_DIR / graph["file"])).opset_import[0].version >= 17
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_each_file_runs_in_plain_onnxruntime(exported, tiny, batch):
+    folder = exported / ENCODERS_DIR
+    rng = np.random.default_rng(batch)
+    audio = rng.standard_normal((batch, *tiny.audio_input_shape)).astype(np.float32)
+    frames = rng.standard_normal((batch, *tiny.visual_input_shape)).astype(np.float32)
+    (embedding,) = plain_session(folder / "audio.onnx").run(None, {"audio_input": audio})
+    (tokens,) = plain_session(folder / "visual.onnx").run(None, {"frames": frames})
+    (logits,) = plain_session(folder / "head.onnx").run(None, {"audio_embedding": embedding, "visual_tokens": tokens})
+    head = ModelDir(exported).load().head
+    features = torch_outputs(tiny.audio, [audio]) + torch_outputs(tiny.visual, [frames])
+    expected = torch_outputs(LogitsOnly(head), features)
+    assert logits.shape == (batch, 3)
+    np.testing.assert_allclose(logits, expected[0], rtol=1e-4, atol=1e-5)
+
+
+class FrozenBatch(nn.Module):
+    """An encoder bug the validation must catch: Python control flow on the batch size, which tracing freezes."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        out = self.inner(x)
+        return out if x.shape[0] == 2 else out + 1.0
+
+
+def test_a_mismatch_fails_and_keeps_the_previous_export(exported, tiny, tmp_path):
+    folder = exported / ENCODERS_DIR
+    before = {p.name: _sha256(p) for p in folder.iterdir()}
+    broken = load_profile("tiny")
+    broken.audio = FrozenBatch(broken.audio)
+    with pytest.raises(ExportError, match=r"relative tolerance 0.0001: audio: relative error"):
+        export_onnx(exported, broken, progress=False)
+    assert {p.name: _sha256(p) for p in folder.iterdir()} == before
+    assert not [p for p in exported.iterdir() if p.name.startswith(".encoders")]
+
+
+def test_a_second_export_replaces_the_first_after_a_new_head_version(tmp_path, tiny):
+    root = tmp_path / "model"
+    head = commit_model(root, tiny)
+    export_onnx(root, tiny, progress=False)
+    head.add_classes(2)
+    ModelDir(root).commit(head, None, [{"name": f"c{i}", "step": 0} for i in range(5)],
+                          ModelDir(root).manifest()["features"])
+    report = export_onnx(root, tiny, progress=False)
+    spec = read_spec(root / ENCODERS_DIR)
+    assert report["head_version"] == spec["head_version"] == "v0002"
+    assert not [p for p in root.iterdir() if p.name.startswith(f".{ENCODERS_DIR}")]  # no staged or old folder left
+    (logits,) = plain_session(root / ENCODERS_DIR / "head.onnx").run(
+        None, {"audio_embedding": np.zeros((1, tiny.shape.audio_dim), np.float32),
+               "visual_tokens": np.zeros((1, *tiny.shape.visual), np.float32)})
+    assert logits.shape == (1, 5)
+
+
+def test_command_refuses_reduced_precision_onnx(exported):
+    with pytest.raises(ValueError, match="ONNX files are exported in fp32"):
+        run_export(["--model", str(exported), "--format", "onnx", "--precision", "fp16"])
+
+
+def test_export_refuses_encoders_that_do_not_fit_the_head(tmp_path, tiny):
+    commit_model(tmp_path / "m", tiny)
+    other = load_profile("tiny")
+    other.shape = type(other.shape)(audio_dim=99, time=2, positions=4, visual_dim=32)
+    with pytest.raises(ValueError, match="the head takes features"):
+        export_onnx(tmp_path / "m", other, progress=False)
+
+
+def test_lite_export_matches_torch(tmp_path):
+    lite = load_profile("lite")
+    commit_model(tmp_path / "lite", lite)
+    report = export_onnx(tmp_path / "lite", lite, progress=False)
+    assert max(m["relative_error"] for m in report["models"].values()) < 1e-4
+    frames = np.random.default_rng(0).standard_normal((4, *lite.visual_input_shape)).astype(np.float32)
+    (tokens,) = plain_session(tmp_path / "lite" / ENCODERS_DIR / "visual.onnx").run(None, {"frames": frames})
+    assert tokens.shape == (4, *lite.shape.visual)
+    assert (tmp_path / "lite" / ENCODERS_DIR / SPEC_FILE).is_file()
+
+
+def test_single_modality_head_takes_only_its_features(tmp_path, tiny):
+    from avcil.runtime.backends import model_backends
+
+    commit_model(tmp_path / "audio-only", tiny, modality="audio")
+    report = export_onnx(tmp_path / "audio-only", tiny, progress=False)
+    assert report["models"]["head"]["relative_error"] < 1e-4
+    spec = read_spec(tmp_path / "audio-only" / ENCODERS_DIR)
+    assert [i["name"] for i in spec["graphs"]["head"]["inputs"]] == ["audio_embedding"]
+    embedding = np.random.default_rng(0).standard_normal((2, tiny.shape.audio_dim)).astype(np.float32)
+    on_ort = model_backends(tmp_path / "audio-only", "onnxruntime")["head"]
+    on_torch = model_backends(tmp_path / "audio-only", "torch")["head"]
+    assert on_ort.input_names == on_torch.input_names == ["audio_embedding"]
+    np.testing.assert_allclose(on_ort(embedding)[0], on_torch(embedding)[0], rtol=1e-4, atol=1e-6)

@@ -1,0 +1,96 @@
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from avcil.runtime.field import FieldSettings, encode_files, learn_class
+from avcil.runtime.recognizer import UNKNOWN, Recognizer, run_live
+from avcil.runtime.windows import Window
+
+STAGES = {"audio_preprocess", "frame_preprocess", "audio_encoder", "visual_encoder", "head", "total"}
+
+
+def decide_files(recognizer, files, hop=0.5, slot_s=2.5) -> list[dict]:
+    decisions = []
+    paths = ",".join(str(p) for p in files)
+    run_live(recognizer, paths, paths, lambda d, w: decisions.append(d), hop=hop, slot_s=slot_s)
+    return decisions
+
+
+def inside(decisions, first_start, slot_s, index) -> list[str]:
+    """Labels of the windows that lie wholly inside file `index` of a playlist that began at `first_start`."""
+    lo, hi = first_start + index * slot_s, first_start + (index + 1) * slot_s
+    return [d["label"] for d in decisions if d["window"][0] >= lo - 0.01 and d["window"][1] <= hi + 0.01]
+
+
+def test_paced_files_are_recognised_window_by_window(toy_model, tiny_profile, toy_clips):
+    recognizer = Recognizer(toy_model, profile=tiny_profile, smoothing=1, threshold=0.0)
+    try:
+        decisions = decide_files(recognizer, [toy_clips["red"][4], toy_clips["blue"][4]], hop=0.25)
+    finally:
+        recognizer.close()
+    assert {"time", "window", "label", "score", "top_k", "latency_ms", "dropped_windows", "model_version"} <= set(
+        decisions[0])
+    assert STAGES <= set(decisions[0]["latency_ms"])
+    start = decisions[0]["window"][1] - 1.28  # the first window starts with the first file
+    red, blue = inside(decisions, start, 2.5, 0), inside(decisions, start, 2.5, 1)
+    assert red and blue and set(red) == {"red"} and set(blue) == {"blue"}
+    ends = [d["window"][1] for d in decisions]
+    assert np.allclose(np.diff(ends), 0.25 * (1 + np.diff([d["dropped_windows"] for d in decisions])), atol=1e-3)
+    assert all(d["latency_ms"]["total"] >= d["latency_ms"]["head"] > 0 for d in decisions)
+
+
+def test_below_the_threshold_the_label_is_unknown(toy_model, tiny_profile):
+    recognizer = Recognizer(toy_model, profile=tiny_profile, threshold=1.01, watch=False)
+    window = Window(0.0, 1.28, np.zeros(20480, np.float32), 16000, None)  # silence, no camera yet
+    decision = recognizer.decide(window)
+    assert decision["label"] == UNKNOWN and decision["top_k"][0]["label"] in ("red", "blue")
+    assert [t["score"] for t in decision["top_k"]] == sorted((t["score"] for t in decision["top_k"]), reverse=True)
+
+
+def test_a_new_version_is_picked_up_while_recognising(toy_model, tiny_profile, toy_clips):
+    recognizer = Recognizer(toy_model, profile=tiny_profile, smoothing=1, threshold=0.0)
+    decisions: list[dict] = []
+    stop = threading.Event()
+    green = ",".join(str(p) for p in toy_clips["green"][4:])
+    worker = threading.Thread(target=run_live, args=(recognizer, green, green, lambda d, w: decisions.append(d)),
+                              kwargs={"hop": 0.25, "loop": True, "stop": stop})
+    worker.start()
+    try:
+        time.sleep(2.0)
+        features = encode_files(tiny_profile, toy_clips["green"][:4], progress=False)
+        learn_class(toy_model, "green", *features, FieldSettings(epochs=40, batch_size=16, exemplar_batch_size=16),
+                    progress=False)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sum(d["model_version"] == "v0002" for d in decisions) < 6:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        worker.join()
+        recognizer.close()
+    before = [d for d in decisions if d["model_version"] == "v0001"]
+    after = [d for d in decisions if d["model_version"] == "v0002"]
+    assert before and after and recognizer.reloads[0]["to"] == "v0002"
+    assert "green" not in {d["label"] for d in before}
+    assert [d["label"] for d in after[2:]] == ["green"] * len(after[2:])  # once the 1.28 s window is all green
+    gaps = np.diff([d["window"][1] for d in decisions])
+    assert gaps.max() <= 2 * 0.25 + 1e-3, "recognition paused for the update"
+
+
+def test_torch_and_onnxruntime_encoders_decide_alike(toy_model, tiny_profile, toy_clips):
+    pytest.importorskip("onnxruntime")
+    from avcil.export.onnx import export_onnx
+
+    export_onnx(toy_model, tiny_profile, progress=False)
+    files = [toy_clips["red"][5], toy_clips["blue"][5]]
+    outcomes = {}
+    for backend in ("torch", "onnxruntime"):
+        recognizer = Recognizer(toy_model, backend, profile=tiny_profile, smoothing=1, threshold=0.0, watch=False)
+        try:
+            decisions = decide_files(recognizer, files, hop=0.5)
+        finally:
+            recognizer.close()
+        start = decisions[0]["window"][1] - 1.28
+        outcomes[backend] = [inside(decisions, start, 2.5, i) for i in range(2)]
+    assert outcomes["torch"] == outcomes["onnxruntime"] and outcomes["torch"][0][0] == "red"
