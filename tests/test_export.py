@@ -13,7 +13,8 @@ from avcil.export.onnx import (ENCODERS_DIR, REPORT_FILE, SPEC_FILE, ExportError
                                torch_outputs)
 from avcil.model.encoders import load_profile
 from avcil.model.head import FusionHead, HeadConfig, LogitsOnly
-from avcil.runtime.modeldir import ModelDir, _sha256
+from avcil.fileio import sha256_file
+from avcil.runtime.modeldir import ModelDir
 
 
 def commit_model(root, profile, classes=3, modality="audio-visual"):
@@ -72,7 +73,7 @@ def test_spec_records_profile_io_and_checksums(exported, tiny):
     assert spec["graphs"]["head"]["outputs"][0]["shape"] == ["batch", 3]
     assert [i["name"] for i in spec["graphs"]["head"]["inputs"]] == ["audio_embedding", "visual_tokens"]
     for graph in spec["graphs"].values():
-        assert _sha256(exported / ENCODERS_DIR / graph["file"]) == graph["sha256"]
+        assert sha256_file(exported / ENCODERS_DIR / graph["file"]) == graph["sha256"]
         assert onnx.load(str(exported / ENCODERS_DIR / graph["file"])).opset_import[0].version >= 17
 
 
@@ -106,12 +107,12 @@ class FrozenBatch(nn.Module):
 
 def test_a_mismatch_fails_and_keeps_the_previous_export(exported, tiny, tmp_path):
     folder = exported / ENCODERS_DIR
-    before = {p.name: _sha256(p) for p in folder.iterdir()}
+    before = {p.name: sha256_file(p) for p in folder.iterdir()}
     broken = load_profile("tiny")
     broken.audio = FrozenBatch(broken.audio)
     with pytest.raises(ExportError, match=r"relative tolerance 0.0001: audio: relative error"):
         export_onnx(exported, broken, progress=False)
-    assert {p.name: _sha256(p) for p in folder.iterdir()} == before
+    assert {p.name: sha256_file(p) for p in folder.iterdir()} == before
     assert not [p for p in exported.iterdir() if p.name.startswith(".encoders")]
 
 

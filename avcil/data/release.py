@@ -24,7 +24,8 @@ from numpy.lib import format as npy_format
 from tqdm import tqdm
 
 from avcil.data.clips import SPLITS, Benchmark, equal_steps
-from avcil.data.store import atomic_write, write_json
+from avcil.data.store import write_json
+from avcil.fileio import atomic_file
 from avcil.features import FeatureShape
 
 SHAPE = FeatureShape(audio_dim=768, time=8, positions=196, visual_dim=768)
@@ -334,7 +335,7 @@ def convert_visual_dict(src: Path, cache: Path) -> RawVisual:
     except OSError as e:
         raise OSError(f"{cache}: cannot write the converted visual features here ({e}); pass cache_dir") from e
 
-    with open(src, "rb") as f, atomic_write(raw) as out, tqdm(
+    with open(src, "rb") as f, atomic_file(raw) as out, tqdm(
             total=stat.st_size, unit="B", unit_scale=True, desc=f"converting {src.name}") as progress:
         read_header = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
         version = npy_format.read_magic(f)

@@ -15,44 +15,22 @@ arrays, so opening a store reads only the indexes and `load` reads only the clip
 from __future__ import annotations
 
 import json
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from avcil.data.clips import SPLITS, Benchmark, equal_steps
 from avcil.features import Features, FeatureShape
+from avcil.fileio import atomic_file
 
 FORMAT = "avcil-feature-store/1"
 MANIFEST = "store.json"
-TMP_SUFFIX = ".tmp"
-
-
-@contextmanager
-def atomic_write(path: Path) -> Iterator[BinaryIO]:
-    """A file opened for writing that appears at `path` whole, or not at all, even if the process dies."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)  # the rename itself is durable only once the directory is synced
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def write_json(path: Path, obj: dict) -> None:
-    with atomic_write(path) as f:
+    with atomic_file(path) as f:
         f.write(json.dumps(obj, indent=1).encode())
 
 
@@ -130,7 +108,7 @@ class FeatureStoreWriter:
         ids, labels, splits, audio, visual = zip(*self._buffer)
         number = self._next_chunk
         for suffix, rows in (("audio.npy", audio), ("visual.npy", visual)):
-            with atomic_write(_chunk_path(self._chunks, number, suffix)) as f:
+            with atomic_file(_chunk_path(self._chunks, number, suffix)) as f:
                 np.save(f, np.stack(rows))
         write_json(_chunk_path(self._chunks, number, "json"),
                    {"ids": list(ids), "labels": list(labels), "splits": list(splits)})

@@ -86,7 +86,8 @@ def export_engines(model_dir: Path, profile, precision: str, batch: engines.Batc
     from tqdm import tqdm
 
     from avcil.runtime.backends import TensorRTBackend
-    from avcil.runtime.modeldir import ModelDir, _sha256
+    from avcil.fileio import sha256_file
+    from avcil.runtime.modeldir import ModelDir
 
     folder = Path(model_dir) / onnx_export.ENCODERS_DIR
     modules = onnx_export.graph_modules(profile, ModelDir(model_dir).load(with_memory=False).head)
@@ -122,7 +123,7 @@ def export_engines(model_dir: Path, profile, precision: str, batch: engines.Batc
             path.unlink(missing_ok=True)
     spec["engines"] = {name: {"file": r["file"], "precision": precision, "tensorrt": r["header"]["tensorrt"],
                               "gpu": r["header"]["gpu"], "profile": r["header"]["profile"],
-                              "sha256": _sha256(folder / r["file"])} for name, r in report.items()}
+                              "sha256": sha256_file(folder / r["file"])} for name, r in report.items()}
     onnx_export.write_json(folder / onnx_export.SPEC_FILE, spec)
     full_report = json.loads((folder / onnx_export.REPORT_FILE).read_text())
     full_report["engines"] = {"tolerance": {"relative": tolerance}, "models": report}

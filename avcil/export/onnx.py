@@ -29,7 +29,7 @@ from torch import nn
 
 import avcil
 from avcil.model.head import FusionHead
-from avcil.runtime.modeldir import _fsync_dir, _sha256, _write_synced, atomic_write
+from avcil.fileio import atomic_write, fsync_dir, sha256_file, write_synced
 
 OPSET = 17  # LayerNormalization is an ONNX op from 17 on: TensorRT then keeps LayerNorm as one accurate layer
 TOLERANCE = 1e-4  # largest relative error (see `errors`) an fp32 graph may have against PyTorch
@@ -214,7 +214,7 @@ def replace_folder(staging: Path, target: Path) -> None:
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
         target.rename(old / target.name)
     staging.rename(target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
     if old is not None:
         shutil.rmtree(old)
 
@@ -255,7 +255,7 @@ def export_onnx(model_dir: Path, profile, real: tuple[np.ndarray, np.ndarray] | 
             if spec.name in real_inputs:
                 cases["real-batch1"] = real_inputs[spec.name]
             models[spec.name] = {"file": spec.file, **validate(module, load_backend(path, "onnxruntime"), cases)}
-            graphs[spec.name] = {"file": spec.file, "sha256": _sha256(path), **io_record(path)}
+            graphs[spec.name] = {"file": spec.file, "sha256": sha256_file(path), **io_record(path)}
         check_tolerance(models, tolerance, "the ONNX export")
         report = {"format": "onnx", "precision": "fp32", "opset": opset, "tolerance": {"relative": tolerance},
                   "error_definition": ERROR_DEFINITION, "runtime": _versions(), "head_version": loaded.version,
@@ -263,9 +263,9 @@ def export_onnx(model_dir: Path, profile, real: tuple[np.ndarray, np.ndarray] | 
         spec_record = {"format": SPEC_FORMAT, "profile": profile.describe(), "opset": opset, "precision": "fp32",
                        "head_version": loaded.version, "classes": loaded.class_names, "graphs": graphs,
                        "engines": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **_versions()}
-        _write_synced(staging / SPEC_FILE, json.dumps(spec_record, indent=2).encode())
-        _write_synced(staging / REPORT_FILE, json.dumps(report, indent=2).encode())
-        _fsync_dir(staging)
+        write_synced(staging / SPEC_FILE, json.dumps(spec_record, indent=2).encode())
+        write_synced(staging / REPORT_FILE, json.dumps(report, indent=2).encode())
+        fsync_dir(staging)
         replace_folder(staging, model_dir / ENCODERS_DIR)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

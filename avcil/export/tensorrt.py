@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 import avcil
-from avcil.runtime.modeldir import _sha256, atomic_write
+from avcil.fileio import atomic_write, sha256_file
 
 MAGIC = b"AVCILTRT"
 HEADER_FORMAT = 1
@@ -123,7 +123,7 @@ def make_header(*, environment: dict, precision: str, profile: dict, inputs: Seq
                 onnx_path: Path, workspace_mib: int) -> dict:
     return {"format": HEADER_FORMAT, **environment, "precision": precision, "profile": profile,
             "inputs": list(inputs), "outputs": list(outputs), "onnx_file": Path(onnx_path).name,
-            "onnx_sha256": _sha256(Path(onnx_path)), "workspace_mib": workspace_mib,
+            "onnx_sha256": sha256_file(Path(onnx_path)), "workspace_mib": workspace_mib,
             "avcil": avcil.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -159,7 +159,7 @@ def check_header(header: dict, path: Path, environment: dict, onnx_path: Path | 
     """Refuse an engine built under another TensorRT or GPU, or from another ONNX file than the one beside it."""
     problems = [f"built with {key} {header.get(key)!r}, this machine has {environment[key]!r}"
                 for key in ("tensorrt", "gpu", "compute_capability") if header.get(key) != environment[key]]
-    if onnx_path is not None and Path(onnx_path).is_file() and _sha256(Path(onnx_path)) != header.get("onnx_sha256"):
+    if onnx_path is not None and Path(onnx_path).is_file() and sha256_file(Path(onnx_path)) != header.get("onnx_sha256"):
         problems.append(f"built from another {Path(onnx_path).name} than the one beside it (sha256 differs)")
     if problems:
         raise EngineError(f"{path}: refusing this engine: " + "; ".join(problems)

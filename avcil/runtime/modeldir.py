@@ -33,6 +33,7 @@ import torch
 
 import avcil
 from avcil.features import FeatureShape
+from avcil.fileio import atomic_write, fsync_dir, sha256_file, write_synced
 from avcil.model.head import FusionHead, HeadConfig
 from avcil.train.memory import ExemplarMemory
 
@@ -56,43 +57,6 @@ class LoadedModel:
     @property
     def class_names(self) -> list[str]:
         return [c["name"] for c in self.manifest["classes"]]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write aside, fsync, rename: readers see the old file or the new one, never a part."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        _write_synced(Path(tmp), data)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ModelDir:
@@ -135,7 +99,7 @@ class ModelDir:
             path = folder / name
             if not path.is_file():
                 raise ModelDirError(f"{path}: listed in the manifest but missing")
-            if _sha256(path) != expected:
+            if sha256_file(path) != expected:
                 raise ModelDirError(f"{path}: checksum mismatch (truncated or modified); refusing this version")
         return manifest
 
@@ -267,7 +231,7 @@ class ModelDir:
                 if memory is not None:
                     files[MEMORY_FILE] = _npz_bytes(memory.to_arrays())
                 for name, data in files.items():
-                    _write_synced(staging / name, data)
+                    write_synced(staging / name, data)
                 manifest = {
                     "format": FORMAT,
                     "version": version,
@@ -281,10 +245,10 @@ class ModelDir:
                     "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
                     **(extra or {}),
                 }
-                _write_synced(staging / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
-                _fsync_dir(staging)
+                write_synced(staging / MANIFEST_FILE, json.dumps(manifest, indent=2).encode())
+                fsync_dir(staging)
                 os.rename(staging, self.versions / version)
-                _fsync_dir(self.versions)
+                fsync_dir(self.versions)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -13,16 +12,13 @@ from torch import nn
 
 from avcil.data.preprocess import AudioPreprocess, FramePreprocess
 from avcil.features import Features, FeatureShape
+from avcil.fileio import sha256_file
 
 
 def weights_record(path: str | Path) -> dict:
     """How a manifest names a weights file: its name and sha256 (not its folder, so that moving it keeps the
     identity)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return {"file": Path(path).name, "sha256": digest.hexdigest()}
+    return {"file": Path(path).name, "sha256": sha256_file(path)}
 
 
 def frozen(module: nn.Module) -> nn.Module:
