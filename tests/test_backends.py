@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from avcil.export.onnx import export_onnx
-from avcil.model.encoders import load_profile
+from avcil.model.encoders import load_profile, profile_from_record
 from avcil.model.head import FusionHead, HeadConfig
 from avcil.runtime.backends import (OnnxRuntimeBackend, kind_for, load_backend, model_backends,
-                                    onnxruntime_providers, profile_from_record)
+                                    onnxruntime_providers)
 from avcil.runtime.modeldir import ModelDir
 
 

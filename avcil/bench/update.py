@@ -70,7 +70,7 @@ def build_model(model_dir: Path, cache: Path | None) -> tuple[object, dict]:
 
 
 def measure(args: argparse.Namespace) -> dict:
-    from avcil.runtime.backends import profile_from_record
+    from avcil.model.encoders import profile_from_record
     from avcil.runtime.field import encode_files
     from avcil.runtime.recognizer import Recognizer, run_live
 

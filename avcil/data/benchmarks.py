@@ -46,7 +46,7 @@ def load_benchmark(data: str | None, release: str | None = None, steps: int | No
     if data == "av-digits":
         return av_digits_benchmark(cache or default_cache(), progress)
     store = Path(data)
-    if not (store / "store.json").is_file() and not store.is_dir():
+    if not (store / "store.json").is_file():
         raise ValueError(f"--data {data!r}: not one of {BUILT_IN} and not a feature store directory")
     from avcil.data.store import open_store
 

@@ -142,7 +142,7 @@ def _onnx_is_current(model_dir: Path) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avcil.runtime.backends import profile_from_record
+    from avcil.model.encoders import profile_from_record
     from avcil.runtime.modeldir import ModelDir
 
     model_dir = Path(args.model)

@@ -11,7 +11,6 @@ of a model dir (audio, visual, head) with one runtime.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -337,6 +336,7 @@ def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profil
     onnxruntime/tensorrt run MODEL/encoders/{audio,visual,head}.{onnx,engine}; torch runs the encoder profile
     (`profile`, or rebuilt from the model's manifest) and the head of the current version."""
     from avcil.export.onnx import GRAPH_NAMES, graph_modules, read_spec
+    from avcil.model.encoders import profile_from_record
     from avcil.runtime.modeldir import ModelDir
 
     model_dir = Path(model_dir)
@@ -350,31 +350,3 @@ def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profil
     return {name: load_backend(module, kind, device, input_names=graph.inputs, output_names=graph.outputs,
                                input_shapes=shapes, **options)
             for name, (module, graph, shapes) in graph_modules(profile, loaded.head).items()}
-
-
-def profile_from_record(record: dict | None, **weights):
-    """Rebuild the encoder profile a manifest or feature store describes (`EncoderProfile.describe()`), and check
-    that it produces the recorded settings. `weights`: the paper profile's `audiomae=`/`videomae=` files."""
-    from avcil.model.encoders import load_profile
-
-    if not record:
-        raise ValueError("the model records no encoder profile (trained on features from elsewhere); name one")
-    name, settings = record["name"], record["settings"]
-    audio, visual, recorded_weights = settings["audio"], settings["visual"], settings["weights"]
-    if name == "paper":
-        options = {"sample_rate": audio["sample_rate"], "normalize": audio["normalize"]}
-        if recorded_weights.get("random_init"):
-            options.update(random_init=True, seed=recorded_weights.get("seed", 0))
-        profile = load_profile(name, **options, **weights)
-    elif name == "lite":
-        profile = load_profile(name, audio_window_seconds=audio["window_seconds"], frame_count=visual["count"],
-                               frame_size=visual["size"])
-    else:
-        profile = load_profile(name, **({"seed": recorded_weights["seed"]} if "seed" in recorded_weights else {}))
-    rebuilt = json.loads(json.dumps(profile.describe()))
-    differing = sorted(k for k in ("shape", "settings") if rebuilt[k] != json.loads(json.dumps(record[k])))
-    if differing:
-        raise ValueError(f"the {name} encoders built here differ from the ones the model was trained with "
-                         f"(in {', '.join(differing)}): recorded {record['settings']['weights']}, "
-                         f"built {rebuilt['settings']['weights']}")
-    return profile

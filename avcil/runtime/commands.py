@@ -39,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
 def _learn(args: argparse.Namespace) -> int:
     import torch
 
-    from avcil.runtime.backends import profile_from_record
+    from avcil.model.encoders import profile_from_record
     from avcil.runtime.field import FieldSettings, check_new_label, encode_files, learn_class, record_clips
     from avcil.runtime.modeldir import ModelDir
 

@@ -87,7 +87,7 @@ def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 15,
              train_clips: int = 16) -> dict:
     from avcil.data.avdigits import build_av_digits
     from avcil.data.benchmarks import av_digits_benchmark, default_cache
-    from avcil.runtime.backends import profile_from_record
+    from avcil.model.encoders import profile_from_record
     from avcil.runtime.field import FieldSettings, encode_files, learn_class
     from avcil.runtime.recognizer import DecisionWriter, Recognizer
     from avcil.runtime.windows import window_seconds

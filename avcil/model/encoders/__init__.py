@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import json
+
 from avcil.model.encoders.profile import EncoderProfile
 
 PROFILES = ("lite", "paper", "tiny")
@@ -31,3 +33,29 @@ def load_profile(name: str, **options) -> EncoderProfile:
 
 
 __all__ = ["EncoderProfile", "PROFILES", "load_profile"]
+
+
+def profile_from_record(record: dict | None, **weights):
+    """Rebuild the encoder profile a manifest or feature store describes (`EncoderProfile.describe()`), and check
+    that it produces the recorded settings. `weights`: the paper profile's `audiomae=`/`videomae=` files."""
+    if not record:
+        raise ValueError("the model records no encoder profile (trained on features from elsewhere); name one")
+    name, settings = record["name"], record["settings"]
+    audio, visual, recorded_weights = settings["audio"], settings["visual"], settings["weights"]
+    if name == "paper":
+        options = {"sample_rate": audio["sample_rate"], "normalize": audio["normalize"]}
+        if recorded_weights.get("random_init"):
+            options.update(random_init=True, seed=recorded_weights.get("seed", 0))
+        profile = load_profile(name, **options, **weights)
+    elif name == "lite":
+        profile = load_profile(name, audio_window_seconds=audio["window_seconds"], frame_count=visual["count"],
+                               frame_size=visual["size"])
+    else:
+        profile = load_profile(name, **({"seed": recorded_weights["seed"]} if "seed" in recorded_weights else {}))
+    rebuilt = json.loads(json.dumps(profile.describe()))
+    differing = sorted(k for k in ("shape", "settings") if rebuilt[k] != json.loads(json.dumps(record[k])))
+    if differing:
+        raise ValueError(f"the {name} encoders built here differ from the ones the model was trained with "
+                         f"(in {', '.join(differing)}): recorded {record['settings']['weights']}, "
+                         f"built {rebuilt['settings']['weights']}")
+    return profile
