@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 from avcil.data.clips import ArrayClipSet
 from avcil.model.head import FusionHead, HeadConfig
+from avcil.fileio import sha256_file
 from avcil.runtime.modeldir import ModelDir, ModelDirError
 from avcil.train.memory import ExemplarMemory
 
@@ -104,7 +106,7 @@ def test_rollback_goes_to_the_previous_good_version_and_forward_again(tmp_path):
     model = ModelDir(tmp_path / "m")
     for _ in range(3):
         model.commit(head, memory, classes, FEATURES)
-    (tmp_path / "m" / "versions" / "v0002" / "memory.npz").write_bytes(b"damaged")
+    (tmp_path / "m" / "versions" / "v0002" / "head.pt").write_bytes(b"damaged")
     assert model.rollback() == "v0001"  # v0002 does not verify: skipped
     assert model.current() == "v0001" and model.load().version == "v0001"
     assert model.rollback("v0003") == "v0003"
@@ -160,5 +162,85 @@ def test_killing_a_writer_at_random_moments_never_leaves_a_partial_version(tmp_p
         assert all(row["ok"] for row in model.describe_versions())  # and so is every visible one
     with model.writer():  # the next writer clears what killed ones left aside
         hidden = [p.name for p in (tmp_path / "m").rglob(".*") if p.name != ".lock"]
+        stored = {p.name for p in (tmp_path / "m" / "exemplars").iterdir()}
     assert hidden == []
+    assert stored == {e["file"] for v in model.list_versions() for e in model.manifest(v)["exemplars"]}
     assert len(model.list_versions()) > 2  # kills came after commits too: the test did reach the writes
+
+
+def learn_one_more(model: ModelDir, rng_seed: int = 1) -> str:
+    """As field learning does: the current version plus one class, the memory making room for it."""
+    loaded = model.load()
+    rng = np.random.default_rng(rng_seed)
+    label = loaded.head.num_classes
+    clips = ArrayClipSet([f"n{i}" for i in range(4)], np.full(4, label), rng.normal(size=(4, 5)).astype(np.float32),
+                         rng.normal(size=(4, 2, 3, 4)).astype(np.float32))
+    loaded.memory.update(clips, {label: np.arange(4)})
+    loaded.head.add_classes(1)
+    return model.commit(loaded.head, loaded.memory, loaded.manifest["classes"] + [{"name": f"c{label}", "step": 1}],
+                        FEATURES)
+
+
+def test_versions_share_exemplar_files_and_a_new_class_writes_only_its_own(tmp_path):
+    head, memory, classes = small_model(classes=3, budget=6)
+    model = ModelDir(tmp_path / "m")
+    model.commit(head, memory, classes, FEATURES)
+    files_before = sorted(p.name for p in (tmp_path / "m" / "exemplars").iterdir())
+    assert len(files_before) == 3  # one file per class
+    assert learn_one_more(model) == "v0002"
+    files_after = sorted(p.name for p in (tmp_path / "m" / "exemplars").iterdir())
+    assert set(files_before) < set(files_after) and len(files_after) == 4  # the old classes' files are reused
+    v1, v2 = model.load("v0001"), model.load("v0002")
+    assert {c: len(e.ids) for c, e in v1.memory.classes.items()} == {0: 2, 1: 2, 2: 2}
+    assert {c: len(e.ids) for c, e in v2.memory.classes.items()} == {0: 1, 1: 1, 2: 1, 3: 1}
+    for c in range(3):  # truncation keeps the first exemplars, bit for bit
+        assert v2.memory.classes[c].ids == v1.memory.classes[c].ids[:1]
+        np.testing.assert_array_equal(v2.memory.classes[c].visual, v1.memory.classes[c].visual[:1])
+    assert "memory.npz" not in os.listdir(tmp_path / "m" / "versions" / "v0002")
+
+
+def test_a_damaged_exemplar_file_is_named_and_recognition_still_loads(tmp_path):
+    head, memory, classes = small_model()
+    model = ModelDir(tmp_path / "m")
+    model.commit(head, memory, classes, FEATURES)
+    learn_one_more(model)
+    shared = model.manifest("v0002")["exemplars"][0]["file"]
+    path = tmp_path / "m" / "exemplars" / shared
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ModelDirError, match=f"{shared}: checksum mismatch"):
+        model.load()  # both versions list the file: no version has a whole memory
+    assert model.load(with_memory=False).version == "v0002"  # the recognizer does not need the memory
+    assert not any(r["ok"] for r in model.describe_versions())
+
+
+def test_exemplar_files_of_a_killed_commit_are_removed_by_the_next_writer(tmp_path):
+    head, memory, classes = small_model()
+    model = ModelDir(tmp_path / "m")
+    model.commit(head, memory, classes, FEATURES)
+    folder = tmp_path / "m" / "exemplars"
+    listed = sorted(p.name for p in folder.iterdir())
+    (folder / ("0" * 64 + ".npz")).write_bytes(b"written before the version was")
+    (folder / ("1" * 64 + ".npz.tmp")).write_bytes(b"half")
+    with model.writer():
+        pass
+    assert sorted(p.name for p in folder.iterdir()) == listed
+    assert model.load().memory is not None
+
+
+def test_a_format_1_version_with_its_own_memory_file_still_loads(tmp_path):
+    head, memory, classes = small_model()
+    model = ModelDir(tmp_path / "m")
+    model.commit(head, memory, classes, FEATURES)
+    folder = tmp_path / "m" / "versions" / "v0001"
+    # Rewrite it as avcil 0.1 wrote versions: the whole memory in memory.npz, listed with its sha256.
+    np.savez(folder / "memory.npz", **memory.to_arrays())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["format"] = 1
+    del manifest["exemplars"]
+    manifest["files"]["memory.npz"] = sha256_file(folder / "memory.npz")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(tmp_path / "m" / "exemplars")
+    loaded = model.load()
+    assert {c: e.ids for c, e in loaded.memory.classes.items()} == {c: e.ids for c, e in memory.classes.items()}
+    assert learn_one_more(model) == "v0002"  # and learning on top of it writes the shared files
+    assert len(list((tmp_path / "m" / "exemplars").iterdir())) == 4

@@ -3,11 +3,12 @@
 import json
 
 import pytest
+import torch
 
 from avcil.cli import main
 from avcil.data.synthetic import SyntheticSpec, synthetic_benchmark
 from avcil.runtime.modeldir import ModelDir
-from avcil.train.learner import TrainConfig
+from avcil.train.learner import TrainConfig, compute_dtype
 from avcil.train.methods import build_method
 from avcil.train.protocol import run_protocol
 
@@ -48,6 +49,24 @@ def test_runs_are_reproducible_under_a_seed():
     first, second = (run_protocol(bench, build_method("avcil"), cfg, 12, 16, progress=False).results
                      for _ in range(2))
     assert first["accuracy_matrix"] == second["accuracy_matrix"]
+
+
+def test_bf16_training_learns_about_as_well_as_fp32():
+    bench = synthetic_benchmark(SyntheticSpec(classes=4, steps=2, train_per_class=20))
+    accuracy = {}
+    for precision in ("fp32", "bf16"):
+        cfg = TrainConfig(epochs=8, batch_size=16, exemplar_batch_size=16, precision=precision)
+        accuracy[precision] = run_protocol(bench, build_method("avcil"), cfg, 12, 16, progress=False).results[
+            "mean_accuracy"]
+    # Chance is 0.375 (two steps of two classes); bf16 products must not change what is learnt.
+    assert accuracy["bf16"] > 0.42 and abs(accuracy["bf16"] - accuracy["fp32"]) <= 0.05, accuracy
+
+
+def test_training_precision_choices():
+    assert compute_dtype("fp32") == torch.float32 and compute_dtype("bf16") == torch.bfloat16
+    assert compute_dtype("auto") in (torch.float32, torch.bfloat16)  # by what this CPU computes natively
+    with pytest.raises(ValueError, match="unknown training precision 'fp16'"):
+        compute_dtype("fp16")
 
 
 def test_upper_bound_trains_on_all_seen_data_in_one_step_as_in_ten():

@@ -78,6 +78,15 @@ def test_optimization_profile_and_batch_ranges():
         engines.optimization_profile({"frames": (0, 3, 224, 224)}, BatchRange())
 
 
+def test_an_engine_fixes_the_frame_count_a_frame_by_frame_graph_leaves_free():
+    # The lite visual graph's frames axis is named (free); an engine takes whole windows of the profile's frames.
+    shapes = engines.engine_input_shapes({"frames": ["frames", 3, 224, 224]}, [(8, 3, 224, 224)])
+    assert shapes == {"frames": [8, 3, 224, 224]}
+    assert engines.engine_input_shapes({"a": [24], "b": [2, 4, 32]}, None) == {"a": [24], "b": [2, 4, 32]}
+    with pytest.raises(ValueError, match="must be fixed"):  # free, and no window shape to fix it with
+        engines.optimization_profile(engines.engine_input_shapes({"frames": ["frames", 3, 8, 8]}, None), BatchRange())
+
+
 def test_precision_choice():
     assert engines.choose_precision("fp16", (8, 7), has_calibration=False) == "fp16"
     assert engines.choose_precision("fp32", (5, 0), has_calibration=False) == "fp32"

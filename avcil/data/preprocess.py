@@ -291,14 +291,18 @@ class FramePreprocess:
         if len(frames) != self.count:
             raise ValueError(f"expected {self.count} frames (sample them with sample_frame_indices), got {len(frames)}")
         out = np.empty(self.input_shape, dtype=np.float32)
+        for i, frame in enumerate(frames):
+            out[i] = self.frame(frame, f"frame {i}")
+        return out
+
+    def frame(self, frame: np.ndarray, what: str = "frame") -> np.ndarray:
+        """One RGB uint8 frame [H, W, 3] -> float32 [3, size, size]."""
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"{what}: expected an RGB uint8 image [H, W, 3], got {frame.dtype} {frame.shape}")
+        square = resize_centre_crop(frame, self.size).astype(np.float32) / 255.0
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
-        for i, frame in enumerate(frames):
-            if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-                raise ValueError(f"frame {i}: expected an RGB uint8 image [H, W, 3], got {frame.dtype} {frame.shape}")
-            square = resize_centre_crop(frame, self.size).astype(np.float32) / 255.0
-            out[i] = ((square - mean) / std).transpose(2, 0, 1)
-        return out
+        return ((square - mean) / std).transpose(2, 0, 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -105,7 +105,7 @@ def export_engines(model_dir: Path, profile, precision: str, batch: engines.Batc
             staged[name] = folder / f".{name}-staged.engine"
             header = engines.build_engine(folder / graph.file, staged[name], precision, batch, workspace_mib,
                                           folder / TIMING_CACHE, calibration.get(name),
-                                          folder / f"{name}.calib" if precision == "int8" else None)
+                                          folder / f"{name}.calib" if precision == "int8" else None, shapes)
             cases = {f"random-batch{b}": onnx_export.random_inputs(shapes, b, rng)
                      for b in sorted({batch.min, batch.max})}
             if real_inputs:

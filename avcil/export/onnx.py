@@ -3,7 +3,8 @@
 Exported encoders are frozen and not versioned with the head; they live beside the versions:
 
     MODEL/encoders/audio.onnx     preprocessed audio [batch, ...] -> audio_embedding [batch, Da]
-    MODEL/encoders/visual.onnx    preprocessed frames [batch, ...] -> visual_tokens [batch, T, S, Dv]
+    MODEL/encoders/visual.onnx    preprocessed frames [batch, T, ...] -> visual_tokens [batch, T, S, Dv]; T is
+                                  dynamic too when the profile encodes frames independently (lite)
     MODEL/encoders/head.onnx      (audio_embedding, visual_tokens) -> logits [batch, classes], of one head version
     MODEL/encoders/encoders.json  profile and preprocessing settings, I/O names and shapes, opset, sha256 per file
     MODEL/encoders/export_report.json   max abs and relative error of each graph against PyTorch
@@ -82,6 +83,19 @@ class HeadLogits(nn.Module):
         return self.head(named.get("audio_embedding"), named.get("visual_tokens")).logits
 
 
+FRAME_AXIS = 1  # of frames [batch, T, 3, H, W] and of visual_tokens [batch, T, S, Dv]
+
+
+def dynamic_axes(spec: Graph, frames_independent: bool = False) -> dict[str, dict[int, str]]:
+    """The axes of a graph's inputs and outputs that are not fixed: the batch, and the frame count of the visual
+    graph of a profile that encodes each frame on its own."""
+    axes = {name: {0: "batch"} for name in (*spec.inputs, *spec.outputs)}
+    if frames_independent and spec.name == VISUAL_GRAPH.name:
+        for name in (*spec.inputs, *spec.outputs):
+            axes[name][FRAME_AXIS] = "frames"
+    return axes
+
+
 def graph_modules(profile, head: FusionHead) -> dict[str, tuple[nn.Module, Graph, list[tuple[int, ...]]]]:
     """Per graph name: the PyTorch module, its I/O names and its input shapes without the batch dimension."""
     shape = profile.shape
@@ -93,13 +107,13 @@ def graph_modules(profile, head: FusionHead) -> dict[str, tuple[nn.Module, Graph
 
 
 def export_graph(module: nn.Module, example: Sequence[torch.Tensor], path: Path, spec: Graph,
-                 opset: int = OPSET) -> None:
-    """Trace `module` into `path` with a dynamic batch dimension on every input and output."""
+                 opset: int = OPSET, dynamic: dict[str, dict[int, str]] | None = None) -> None:
+    """Trace `module` into `path` with `dynamic` axes (default: the batch dimension of every input and output)."""
     import onnx
 
     if opset < 17:
         raise ValueError(f"opset {opset}: avcil exports at opset >= 17 (LayerNormalization, REFERENCE.md §9)")
-    dynamic = {name: {0: "batch"} for name in (*spec.inputs, *spec.outputs)}
+    dynamic = dynamic or dynamic_axes(spec)
     with warnings.catch_warnings():
         # The TorchScript exporter warns that it is deprecated and about Python values it traces as constants
         # (shapes of transformers' reshapes); a frozen batch size would fail the batch-1/4 validation instead.
@@ -112,11 +126,15 @@ def export_graph(module: nn.Module, example: Sequence[torch.Tensor], path: Path,
     if names != (list(spec.inputs), list(spec.outputs)):
         raise ExportError(f"{path}: exported I/O {names[0]} -> {names[1]}, expected {list(spec.inputs)} -> "
                           f"{list(spec.outputs)} (an input the module does not use is dropped by the exporter)")
-    # Reshapes with -1 leave the exporter unsure of the output sizes; state them (all but the batch are fixed),
-    # so that runtimes and the manifest see [batch, T, S, Dv] rather than placeholder names.
+    # Reshapes with -1 leave the exporter unsure of the output sizes; state the fixed ones, so that runtimes and
+    # the manifest see [batch, T, S, Dv] rather than placeholder names.
     for value, output in zip(model.graph.output, torch_outputs(module, [x.numpy() for x in example])):
-        for dim, size in zip(value.type.tensor_type.shape.dim[1:], output.shape[1:]):
-            dim.dim_value = size
+        free = dynamic[value.name]
+        for axis, (dim, size) in enumerate(zip(value.type.tensor_type.shape.dim, output.shape)):
+            if axis in free:
+                dim.dim_param = free[axis]
+            else:
+                dim.dim_value = size
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
 
@@ -247,11 +265,14 @@ def export_onnx(model_dir: Path, profile, real: tuple[np.ndarray, np.ndarray] | 
         for module, spec, shapes in bar:
             path = staging / spec.file
             bar.set_postfix_str(f"{spec.name}: export")
+            dynamic = dynamic_axes(spec, profile.frames_independent)
             export_graph(module, [torch.from_numpy(x) for x in random_inputs(shapes, EXAMPLE_BATCH, rng)], path,
-                         spec, opset)
+                         spec, opset, dynamic)
             _fsync_file(path)
             bar.set_postfix_str(f"{spec.name}: validate")
             cases = {f"random-batch{b}": random_inputs(shapes, b, rng) for b in VALIDATION_BATCHES}
+            if FRAME_AXIS in dynamic[spec.inputs[0]]:  # one frame, as a live window encodes them
+                cases["random-batch1-frames1"] = random_inputs([(1, *shapes[0][1:])], 1, rng)
             if spec.name in real_inputs:
                 cases["real-batch1"] = real_inputs[spec.name]
             models[spec.name] = {"file": spec.file, **validate(module, load_backend(path, "onnxruntime"), cases)}

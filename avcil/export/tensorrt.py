@@ -198,10 +198,23 @@ def current_gpu() -> tuple[str, tuple[int, int]]:
     return device.name(), device.compute_capability()
 
 
+def engine_input_shapes(onnx_inputs: dict[str, Sequence[int | str]],
+                        window_shapes: Sequence[Sequence[int]] | None) -> dict[str, list[int]]:
+    """Each input's shape without the batch for an engine: the ONNX file's fixed sizes, and for an axis it leaves
+    free beside the batch (the lite visual graph's frame count) the size of a whole window from `window_shapes`
+    (same order), since an engine is built for one shape range."""
+    shapes = {}
+    for index, (name, dims) in enumerate(onnx_inputs.items()):
+        shapes[name] = [int(d) if isinstance(d, int) and d > 0 else
+                        (int(window_shapes[index][axis]) if window_shapes is not None else 0)
+                        for axis, d in enumerate(dims)]
+    return shapes
+
+
 def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch: BatchRange,
                  workspace_mib: int = DEFAULT_WORKSPACE_MIB, timing_cache: Path | None = None,
                  calibration: Iterable[dict[str, np.ndarray]] | None = None,
-                 calibration_cache: Path | None = None) -> dict:
+                 calibration_cache: Path | None = None, window_shapes: Sequence[Sequence[int]] | None = None) -> dict:
     """Parse `onnx_path`, build an engine at `precision` for `batch`, write it with its header to `engine_path`
     and return the header. The timing cache file is read when present and written back, so rebuilds are fast;
     int8 calibrates on `calibration` batches (dicts input name -> array) or reuses `calibration_cache`."""
@@ -214,8 +227,8 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch: Batc
                                  has_calibration)
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
-    input_shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim[1:]]
-                    for i in graph.input if i.name not in initializers}
+    input_shapes = engine_input_shapes({i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim[1:]]
+                                        for i in graph.input if i.name not in initializers}, window_shapes)
     outputs = [o.name for o in graph.output]
     profile_shapes = optimization_profile(input_shapes, batch)
 

@@ -48,6 +48,14 @@ class HeadOutput:
     spatial_attn: torch.Tensor | None  # alpha [B, T, S, Dv], a distribution over S for every (t, d)
     temporal_attn: torch.Tensor | None  # beta [B, T, Dv], a distribution over T for every d
 
+    def float(self) -> "HeadOutput":
+        """After a reduced-precision forward: logits and embeddings in float32 for the loss terms. The attention
+        maps stay as computed: they are the largest tensors by far (alpha is B x 8 x 49 x 1280 for lite), a float32
+        copy of them costs a fifth of a training step, and their KL compares like with like."""
+        maps = {"spatial_attn", "temporal_attn"}
+        return HeadOutput(**{name: value if value is None or name in maps else value.float()
+                             for name, value in vars(self).items()})
+
 
 def audio_guided_attention(audio_query: torch.Tensor, keys: torch.Tensor, visual: torch.Tensor):
     """Channel-wise attention of REFERENCE.md §3.

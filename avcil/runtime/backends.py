@@ -33,16 +33,18 @@ class Backend:
     device: str
     input_names: list[str]
     output_names: list[str]
-    input_shapes: list[tuple[int, ...]]  # per input, without the batch dimension
+    input_shapes: list[tuple[int | None, ...]]  # per input, without the batch dimension; None: any size
 
     def __call__(self, *inputs: Array) -> list[np.ndarray]:
         if len(inputs) != len(self.input_names):
             raise ValueError(f"{self}: expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
         batch = None
         for name, shape, value in zip(self.input_names, self.input_shapes, inputs):
-            if tuple(value.shape[1:]) != tuple(shape) or (batch is not None and value.shape[0] != batch):
+            fits = len(value.shape) == len(shape) + 1 and all(
+                want is None or got == want for got, want in zip(value.shape[1:], shape))
+            if not fits or (batch is not None and value.shape[0] != batch):
                 raise ValueError(f"{self}: input {name!r} has shape {tuple(value.shape)}, expected "
-                                 f"({batch or 'batch'}, {', '.join(map(str, shape))})")
+                                 f"({batch or 'batch'}, {', '.join('any' if d is None else str(d) for d in shape)})")
             batch = value.shape[0]
         return self.run(list(inputs))
 
@@ -71,7 +73,7 @@ class TorchBackend(Backend):
     kind = "torch"
 
     def __init__(self, module: nn.Module, input_names: Sequence[str], output_names: Sequence[str],
-                 input_shapes: Sequence[Sequence[int]], device: str = "cpu", fp16: bool = False,
+                 input_shapes: Sequence[Sequence[int | None]], device: str = "cpu", fp16: bool = False,
                  graph_batch: int | None = None):
         on_cuda = device.startswith("cuda")
         if (fp16 or graph_batch) and not on_cuda:
@@ -80,7 +82,7 @@ class TorchBackend(Backend):
         self.dtype = torch.float16 if fp16 else torch.float32
         self.module = module.to(device=device, dtype=self.dtype).eval()
         self.input_names, self.output_names = list(input_names), list(output_names)
-        self.input_shapes = [tuple(int(d) for d in s) for s in input_shapes]
+        self.input_shapes = [tuple(None if d is None else int(d) for d in s) for s in input_shapes]
         self.graph_batch = graph_batch
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_inputs: list[torch.Tensor] = []
@@ -162,7 +164,9 @@ class OnnxRuntimeBackend(Backend):
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.input_shapes = [tuple(i.shape[1:]) for i in self.session.get_inputs()]
+        # A named (dynamic) axis takes any size: the frame count of a frame-by-frame visual graph.
+        self.input_shapes = [tuple(d if isinstance(d, int) else None for d in i.shape[1:])
+                             for i in self.session.get_inputs()]
         self.device_id = int(device.split(":")[1]) if ":" in device else 0
 
     def run(self, inputs: list[Array]) -> list[np.ndarray]:
@@ -335,7 +339,7 @@ def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profil
 
     onnxruntime/tensorrt run MODEL/encoders/{audio,visual,head}.{onnx,engine}; torch runs the encoder profile
     (`profile`, or rebuilt from the model's manifest) and the head of the current version."""
-    from avcil.export.onnx import GRAPH_NAMES, graph_modules, read_spec
+    from avcil.export.onnx import GRAPH_NAMES, dynamic_axes, graph_modules, read_spec
     from avcil.model.encoders import profile_from_record
     from avcil.runtime.modeldir import ModelDir
 
@@ -347,6 +351,10 @@ def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profil
         return {name: load_backend(folder / f"{name}{suffix}", kind, device, **options) for name in GRAPH_NAMES}
     loaded = ModelDir(model_dir).load(with_memory=False)
     profile = profile or profile_from_record(loaded.manifest["features"].get("profile"))
-    return {name: load_backend(module, kind, device, input_names=graph.inputs, output_names=graph.outputs,
-                               input_shapes=shapes, **options)
-            for name, (module, graph, shapes) in graph_modules(profile, loaded.head).items()}
+    backends = {}
+    for name, (module, graph, shapes) in graph_modules(profile, loaded.head).items():
+        free = dynamic_axes(graph, profile.frames_independent)[graph.inputs[0]]
+        shapes[0] = tuple(None if axis + 1 in free else d for axis, d in enumerate(shapes[0]))
+        backends[name] = load_backend(module, kind, device, input_names=graph.inputs, output_names=graph.outputs,
+                                      input_shapes=shapes, **options)
+    return backends

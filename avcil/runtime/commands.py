@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from avcil.runtime.backends import KINDS
+from avcil.runtime.field import FieldSettings
+from avcil.train.learner import PRECISIONS
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -43,6 +46,8 @@ def _learn(args: argparse.Namespace) -> int:
     from avcil.runtime.field import FieldSettings, check_new_label, encode_files, learn_class, record_clips
     from avcil.runtime.modeldir import ModelDir
 
+    if args.nice:
+        os.nice(args.nice)  # before torch starts its threads: they inherit it
     if args.threads:
         torch.set_num_threads(args.threads)
     model = ModelDir(args.model)
@@ -55,8 +60,9 @@ def _learn(args: argparse.Namespace) -> int:
         if not (args.camera and args.mic and args.clips):
             raise ValueError("name the clips of the new class: --files F... or --camera SRC --mic SRC --clips N")
         audio, visual = record_clips(args.camera, args.mic, args.clips, profile, args.countdown)
-    settings = FieldSettings(epochs=args.epochs, batch_size=args.batch_size, exemplar_batch_size=args.batch_size,
-                             instance_weight=args.instance_weight)
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "exemplar_batch_size": args.exemplar_batch_size,
+             "instance_weight": args.instance_weight, "precision": args.precision}
+    settings = FieldSettings(**{k: v for k, v in given.items() if v is not None})
     summary = learn_class(args.model, args.label, audio, visual, settings)
     print(f"learnt {summary['label']!r} from {summary['clips']} clips in {summary['seconds']:.1f} s: "
           f"{summary['parent']} -> {summary['version']} (memory {summary['memory_clips']} clips)")
@@ -140,10 +146,18 @@ def add_parsers(subparsers) -> None:
     learn.add_argument("--mic", metavar="SRC", help="record from this microphone")
     learn.add_argument("--clips", type=int, metavar="N", help="number of clips to record")
     learn.add_argument("--countdown", type=float, default=3.0, metavar="S", help="countdown before each clip")
-    learn.add_argument("--epochs", type=int, default=30)
-    learn.add_argument("--batch-size", type=int, default=64, help="new clips and exemplars per batch (each)")
-    learn.add_argument("--instance-weight", type=float, default=0.5, help="λ_I of D-AVSC instance")
-    learn.add_argument("--threads", type=int, help="torch threads for the update (leave cores to `avcil run`)")
+    defaults = FieldSettings()
+    learn.add_argument("--epochs", type=int, help=f"epochs of the update (default {defaults.epochs})")
+    learn.add_argument("--batch-size", type=int, help=f"new clips per batch (default {defaults.batch_size})")
+    learn.add_argument("--exemplar-batch-size", type=int, help=f"exemplars replayed beside them (default "
+                       f"{defaults.exemplar_batch_size})")
+    learn.add_argument("--instance-weight", type=float, help=f"λ_I of D-AVSC instance (default "
+                       f"{defaults.instance_weight})")
+    learn.add_argument("--precision", choices=PRECISIONS, help="of the update's forward pass (default auto: bf16 "
+                       "where the CPU or GPU computes it natively, about twice as fast; else fp32)")
+    learn.add_argument("--threads", type=int, help="torch threads for the update (default: all cores)")
+    learn.add_argument("--nice", type=int, default=10, help="lower the update's CPU priority by this much, so a "
+                       "running `avcil run` keeps its decision latency (default 10; 0 to keep it)")
     learn.set_defaults(func=_learn)
 
     model = subparsers.add_parser("model", help="versions of a model dir: list, rollback")
@@ -164,7 +178,8 @@ def add_parsers(subparsers) -> None:
                     "the digit 9 learnt in the field from its clips, then recognised.")
     demo.add_argument("--out", default="avcil-demo", metavar="DIR", help="where the model and JSON lines go")
     demo.add_argument("--cache", help="AV-Digits and features cache (default $AVCIL_CACHE or ~/.cache/avcil)")
-    demo.add_argument("--epochs", type=int, default=15, help="epochs of the base training and of the field step")
-    demo.add_argument("--train-clips", type=int, default=16, help="training clips per digit")
+    demo.add_argument("--epochs", type=int, default=12, help="epochs of the base training (the field step uses "
+                      "avcil learn's settings)")
+    demo.add_argument("--train-clips", type=int, default=40, help="training clips per digit (AV-Digits has 40)")
     demo.add_argument("--clips-per-class", type=int, default=2, help="test clips played per class")
     demo.set_defaults(func=_demo)

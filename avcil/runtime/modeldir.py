@@ -2,8 +2,14 @@
 
 Layout:
     MODEL/CURRENT              name of the version in use (replaced atomically)
-    MODEL/versions/v0001/      manifest.json, head.pt, memory.npz — one committed version each
+    MODEL/versions/v0001/      manifest.json, head.pt — one committed version each
+    MODEL/exemplars/SHA.npz    one class's exemplars (ids, audio, visual), named by the sha256 of the file
     MODEL/.lock                held by a writer while it commits
+
+Exemplar files are shared between versions: a version's manifest lists, per class, a file and how many of its
+first rows the class keeps (a class only ever loses its last exemplars when the memory makes room), so learning a
+class writes that class's exemplars and not the whole memory again (340 MB a version for the lite AVE budget,
+1.6 GB for the paper profile's). Format-1 versions, with the whole memory in their own memory.npz, still load.
 
 A commit writes the whole version into a hidden temporary folder, fsyncs every file, renames the folder into
 place and only then points CURRENT at it, so a crash at any moment leaves the last good version loadable.
@@ -35,10 +41,11 @@ import avcil
 from avcil.features import FeatureShape
 from avcil.fileio import atomic_write, fsync_dir, sha256_file, write_synced
 from avcil.model.head import FusionHead, HeadConfig
-from avcil.train.memory import ExemplarMemory
+from avcil.train.memory import ClassExemplars, ExemplarMemory
 
-FORMAT = 1
+FORMAT = 2  # 1: the whole memory in the version's memory.npz; 2: shared per-class exemplar files
 HEAD_FILE, MEMORY_FILE, MANIFEST_FILE = "head.pt", "memory.npz", "manifest.json"
+EXEMPLARS_DIR = "exemplars"
 
 
 class ModelDirError(RuntimeError):
@@ -63,6 +70,7 @@ class ModelDir:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.versions = self.root / "versions"
+        self.exemplars = self.root / EXEMPLARS_DIR
         self._lock_depth = 0
 
     # Reading -----------------------------------------------------------------------------------------------
@@ -87,20 +95,27 @@ class ModelDir:
         except json.JSONDecodeError as e:
             raise ModelDirError(f"{path}: not valid JSON ({e}); this version is corrupt") from None
 
-    def verify(self, version: str, skip: tuple[str, ...] = ()) -> dict:
-        """The version's manifest, after checking every file it lists (but `skip`) against its sha256."""
+    def verify(self, version: str, skip: tuple[str, ...] = (), verified: set | None = None) -> dict:
+        """The version's manifest, after checking every file it lists (but `skip`; MEMORY_FILE in `skip` also
+        skips the shared exemplar files) against its sha256. `verified`: (path, sha256) pairs already checked, so
+        that going through several versions hashes each shared file once; filled as files pass."""
         manifest = self.manifest(version)
         folder = self.versions / version
         if not isinstance(manifest.get("files"), dict) or HEAD_FILE not in manifest["files"]:
             raise ModelDirError(f"{folder / MANIFEST_FILE}: lists no {HEAD_FILE}; this version is incomplete")
-        for name, expected in manifest["files"].items():
-            if name in skip:
+        expected = {folder / name: sha for name, sha in manifest["files"].items() if name not in skip}
+        if MEMORY_FILE not in skip:
+            expected.update({self.exemplars / entry["file"]: Path(entry["file"]).stem
+                             for entry in manifest.get("exemplars", [])})
+        verified = set() if verified is None else verified
+        for path, sha in expected.items():
+            if (path, sha) in verified:
                 continue
-            path = folder / name
             if not path.is_file():
-                raise ModelDirError(f"{path}: listed in the manifest but missing")
-            if sha256_file(path) != expected:
-                raise ModelDirError(f"{path}: checksum mismatch (truncated or modified); refusing this version")
+                raise ModelDirError(f"{path}: listed in the manifest of {version} but missing")
+            if sha256_file(path) != sha:
+                raise ModelDirError(f"{path}: checksum mismatch (truncated or modified); refusing {version}")
+            verified.add((path, sha))
         return manifest
 
     def load(self, version: str | None = None, with_memory: bool = True) -> LoadedModel:
@@ -137,21 +152,34 @@ class ModelDir:
         head.load_state_dict(torch.load(folder / HEAD_FILE, map_location="cpu", weights_only=True))
         head.eval()
         memory = None
-        if with_memory and MEMORY_FILE in manifest["files"]:
+        shape = FeatureShape.from_dict(manifest["features"]["shape"])
+        if with_memory and MEMORY_FILE in manifest["files"]:  # format 1
             with np.load(folder / MEMORY_FILE, allow_pickle=False) as arrays:
-                memory = ExemplarMemory.from_arrays(manifest["memory"], dict(arrays),
-                                                    FeatureShape.from_dict(manifest["features"]["shape"]))
+                memory = ExemplarMemory.from_arrays(manifest["memory"], dict(arrays), shape)
+        elif with_memory and manifest.get("memory") is not None:
+            memory = ExemplarMemory(**manifest["memory"])
+            for entry in manifest["exemplars"]:
+                memory.classes[int(entry["label"])] = self._read_exemplars(entry["file"], entry["count"], shape)
         return LoadedModel(version, manifest, head, memory)
+
+    def _read_exemplars(self, name: str, count: int, shape: FeatureShape) -> ClassExemplars:
+        with np.load(self.exemplars / name, allow_pickle=False) as arrays:
+            if len(arrays["ids"]) < count:
+                raise ModelDirError(f"{self.exemplars / name}: holds {len(arrays['ids'])} exemplars, the manifest "
+                                    f"keeps {count}")
+            exemplars = ClassExemplars([str(i) for i in arrays["ids"]], arrays["audio"], arrays["visual"], name)
+        shape.check(exemplars.audio[0], exemplars.visual[0], f"exemplars {self.exemplars / name}")
+        return exemplars.head(count)
 
     def describe_versions(self) -> list[dict]:
         """One row per version, oldest first: version, current, ok, classes, created, parent, note (the reason
         when it does not verify)."""
         current = self.current() if (self.root / "CURRENT").is_file() else None
-        rows = []
+        rows, verified = [], set()
         for version in self.list_versions():
             row = {"version": version, "current": version == current, "ok": True}
             try:
-                manifest = self.verify(version)
+                manifest = self.verify(version, verified=verified)
                 row.update(classes=[c["name"] for c in manifest["classes"]], created=manifest.get("created"),
                            parent=manifest.get("parent"), note=manifest.get("note", ""))
             except ModelDirError as error:
@@ -185,12 +213,27 @@ class ModelDir:
                 self._lock_depth = 0
 
     def _remove_leftovers(self) -> None:
-        """Staging folders and aside-files of a writer killed mid-commit (safe: we hold the lock)."""
-        for path in [*self.root.glob(".CURRENT.*"), *(self.versions.glob(".v*") if self.versions.is_dir() else [])]:
+        """Staging folders, aside-files and exemplar files no version lists, of a writer killed mid-commit (safe:
+        we hold the lock, so no commit is under way)."""
+        for path in [*self.root.glob(".CURRENT.*"), *(self.versions.glob(".v*") if self.versions.is_dir() else []),
+                     *self._unlisted_exemplars()]:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+
+    def _unlisted_exemplars(self) -> list[Path]:
+        """Exemplar files (and their aside-files) that no version lists; none when a manifest cannot be read,
+        since its files are then unknown."""
+        if not self.exemplars.is_dir():
+            return []
+        listed = set()
+        for version in self.list_versions():
+            try:
+                listed.update(entry["file"] for entry in self.manifest(version).get("exemplars", []))
+            except ModelDirError:
+                return []
+        return [p for p in self.exemplars.iterdir() if p.name not in listed]
 
     def rollback(self, version: str | None = None) -> str:
         """Point CURRENT at `version` (default: the newest good version older than the current one), after
@@ -225,11 +268,10 @@ class ModelDir:
             self.versions.mkdir(parents=True, exist_ok=True)
             existing = self.list_versions()
             version = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
+            exemplars = self._write_exemplars(memory) if memory is not None else []
             staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=self.versions))
             try:
                 files = {HEAD_FILE: _tensor_bytes(head.state_dict())}
-                if memory is not None:
-                    files[MEMORY_FILE] = _npz_bytes(memory.to_arrays())
                 for name, data in files.items():
                     write_synced(staging / name, data)
                 manifest = {
@@ -242,6 +284,7 @@ class ModelDir:
                     "features": features,
                     "head": {"config": head.config.to_dict()},
                     "memory": memory.settings() if memory is not None else None,
+                    "exemplars": exemplars,
                     "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
                     **(extra or {}),
                 }
@@ -254,6 +297,22 @@ class ModelDir:
                 raise
             atomic_write(self.root / "CURRENT", f"{version}\n".encode())
         return version
+
+
+    def _write_exemplars(self, memory: ExemplarMemory) -> list[dict]:
+        """Per class, the exemplar file that holds its exemplars as first rows and how many it keeps: the file it
+        was loaded from when that is still here, else a new one (named by its sha256, written atomically)."""
+        self.exemplars.mkdir(exist_ok=True)
+        entries = []
+        for label, exemplars in sorted(memory.classes.items()):
+            if exemplars.stored_as is None or not (self.exemplars / exemplars.stored_as).is_file():
+                data = _npz_bytes({"ids": np.asarray(exemplars.ids), "audio": exemplars.audio,
+                                   "visual": exemplars.visual})
+                exemplars.stored_as = f"{hashlib.sha256(data).hexdigest()}.npz"
+                if not (self.exemplars / exemplars.stored_as).is_file():
+                    atomic_write(self.exemplars / exemplars.stored_as, data)
+            entries.append({"label": int(label), "file": exemplars.stored_as, "count": len(exemplars.ids)})
+        return entries
 
 
 def _tensor_bytes(state: dict) -> bytes:

@@ -1,6 +1,9 @@
 """Live recognition: clip window -> preprocessing -> encoders (chosen backend) -> head -> probabilities ->
 smoothing over recent windows -> a label, or `unknown` under the threshold.
 
+Where the visual encoder encodes each frame on its own (lite), the frames of the next window are encoded while the
+recognizer waits for it to end (avcil.runtime.frame_tokens), so that after the end only the newest frame is left.
+
 The head always runs in torch from the model dir's current version (it is small, and it is the part field learning
 changes): a watcher thread notices a new version (`avcil learn`, `avcil model rollback`), loads and verifies it
 off the recognition path, and swaps it in between two decisions, so recognition never pauses for an update.
@@ -22,13 +25,25 @@ import numpy as np
 import torch
 
 from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
+from avcil.runtime.frame_tokens import FrameTokens
 from avcil.runtime.modeldir import LoadedModel, ModelDir, ModelDirError
+from avcil.runtime.sources import clock
 from avcil.runtime.windows import Schedule, Window, WindowAssembler
 
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 WATCH_INTERVAL_S = 0.5
+FRAME_POLL_S = 0.02  # while waiting for a window's end: how often to look for frames ready to encode
+
+
+def one_blas_thread() -> None:
+    """Keep numpy's BLAS to one thread in this process. OpenBLAS threads spin for a while after each call; right
+    after the preprocessing's mel matmul they take the cores the encoders need, which doubled the lite audio
+    encoder's time (30 -> 60 ms on two cores). The runtime's own numpy work is small."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 @dataclass
@@ -46,6 +61,7 @@ class Recognizer:
                  threshold: float = 0.5, smoothing: int = 3, top_k: int = 3, watch: bool = True):
         from avcil.runtime.backends import model_backends
 
+        one_blas_thread()
         self.model = ModelDir(model_dir)
         loaded = self.model.load(with_memory=False)
         record = loaded.manifest["features"].get("profile")
@@ -56,6 +72,8 @@ class Recognizer:
         self.frame_prep = frame_preprocess_from_settings(record["settings"]["visual"])
         encoders = model_backends(model_dir, backend, device, profile=profile)
         self.audio_encoder, self.visual_encoder = encoders["audio"], encoders["visual"]
+        self.frame_tokens = (FrameTokens(self.visual_encoder, self.frame_prep)
+                             if FrameTokens.supports(self.visual_encoder) else None)
         self.backend = backend
         self.threshold, self.top_k = threshold, top_k
         self.recent: deque[np.ndarray] = deque(maxlen=max(1, smoothing))
@@ -122,14 +140,22 @@ class Recognizer:
 
         audio_input = self.audio_prep(window.waveform, window.rate)[None]
         mark("audio_preprocess")
-        frames = window.frames
-        if frames is None:  # no camera frame yet: black frames, as an unlit camera would show
-            frames = [np.zeros((self.frame_prep.size, self.frame_prep.size, 3), np.uint8)] * self.frame_prep.count
-        visual_input = self.frame_prep(frames)[None]
-        mark("frame_preprocess")
         audio_features, = self.audio_encoder(audio_input)
         mark("audio_encoder")
-        visual_features, = self.visual_encoder(visual_input)
+        if self.frame_tokens is not None and window.frame_stamps is not None:
+            prepared = self.frame_tokens.prepare(list(zip(window.frame_stamps, window.frames)))
+            mark("frame_preprocess")
+            self.frame_tokens.encode(prepared)
+            visual_features = self.frame_tokens.window(window.frame_stamps)
+            frames_encoded = len(prepared[0])
+        else:
+            frames = window.frames
+            if frames is None:  # no camera frame yet: black frames, as an unlit camera would show
+                frames = [np.zeros((self.frame_prep.size, self.frame_prep.size, 3), np.uint8)] * self.frame_prep.count
+            visual_input = self.frame_prep(frames)[None]
+            mark("frame_preprocess")
+            visual_features, = self.visual_encoder(visual_input)
+            frames_encoded = self.frame_prep.count
         mark("visual_encoder")
         current = self._current
         with torch.inference_mode():
@@ -148,7 +174,20 @@ class Recognizer:
                 "score": round(score, 4),
                 "top_k": [{"label": current.class_names[i], "score": round(float(smoothed[i]), 4)} for i in order],
                 "latency_ms": {k: round(v, 2) for k, v in latency.items()},
+                "frames_encoded_after_end": frames_encoded,
                 "model_version": current.version}
+
+    def wait_for_end(self, end: float, assembler: WindowAssembler, stop: threading.Event) -> None:
+        """Sleep until the window ending at clock time `end` has ended (or `stop`); meanwhile, for a frame-by-frame
+        visual encoder, encode each of its frames once its moment has passed."""
+        times = assembler.frame_times(end)
+        poll = FRAME_POLL_S if self.frame_tokens is not None else float("inf")
+        while not stop.is_set() and (now := clock()) < end:
+            if self.frame_tokens is not None and times[0] <= now:
+                stamped = assembler.frames.sample_stamped(times[times <= now])
+                if stamped and self.frame_tokens.encode(self.frame_tokens.prepare(stamped)):
+                    continue  # that took a while: look at the clock again before sleeping
+            stop.wait(min(end - now, poll))
 
 
 class DecisionWriter:
@@ -205,8 +244,11 @@ def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Sche
     count = 0
     stop = stop or threading.Event()
     while not stop.is_set():
-        end = schedule.wait(stop)
-        if stop.is_set() or (until is not None and end > until):
+        end = schedule.next_end()
+        if until is not None and end > until:
+            break
+        recognizer.wait_for_end(end, assembler, stop)
+        if stop.is_set():
             break
         window = assembler(end, audio_live)
         decision = recognizer.decide(window)

@@ -106,12 +106,17 @@ class FrameHistory:
     def sample(self, times: Sequence[float]) -> list[np.ndarray] | None:
         """For each clock time, the newest frame taken at or before it (the oldest one kept for times before all
         frames); None while no frame has arrived."""
+        stamped = self.sample_stamped(times)
+        return None if stamped is None else [frame for _, frame in stamped]
+
+    def sample_stamped(self, times: Sequence[float]) -> list[tuple[float, np.ndarray]] | None:
+        """`sample` with each frame's clock time, which identifies it (a frame's features can be reused)."""
         with self.lock:
             if not self.frames:
                 return None
             stamps = np.array([t for t, _ in self.frames])
             picks = np.clip(np.searchsorted(stamps, np.asarray(times), side="right") - 1, 0, len(stamps) - 1)
-            return [self.frames[i][1] for i in picks]
+            return [self.frames[i] for i in picks]
 
 
 # Threads ---------------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ class Window:
     waveform: np.ndarray  # mono float32 at `rate`
     rate: int
     frames: list[np.ndarray] | None  # `count` RGB frames, None while the camera has delivered nothing
+    frame_stamps: list[float] | None = None  # each frame's clock time: the same stamp is the same frame
 
 
 class WindowAssembler:
@@ -45,9 +46,15 @@ class WindowAssembler:
         deadline = clock() + AUDIO_WAIT_S
         while audio_live and not self.ring.covers(end) and clock() < deadline:
             time.sleep(0.005)
+        stamped = self.frames.sample_stamped(self.frame_times(end))
+        return Window(end - self.seconds, end, self.ring.window(end, self.seconds), self.ring.rate,
+                      None if stamped is None else [frame for _, frame in stamped],
+                      None if stamped is None else [stamp for stamp, _ in stamped])
+
+    def frame_times(self, end: float) -> np.ndarray:
+        """The clock times at which the window ending at `end` samples its frames (first and last included)."""
         start = end - self.seconds
-        times = np.linspace(start, end, self.count) if self.count > 1 else [start + self.seconds / 2]
-        return Window(start, end, self.ring.window(end, self.seconds), self.ring.rate, self.frames.sample(times))
+        return np.linspace(start, end, self.count) if self.count > 1 else np.array([start + self.seconds / 2])
 
 
 def history_settings(seconds: float, hop: float, frame_prep: FramePreprocess) -> tuple[float, float]:
@@ -76,15 +83,3 @@ class Schedule:
             wanted = newest_ended
         self.index = wanted
         return self.first_end + wanted * self.hop
-
-    def wait(self, stop=None) -> float:
-        """Sleep until the next window ends (or `stop`, a threading.Event, is set); return that end time."""
-        end = self.next_end()
-        delay = end - clock()
-        if delay > 0:
-            if stop is not None:
-                stop.wait(delay)
-            else:
-                time.sleep(delay)
-        return end
-

@@ -27,9 +27,12 @@ class ClassExemplars:
     ids: list[str]
     audio: np.ndarray
     visual: np.ndarray
+    # The model dir's shared file that holds these exemplars as its first rows (None until written there):
+    # truncation keeps a prefix, so later versions point at the same file instead of copying it.
+    stored_as: str | None = None
 
     def head(self, count: int) -> "ClassExemplars":
-        return ClassExemplars(self.ids[:count], self.audio[:count], self.visual[:count])
+        return ClassExemplars(self.ids[:count], self.audio[:count], self.visual[:count], self.stored_as)
 
 
 def herding_order(embeddings: np.ndarray, count: int) -> list[int]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from avcil.data.clips import Benchmark
-from avcil.train.learner import TrainConfig
+from avcil.train.learner import PRECISIONS as TRAIN_PRECISIONS, TrainConfig
 from avcil.train.methods import ABLATABLE, Method, build_method
 from avcil.train.memory import PRECISIONS, SELECTIONS
 
@@ -28,6 +28,8 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=42)
     t.add_argument("--num-workers", type=int, default=0, help="processes that load features from disk")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--precision", choices=TRAIN_PRECISIONS, default="fp32", help="of the training forward: fp32 (the "
+                   "paper's), bf16 autocast, or auto (bf16 where the hardware has it natively)")
     m = parser.add_argument_group("method")
     m.add_argument("--memory-budget", type=int, help="exemplar clips kept in total (AVE 340, K-S 500, VS100 1500)")
     m.add_argument("--memory-precision", choices=list(PRECISIONS), default="fp16")
@@ -53,7 +55,7 @@ def config_from_args(args: argparse.Namespace, benchmark: Benchmark) -> TrainCon
         epochs=_pick(args.epochs, benchmark, "epochs", 200), lr=args.lr, weight_decay=args.weight_decay,
         batch_size=_pick(args.batch_size, benchmark, "batch_size", 128),
         exemplar_batch_size=_pick(args.exemplar_batch_size, benchmark, "exemplar_batch_size", 128),
-        seed=args.seed, num_workers=args.num_workers, device=args.device)
+        seed=args.seed, num_workers=args.num_workers, device=args.device, precision=args.precision)
 
 
 def protocol_kwargs(args: argparse.Namespace, benchmark: Benchmark) -> dict:

@@ -53,12 +53,13 @@ def efficientnet_lite0(image_size: int = FRAME_SIZE) -> tuple[nn.Module, Path]:
 
 
 class FrameCNNEncoder(nn.Module):
-    """frames [B, T, 3, size, size] -> the CNN's last feature map per frame as tokens [B, T, h*w, channels]."""
+    """frames [B, T, 3, size, size] -> the CNN's last feature map per frame as tokens [B, T, h*w, channels]. Each
+    frame is encoded on its own, so T may be any count (a live window encodes its frames as they arrive)."""
 
-    def __init__(self, cnn: nn.Module, count: int, size: int):
+    def __init__(self, cnn: nn.Module, size: int):
         super().__init__()
         self.cnn = cnn.to(memory_format=torch.channels_last)  # about 1.7x faster on CPU for this network
-        self.count, self.size = count, size
+        self.size = size
         with torch.no_grad():
             probe = cnn.extract_features(torch.zeros(1, 3, size, size))
         self.channels, self.positions = probe.shape[1], probe.shape[2] * probe.shape[3]
@@ -66,7 +67,7 @@ class FrameCNNEncoder(nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         images = frames.reshape(-1, 3, self.size, self.size).contiguous(memory_format=torch.channels_last)
         maps = self.cnn.extract_features(images)
-        return maps.flatten(2).transpose(1, 2).reshape(-1, self.count, self.positions, self.channels)
+        return maps.flatten(2).transpose(1, 2).reshape(-1, frames.shape[1], self.positions, self.channels)
 
 
 def aisfx_embedding_net() -> tuple[nn.Module, Path]:
@@ -100,7 +101,7 @@ class SpectrogramCNNEncoder(nn.Module):
 def load_lite_profile(audio_window_seconds: float = AUDIO_WINDOW_SECONDS, frame_count: int = FRAME_COUNT,
                       frame_size: int = FRAME_SIZE) -> EncoderProfile:
     cnn, cnn_path = efficientnet_lite0(frame_size)
-    visual = FrameCNNEncoder(cnn, frame_count, frame_size)
+    visual = FrameCNNEncoder(cnn, frame_size)
     audio_net, audio_path = aisfx_embedding_net()
     audio = SpectrogramCNNEncoder(audio_net)
     shape = FeatureShape(audio_dim=audio_net.hl4, time=frame_count, positions=visual.positions,
@@ -110,4 +111,4 @@ def load_lite_profile(audio_window_seconds: float = AUDIO_WINDOW_SECONDS, frame_
     return EncoderProfile(name="lite", shape=shape, audio=audio, visual=visual,
                           audio_prep=SfxMel(window_seconds=audio_window_seconds),
                           frame_prep=FramePreprocess(count=frame_count, size=frame_size, mean=LITE_MEAN, std=LITE_STD),
-                          weights=weights)
+                          weights=weights, frames_independent=True)

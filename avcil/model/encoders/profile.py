@@ -36,6 +36,8 @@ class EncoderProfile:
     `audio`: preprocessed audio [B, *audio_input_shape] float32 -> [B, audio_dim].
     `visual`: preprocessed frames [B, *visual_input_shape] float32 -> [B, time, positions, visual_dim].
     Both are plain nn.Modules that trace and export to ONNX with a dynamic batch; preprocessing stays in numpy.
+    `frames_independent`: the visual encoder encodes each frame on its own (a 2-D CNN, not a video transformer), so
+    it takes any number of frames and a live window needs only its newest frame encoded.
     """
 
     name: str
@@ -45,6 +47,7 @@ class EncoderProfile:
     audio_prep: AudioPreprocess
     frame_prep: FramePreprocess
     weights: dict  # per encoder: {'file', 'sha256'} of the weights, or how random ones were made
+    frames_independent: bool = False
 
     def __post_init__(self) -> None:
         frozen(self.audio)
