@@ -19,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -73,12 +74,17 @@ def build_model(model_dir: Path, cache: Path | None) -> tuple[object, dict]:
 
 
 def measure(args: argparse.Namespace) -> dict:
+    # The model dir and features (hundreds of MB) live in a temporary folder, removed afterwards.
+    with tempfile.TemporaryDirectory(prefix="avcil-bench-update-") as work:
+        return measure_in(args, Path(work))
+
+
+def measure_in(args: argparse.Namespace, work: Path) -> dict:
     from avcil.model.encoders import profile_from_record
     from avcil.runtime.field import encode_files
     from avcil.runtime.recognizer import Recognizer, run_live
 
-    work = Path(args.out_dir) / "update-work"
-    model_dir = work / f"model-{int(time.time())}"
+    model_dir = work / "model"
     benchmark, files = build_model(model_dir, Path(args.cache) if args.cache else None)
     profile = profile_from_record(benchmark.profile)
     features = work / "digit9.npz"
