@@ -36,7 +36,6 @@ from typing import Mapping
 import cv2
 import numpy as np
 import soundfile as sf
-from scipy.signal import butter, resample_poly, sosfilt
 from tqdm import tqdm
 
 from avcil.data.clips import SPLITS
@@ -164,6 +163,8 @@ def _trim_and_normalise(x: np.ndarray) -> np.ndarray:
 
 
 def _resample(x: np.ndarray, rate: int) -> np.ndarray:
+    from scipy.signal import resample_poly  # here, not at the top: `avcil` builds its parser from this module
+
     ratio = Fraction(SAMPLE_RATE, rate)
     return resample_poly(x, ratio.numerator, ratio.denominator) if rate != SAMPLE_RATE else x
 
@@ -231,6 +232,8 @@ def time_stretch(x: np.ndarray, speed: float, frame: int = 512, tolerance: int =
 
 def augment_speech(x: np.ndarray, pitch: float, tempo: float, lowpass_hz: float | None) -> np.ndarray:
     """A recording `pitch` times higher, `tempo` times faster, band-limited to `lowpass_hz` (None: full band)."""
+    from scipy.signal import butter, resample_poly, sosfilt
+
     ratio = Fraction(pitch).limit_denominator(64)
     # Resampling raises pitch and tempo together; the stretch then sets the tempo alone.
     y = resample_poly(np.asarray(x, dtype=np.float64), ratio.denominator, ratio.numerator)

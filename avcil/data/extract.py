@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from avcil.model.encoders.paper import PAPER_NORMALIZE, PAPER_SAMPLE_RATE
+    from avcil.model.encoders import PAPER_NORMALIZE, PAPER_SAMPLE_RATE
 
     parser = subparsers.add_parser(
         "extract", help="encode videos into a feature store (resumable)",

@@ -21,7 +21,6 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-from scipy.signal import resample_poly
 
 # AudioMAE's published input statistics (its AudioSet fbank mean and std).
 AUDIOMAE_NORM_MEAN = -4.2677393
@@ -45,6 +44,8 @@ def resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     waveform = np.asarray(waveform, dtype=np.float32)
     if from_rate == to_rate:
         return waveform
+    from scipy.signal import resample_poly  # scipy.signal takes a second to import: only when resampling
+
     ratio = Fraction(to_rate, from_rate).limit_denominator(4096)
     return resample_poly(waveform, ratio.numerator, ratio.denominator).astype(np.float32)
 

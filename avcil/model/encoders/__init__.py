@@ -14,6 +14,11 @@ import json
 from avcil.model.encoders.profile import EncoderProfile
 
 PROFILES = ("lite", "paper", "tiny")
+# The paper's extraction: 11,430 Hz and no AudioMAE input normalisation (REFERENCE §2). AudioMAE's own recipe is
+# 16,000 Hz with normalisation; both are settings of load_profile('paper', ...). Here rather than in paper.py, so
+# that the command line can name the defaults without importing transformers.
+PAPER_SAMPLE_RATE = 11430
+PAPER_NORMALIZE = False
 
 
 def load_profile(name: str, **options) -> EncoderProfile:

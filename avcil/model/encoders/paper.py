@@ -18,12 +18,9 @@ from transformers.utils import logging as transformers_logging
 
 from avcil.data.preprocess import FramePreprocess, KaldiFbank
 from avcil.features import FeatureShape
+from avcil.model.encoders import PAPER_NORMALIZE, PAPER_SAMPLE_RATE
 from avcil.model.encoders.profile import EncoderProfile, weights_record
 
-# The paper's extraction: 11,430 Hz and no AudioMAE input normalisation (REFERENCE §2). AudioMAE's own recipe is
-# 16,000 Hz with normalisation; both are settings of load_profile('paper', ...).
-PAPER_SAMPLE_RATE = 11430
-PAPER_NORMALIZE = False
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
