@@ -78,13 +78,21 @@ def test_optimization_profile_and_batch_ranges():
         engines.optimization_profile({"frames": (0, 3, 224, 224)}, BatchRange())
 
 
-def test_an_engine_fixes_the_frame_count_a_frame_by_frame_graph_leaves_free():
-    # The lite visual graph's frames axis is named (free); an engine takes whole windows of the profile's frames.
-    shapes = engines.engine_input_shapes({"frames": ["frames", 3, 224, 224]}, [(8, 3, 224, 224)])
-    assert shapes == {"frames": [8, 3, 224, 224]}
-    assert engines.engine_input_shapes({"a": [24], "b": [2, 4, 32]}, None) == {"a": [24], "b": [2, 4, 32]}
-    with pytest.raises(ValueError, match="must be fixed"):  # free, and no window shape to fix it with
-        engines.optimization_profile(engines.engine_input_shapes({"frames": ["frames", 3, 8, 8]}, None), BatchRange())
+def test_an_engine_takes_one_frame_to_a_window_where_the_graph_leaves_the_frame_count_free():
+    # The lite visual graph's frames axis is named (free): the engine's profile spans 1 frame to a whole window,
+    # and its backend then says the axis varies, which is what the recognizer's frame-by-frame path looks for.
+    shapes, free = engines.engine_input_shapes({"frames": ["frames", 3, 224, 224]}, [(8, 3, 224, 224)])
+    assert shapes == {"frames": [8, 3, 224, 224]} and free == {"frames": {0}}
+    profile = engines.optimization_profile(shapes, BatchRange(1, 1, 4), free)
+    assert profile["frames"] == {"min": [1, 1, 3, 224, 224], "opt": [1, 8, 3, 224, 224], "max": [4, 8, 3, 224, 224]}
+    assert engines.backend_input_shapes(profile, ["frames"]) == [(None, 3, 224, 224)]
+    fixed, none_free = engines.engine_input_shapes({"a": [24], "b": [2, 4, 32]}, None)
+    assert fixed == {"a": [24], "b": [2, 4, 32]} and none_free == {"a": set(), "b": set()}
+    assert engines.backend_input_shapes(engines.optimization_profile(fixed, BatchRange(1, 2, 8)), ["a", "b"]) == [
+        (24,), (2, 4, 32)]
+    unbounded, _ = engines.engine_input_shapes({"frames": ["frames", 3, 8, 8]}, None)
+    with pytest.raises(ValueError, match="must be fixed"):  # free, and no window shape to bound it
+        engines.optimization_profile(unbounded, BatchRange())
 
 
 def test_precision_choice():

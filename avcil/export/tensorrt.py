@@ -69,16 +69,25 @@ class BatchRange:
         return cls(*values)
 
 
-def optimization_profile(input_shapes: dict[str, Sequence[int]], batch: BatchRange) -> dict[str, dict[str, list[int]]]:
+def optimization_profile(input_shapes: dict[str, Sequence[int]], batch: BatchRange,
+                         free: dict[str, set[int]] | None = None) -> dict[str, dict[str, list[int]]]:
     """Per input: the min/opt/max shapes of one profile. `input_shapes` holds each input's shape without the
-    batch dimension (the only dynamic one); every other dimension is fixed by the encoder profile."""
+    batch dimension, fixed by the encoder profile; an axis in `free` (the lite visual graph's frames, counted
+    without the batch) ranges from 1 to that size, so that the engine also encodes one frame at a time."""
     profile = {}
     for name, shape in input_shapes.items():
         if any(int(d) < 1 for d in shape):
             raise ValueError(f"input {name!r}: every dimension but the batch must be fixed and positive, got {shape}")
-        profile[name] = {key: [size, *map(int, shape)]
+        ranged = (free or {}).get(name, set())
+        profile[name] = {key: [size, *(1 if key == "min" and axis in ranged else int(d) for axis, d in enumerate(shape))]
                          for key, size in (("min", batch.min), ("opt", batch.opt), ("max", batch.max))}
     return profile
+
+
+def backend_input_shapes(profile: dict[str, dict[str, list[int]]], names: Sequence[str]) -> list[tuple]:
+    """Each input's shape without the batch as a backend states it: None for an axis the profile lets vary."""
+    return [tuple(None if low != high else opt for low, opt, high in
+                  zip(profile[n]["min"][1:], profile[n]["opt"][1:], profile[n]["max"][1:])) for n in names]
 
 
 # Precision ------------------------------------------------------------------------------------------------------
@@ -198,17 +207,17 @@ def current_gpu() -> tuple[str, tuple[int, int]]:
     return device.name(), device.compute_capability()
 
 
-def engine_input_shapes(onnx_inputs: dict[str, Sequence[int | str]],
-                        window_shapes: Sequence[Sequence[int]] | None) -> dict[str, list[int]]:
-    """Each input's shape without the batch for an engine: the ONNX file's fixed sizes, and for an axis it leaves
-    free beside the batch (the lite visual graph's frame count) the size of a whole window from `window_shapes`
-    (same order), since an engine is built for one shape range."""
-    shapes = {}
+def engine_input_shapes(onnx_inputs: dict[str, Sequence[int | str]], window_shapes: Sequence[Sequence[int]] | None
+                        ) -> tuple[dict[str, list[int]], dict[str, set[int]]]:
+    """Each input's shape without the batch for an engine, and the axes the ONNX file leaves free beside the batch
+    (the lite visual graph's frame count): those take the size of a whole window from `window_shapes` (same
+    order) as their largest size."""
+    shapes, free = {}, {}
     for index, (name, dims) in enumerate(onnx_inputs.items()):
-        shapes[name] = [int(d) if isinstance(d, int) and d > 0 else
-                        (int(window_shapes[index][axis]) if window_shapes is not None else 0)
-                        for axis, d in enumerate(dims)]
-    return shapes
+        free[name] = {axis for axis, d in enumerate(dims) if not (isinstance(d, int) and d > 0)}
+        shapes[name] = [int(window_shapes[index][axis]) if axis in free[name] and window_shapes is not None else
+                        0 if axis in free[name] else int(d) for axis, d in enumerate(dims)]
+    return shapes, free
 
 
 def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch: BatchRange,
@@ -227,10 +236,11 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch: Batc
                                  has_calibration)
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
-    input_shapes = engine_input_shapes({i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim[1:]]
-                                        for i in graph.input if i.name not in initializers}, window_shapes)
+    input_shapes, free = engine_input_shapes(
+        {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim[1:]]
+         for i in graph.input if i.name not in initializers}, window_shapes)
     outputs = [o.name for o in graph.output]
-    profile_shapes = optimization_profile(input_shapes, batch)
+    profile_shapes = optimization_profile(input_shapes, batch, free)
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

@@ -216,7 +216,7 @@ class TensorRTBackend(Backend):
             raise engines.EngineError(f"{self.path}: engine I/O {self.input_names} -> {self.output_names} differ from "
                                       f"its header's {self.header['inputs']} -> {self.header['outputs']}")
         profile = self.header["profile"]
-        self.input_shapes = [tuple(profile[n]["opt"][1:]) for n in self.input_names]
+        self.input_shapes = engines.backend_input_shapes(profile, self.input_names)
         self.max_batch = profile[self.input_names[0]]["max"][0]
         self.io = _TorchCudaIO(device) if torch.cuda.is_available() else _PycudaIO()
 
