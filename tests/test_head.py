@@ -63,3 +63,12 @@ def test_single_modality_variants():
 def test_unknown_modality_is_refused():
     with pytest.raises(ValueError, match="modality"):
         HeadConfig(3, 4, 5, modality="smell")
+
+
+def test_a_bf16_forward_gives_the_losses_float32_summaries_and_keeps_the_maps():
+    head = FusionHead(HeadConfig(5, 4, 6), num_classes=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(torch.randn(2, 5), torch.randn(2, 2, 3, 4)).for_losses()
+    assert {out.logits.dtype, out.fused.dtype, out.audio_embed.dtype, out.visual_embed.dtype} == {torch.float32}
+    assert out.spatial_attn.dtype == out.temporal_attn.dtype == torch.bfloat16  # the big ones stay as computed
+    torch.testing.assert_close(out.spatial_attn.float().sum(dim=2), torch.ones(2, 2, 4), atol=2e-2, rtol=0)

@@ -48,7 +48,7 @@ class HeadOutput:
     spatial_attn: torch.Tensor | None  # alpha [B, T, S, Dv], a distribution over S for every (t, d)
     temporal_attn: torch.Tensor | None  # beta [B, T, Dv], a distribution over T for every d
 
-    def float(self) -> "HeadOutput":
+    def for_losses(self) -> "HeadOutput":
         """After a reduced-precision forward: logits and embeddings in float32 for the loss terms. The attention
         maps stay as computed: they are the largest tensors by far (alpha is B x 8 x 49 x 1280 for lite), a float32
         copy of them costs a fifth of a training step, and their KL compares like with like."""

@@ -188,11 +188,11 @@ class Learner:
                 audio, visual = audio.to(cfg.device), visual.to(cfg.device)
                 labels, is_exemplar = labels.to(cfg.device), is_exemplar.to(cfg.device)
                 with autocast:
-                    out = head(audio, visual).float()
+                    out = head(audio, visual).for_losses()
                     old = None
                     if run_teacher:
                         with torch.no_grad():
-                            old = teacher(audio, visual).float()
+                            old = teacher(audio, visual).for_losses()
                 inputs = LossInputs(out, old, labels, is_exemplar, old_task_ranges)
                 parts = {t.name: t.weight * t(inputs) for t in self.method.terms}
                 loss = sum(parts.values())
