@@ -15,8 +15,7 @@ from typing import Sequence
 import numpy as np
 
 from avcil.data.preprocess import FramePreprocess
-
-FRAME_AXIS = 0  # of an encoder's input shape without the batch: [T, 3, H, W]
+from avcil.export.onnx import FRAME_AXIS
 
 
 class FrameTokens:
@@ -29,12 +28,11 @@ class FrameTokens:
         self.encoder, self.frame_prep = encoder, frame_prep
         self.keep = keep or 4 * frame_prep.count  # a window's frames and those of the windows around it
         self.tokens: OrderedDict[float, np.ndarray] = OrderedDict()
-        self.encoded = 0
 
     @staticmethod
     def supports(encoder) -> bool:
         """Whether a backend takes any number of frames (its frame axis is free)."""
-        return encoder.input_shapes[0][FRAME_AXIS] is None
+        return encoder.input_shapes[0][FRAME_AXIS - 1] is None  # input_shapes leave the batch out
 
     def prepare(self, stamped: Sequence[tuple[float, np.ndarray]]) -> tuple[list[float], np.ndarray]:
         """The stamps of the frames not encoded yet (each once) and their preprocessed pixels [1, n, 3, H, W]."""
@@ -49,7 +47,6 @@ class FrameTokens:
             return 0
         tokens, = self.encoder(pixels)
         self.tokens.update(zip(stamps, tokens[0]))
-        self.encoded += len(stamps)
         return len(stamps)
 
     def window(self, stamps: Sequence[float]) -> np.ndarray:
