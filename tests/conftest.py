@@ -66,8 +66,8 @@ def tiny_profile():
 
 
 def train_toy_model(model_dir: Path, profile, clips: dict[str, list[Path]], names: list[str], epochs: int = 150,
-                    memory_budget: int = 12) -> Path:
-    """A model dir with the tiny profile's features of `names` learnt in one step."""
+                    memory_budget: int = 12, method: str = "avcil") -> Path:
+    """A model dir with the tiny profile's features of `names` learnt in one step by `method`."""
     from avcil.data.clips import ArrayClipSet, Benchmark
     from avcil.runtime.field import encode_files
     from avcil.runtime.modeldir import ModelDir
@@ -83,10 +83,11 @@ def train_toy_model(model_dir: Path, profile, clips: dict[str, list[Path]], name
     no_val = ArrayClipSet([], np.zeros(0), audio[:0], visual[:0])
     benchmark = Benchmark("toy", names, [list(range(len(names)))], {"train": data, "val": no_val, "test": data},
                           data.shape)
-    outcome = run_protocol(benchmark, build_method("avcil"), TrainConfig(epochs=epochs, lr=3e-3, batch_size=16,
+    outcome = run_protocol(benchmark, build_method(method), TrainConfig(epochs=epochs, lr=3e-3, batch_size=16,
                            exemplar_batch_size=16), memory_budget, fusion_dim=32, progress=False)
     ModelDir(model_dir).commit(outcome.head, outcome.memory, [{"name": n, "step": 0} for n in names],
-                               {"shape": data.shape.to_dict(), "profile": profile.describe()})
+                               {"shape": data.shape.to_dict(), "profile": profile.describe()},
+                               extra={"training": {"method": outcome.results["config"]["method"]}})  # as write_run
     return model_dir
 
 

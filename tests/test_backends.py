@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from avcil.export.onnx import export_onnx
-from avcil.model.encoders import load_profile, profile_from_record
+from avcil.model.encoders import PROFILE_VERSIONS, ProfileMismatch, load_profile, profile_from_record
 from avcil.model.head import FusionHead, HeadConfig
 from avcil.runtime.backends import (OnnxRuntimeBackend, kind_for, load_backend, model_backends,
                                     onnxruntime_providers)
@@ -119,10 +119,35 @@ def test_profile_record_must_match_the_rebuilt_encoders(model):
     assert profile_from_record(record).describe()["settings"]["audio"] == record["settings"]["audio"]
     changed = {**record, "settings": {**record["settings"], "audio": {**record["settings"]["audio"],
                                                                       "num_mel_bins": 64}}}
-    with pytest.raises(ValueError, match="differ from the ones the model was trained with"):
+    with pytest.raises(ProfileMismatch, match="differ from the ones the model was made with.*recorded tiny v1"):
         profile_from_record(changed)
     with pytest.raises(ValueError, match="records no encoder profile"):
         profile_from_record(None)
+
+
+def test_a_model_of_an_older_lite_profile_is_refused_with_how_to_rebuild():
+    old_lite = {"name": "lite", "shape": {"audio_dim": 512, "time": 8, "positions": 49, "visual_dim": 1280},
+                "settings": {"audio": {"kind": "sfx_mel"}, "visual": {"kind": "frames"}, "weights": {}}}
+    with pytest.raises(ProfileMismatch) as refused:
+        profile_from_record(old_lite, "runs/a/model")
+    message = str(refused.value)
+    assert "\n" not in message and "runs/a/model" in message and "lite v1 (audio 512, visual 8x49x1280)" in message
+    assert f"lite v{PROFILE_VERSIONS['lite']}" in message and "avcil train --data av-digits" in message
+
+
+def test_exported_encoders_of_another_profile_are_refused_naming_both(model, tmp_path):
+    import json
+    import shutil
+
+    root, _ = model
+    copy = tmp_path / "model"
+    shutil.copytree(root, copy)
+    spec_path = copy / "encoders" / "encoders.json"
+    spec = json.loads(spec_path.read_text())
+    spec["profile"]["version"] = 7
+    spec_path.write_text(json.dumps(spec))
+    with pytest.raises(ProfileMismatch, match=r"trained with the tiny v1 .* are tiny v7 .*avcil export --model"):
+        model_backends(copy, "onnxruntime")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")

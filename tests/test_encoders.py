@@ -219,9 +219,10 @@ def test_lite_frame_cnn_has_real_imagenet_weights(lite):
     skimage_data = pytest.importorskip("skimage.data")
     frames = lite.preprocess_frames([skimage_data.chelsea()] * lite.frame_prep.count)
     with torch.no_grad():
-        tokens = lite.visual(torch.from_numpy(frames[None]))  # [1, 8, 49, 1280]
-        logits = lite.visual.cnn._fc(tokens.mean(dim=(1, 2)))  # the CNN's own pooling and classifier
+        logits = lite.visual.features.cnn(torch.from_numpy(frames[:1]))  # the whole CNN, with its classifier
+        tokens = lite.visual(torch.from_numpy(frames[None]))
     assert 281 <= int(logits.argmax()) <= 285  # ImageNet's cat classes: the photo is of a cat
+    assert tokens.shape == (1, *lite.shape.visual)
 
 
 def embed_wav(profile, path: Path) -> np.ndarray:
@@ -241,4 +242,21 @@ def test_lite_audio_cnn_embeds_speech_nearer_speech_than_tones(lite):
     within = min(float(a @ b) for i, a in enumerate(speech) for b in speech[i + 1:])
     across = max(float(a @ t) for a in speech for t in tones)
     assert within > across + 0.03
-    assert lite.shape.audio_dim == 512 and lite.audio_input_shape == (131, 96)
+    # aiSFX 512 + the speech embedding's mean and max 2 x 96; input: aiSFX's 131 x 96 mel, then 3 s at 16 kHz.
+    assert lite.shape.audio_dim == 704 and lite.audio_input_shape == (131 * 96 + 48000,)
+
+
+def test_lite_sound_events_get_the_same_aisfx_vector_as_before_the_speech_embedding(lite):
+    """The sound-event part of the lite audio vector is aiSFX on its own spectrogram, unchanged."""
+    from avcil.data.preprocess import SfxMel
+    from avcil.model.encoders.lite import SpectrogramCNNEncoder, aisfx_embedding_net
+
+    rate = 44100
+    t = np.arange(int(2.0 * rate)) / rate
+    chirp = (0.3 * np.sin(2 * np.pi * (400 + 600 * t) * t)).astype(np.float32)
+    audio, _ = lite.encode_batch(lite.preprocess_audio(chirp, rate)[None],
+                                 np.zeros((1, *lite.visual_input_shape), np.float32))
+    with torch.no_grad():
+        alone = SpectrogramCNNEncoder(aisfx_embedding_net()[0].eval())(
+            torch.from_numpy(SfxMel(window_seconds=3.0)(chirp, rate)[None])).numpy()
+    np.testing.assert_allclose(audio[:, :512], alone, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,7 @@
+import json
 import multiprocessing
 import os
+import shutil
 import random
 import signal
 import time
@@ -23,9 +25,13 @@ def predict(model_dir, audio, visual) -> list[str]:
     return [loaded.class_names[i] for i in logits.argmax(1)]
 
 
-def test_learning_a_class_from_files_adds_it_and_keeps_the_old_ones(toy_model, tiny_profile, toy_clips):
+@pytest.mark.parametrize("method", ["analytic", "avcil"])
+def test_learning_a_class_from_files_adds_it_and_keeps_the_old_ones(toy_model, tiny_profile, toy_clips, method):
+    # The toy model was trained by gradient (no readout): the analytic update builds its readout from the exemplars.
     green = encode_files(tiny_profile, toy_clips["green"][:4], progress=False)
-    summary = learn_class(toy_model, "green", *green, QUICK, progress=False)
+    summary = learn_class(toy_model, "green", *green, QUICK, progress=False, method=method)
+    assert summary["method"] == method
+    assert summary.get("readout_built_from_exemplars") == (12 if method == "analytic" else None)  # 6 + 6
     model = ModelDir(toy_model)
     assert summary["version"] == model.current() == "v0002" and summary["parent"] == "v0001"
     loaded = model.load()
@@ -38,6 +44,56 @@ def test_learning_a_class_from_files_adds_it_and_keeps_the_old_ones(toy_model, t
     for name in ("red", "blue", "green"):
         audio, visual = encode_files(tiny_profile, toy_clips[name][4:], progress=False)
         assert predict(toy_model, audio, visual) == [name, name]
+
+
+@pytest.fixture(scope="session")
+def analytic_toy_model_template(tmp_path_factory, tiny_profile, toy_clips):
+    from conftest import train_toy_model
+
+    return train_toy_model(tmp_path_factory.mktemp("analytic-toy") / "model", tiny_profile, toy_clips,
+                           ["red", "blue"], method="analytic")
+
+
+def test_an_analytic_field_update_equals_training_on_all_classes_at_once(tmp_path, analytic_toy_model_template,
+                                                                          tiny_profile, toy_clips):
+    from conftest import train_toy_model
+
+    model = shutil.copytree(analytic_toy_model_template, tmp_path / "model")
+    learn_class(model, "green", *encode_files(tiny_profile, toy_clips["green"], progress=False), progress=False)
+    joint = train_toy_model(tmp_path / "joint", tiny_profile, toy_clips, ["red", "blue", "green"], method="analytic")
+    updated, at_once = (ModelDir(m).load(with_memory=False).head.readout for m in (model, joint))
+    # Exemplar-free and exact: the same ridge solution as one fit on every clip of the three classes.
+    torch.testing.assert_close(updated.weight, at_once.weight, rtol=1e-4, atol=1e-5)
+    assert updated.count.tolist() == [6, 6, 6]
+
+
+def test_a_class_from_one_clip_is_learnt_with_a_warning(toy_model, tiny_profile, toy_clips):
+    lines = []
+    one = encode_files(tiny_profile, toy_clips["green"][:1], progress=False)
+    summary = learn_class(toy_model, "green", *one, progress=False, log=lines.append)
+    assert summary["clips"] == 1 and "single clip" in lines[0]
+    assert torch.isfinite(ModelDir(toy_model).load().head.readout.weight).all()
+
+
+def test_features_with_nan_are_refused_naming_the_clip(toy_model, tiny_profile, toy_clips):
+    audio, visual = encode_files(tiny_profile, toy_clips["green"][:3], progress=False)
+    audio[1, 0] = np.nan
+    with pytest.raises(ValueError, match="field/green/1 hold NaN or Inf"):
+        learn_class(toy_model, "green", audio, visual, progress=False)
+    assert ModelDir(toy_model).list_versions() == ["v0001"]
+
+
+def test_learn_json_and_refine_commit_the_analytic_version_then_the_refined_one(toy_model, toy_clips):
+    result = avcil("learn", "--model", toy_model, "--label", "green", "--json", "--refine", "--epochs", "3",
+                   "--files", *toy_clips["green"][:3])
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert {k: first[k] for k in ("version", "label", "clips", "method")} == {
+        "version": "v0002", "label": "green", "clips": 3, "method": "analytic"}
+    assert first["learn_seconds"] >= 0 and first["encode_seconds"] > 0
+    assert second["version"] == "v0003" and second["method"] == "avcil" and second["parent"] == "v0001"
+    versions = ModelDir(toy_model)
+    assert versions.load("v0002").head.readout is not None and versions.load("v0003").head.readout is None
+    assert versions.load().class_names == ["red", "blue", "green"]
 
 
 def test_a_duplicate_class_name_is_refused_before_any_work(toy_model, toy_clips):
@@ -108,3 +164,21 @@ def test_killing_learn_at_random_moments_leaves_a_loadable_model(tmp_path):
     with model.writer():
         assert [p.name for p in model.root.rglob(".*") if p.name != ".lock"] == []
     assert len(model.list_versions()) > 1  # some kills came after a commit: the writes were reached
+
+
+def test_a_gradient_update_of_a_never_trained_head_is_refused_before_any_work(tmp_path, analytic_toy_model_template,
+                                                                             toy_clips):
+    model = shutil.copytree(analytic_toy_model_template, tmp_path / "model")
+    result = avcil("learn", "--model", model, "--label", "green", "--refine", "--files", toy_clips["green"][0],
+                   check=False)
+    assert result.returncode == 2 and "never trained by gradient" in result.stderr
+    assert "Traceback" not in result.stderr and ModelDir(model).list_versions() == ["v0001"]
+
+
+def test_a_damaged_clip_given_to_learn_is_one_clear_line(toy_model, toy_clips, tmp_path):
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(toy_clips["green"][0].read_bytes()[:600])
+    result = avcil("learn", "--model", toy_model, "--label", "green", "--files", damaged, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "damaged.mp4" in result.stderr.strip().splitlines()[-1]
+    assert ModelDir(toy_model).list_versions() == ["v0001"]

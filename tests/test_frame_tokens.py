@@ -86,9 +86,18 @@ def test_live_windows_decide_as_if_encoded_whole_with_one_frame_left_after_the_e
                                {"shape": lite.shape.to_dict(), "profile": lite.describe()})
     recognizer = Recognizer(model_dir, "torch", profile=lite, threshold=0.0, smoothing=1, watch=False)
     assert recognizer.frame_tokens is not None
-    checked = []
+    seen = []
 
-    def compare(decision, window):
+    try:
+        # Windows are checked after the run, so that the checks (whole windows encoded in torch) do not slow the
+        # loop down; a hop of 1.5 s leaves time for the next window's frames on two busy cores.
+        paths = ",".join(str(p) for p in toy_clips["red"][:5])
+        run_live(recognizer, paths, paths, lambda decision, window: seen.append((decision, window)), hop=1.5,
+                 slot_s=2.0)
+    finally:
+        recognizer.close()
+    checked = []
+    for decision, window in seen:
         # The same window encoded whole, as `avcil extract` encodes a clip.
         audio, visual = lite.encode_batch(lite.preprocess_audio(window.waveform, window.rate)[None],
                                           lite.preprocess_frames(window.frames)[None])
@@ -96,14 +105,10 @@ def test_live_windows_decide_as_if_encoded_whole_with_one_frame_left_after_the_e
             probabilities = torch.softmax(head(torch.from_numpy(audio), torch.from_numpy(visual)).logits, 1)[0]
         decided = {t["label"]: t["score"] for t in decision["top_k"]}
         whole = dict(zip(("a", "b", "c"), probabilities.tolist()))
-        assert decided == pytest.approx(whole, abs=2e-3)
+        # Frames are the same; the speech windows are resampled from the stream with real audio around them,
+        # where the whole window has silence beyond its edges (speech_stream: cosine > 0.999 of the audio vector).
+        assert decided == pytest.approx(whole, abs=5e-3)
         checked.append(decision["frames_encoded_after_end"])
-
-    try:
-        paths = ",".join(str(p) for p in toy_clips["red"][:3])
-        run_live(recognizer, paths, paths, compare, hop=1.0, slot_s=2.0)
-    finally:
-        recognizer.close()
     assert len(checked) >= 3
     # The window's last frame is taken at its end; the others were encoded while it was being recorded.
     assert sorted(checked)[len(checked) // 2] <= 2, checked

@@ -147,3 +147,38 @@ def test_terms_that_need_both_modalities_refuse_an_audio_only_head():
 def test_class_contrast_rejects_unknown_normalisation():
     with pytest.raises(ValueError, match="normalise"):
         losses.ClassContrast(normalise="sum")
+
+
+def test_sigmoid_distillation_matches_the_published_icarl_form(tiny):
+    x = tiny[0]
+    z, z_old = arr(x.out.logits)[:, :3], arr(x.old.logits)[:, :3]
+    q = 1 / (1 + np.exp(-z_old))
+    p = 1 / (1 + np.exp(-z))
+    expected = -(q * np.log(p) + (1 - q) * np.log(1 - p)).mean()
+    assert float(losses.SigmoidDistillation()(x)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_terms_say_from_which_step_they_apply():
+    from avcil.train.methods import build_method
+
+    avcil = build_method("avcil")
+    assert [t.name for t in avcil.terms_at(0)] == ["ce", "kd", "vad"]  # the authors' step 0: CE (KD, VAD are 0)
+    assert [t.name for t in avcil.terms_at(1)] == ["ce", "kd", "instance", "class", "vad"]
+    # A closed-form method trains the head at its base step only, and not at all on the encoders' features.
+    assert [t.name for t in build_method("analytic", readout_features="fused").terms_at(1)] == []
+    assert build_method("analytic", readout_features="pooled").terms == []
+
+
+def test_importance_weighted_feature_distillation_matches_numpy(tiny):
+    x, head, teacher, _ = tiny
+    x = losses.LossInputs(x.out, x.old, x.labels, x.is_exemplar, x.old_task_ranges, teacher.classifier.weight)
+    ex = x.is_exemplar.numpy()
+    z_old = arr(x.old.logits)[ex, :3]
+    p = np.exp(np_log_softmax(z_old))
+    y = np.eye(3)[x.labels.numpy()[ex]]
+    importance = (((p - y) @ arr(teacher.classifier.weight)[:3]) ** 2).mean(axis=0)
+    importance /= importance.mean()
+    expected = (importance * (arr(x.out.fused) - arr(x.old.fused)) ** 2).sum(axis=1).mean()
+    assert float(losses.ImportanceFeatureDistillation()(x)) == pytest.approx(expected, rel=1e-5)
+    same = losses.LossInputs(x.old, x.old, x.labels, x.is_exemplar, x.old_task_ranges, teacher.classifier.weight)
+    assert float(losses.ImportanceFeatureDistillation()(same)) == 0.0

@@ -244,3 +244,28 @@ def test_a_format_1_version_with_its_own_memory_file_still_loads(tmp_path):
     assert {c: e.ids for c, e in loaded.memory.classes.items()} == {c: e.ids for c, e in memory.classes.items()}
     assert learn_one_more(model) == "v0002"  # and learning on top of it writes the shared files
     assert len(list((tmp_path / "m" / "exemplars").iterdir())) == 4
+
+
+def test_a_manifest_naming_a_file_outside_the_model_dir_is_refused_and_the_last_good_version_loads(tmp_path):
+    head, memory, classes = small_model()
+    model = ModelDir(tmp_path / "m")
+    model.commit(head, memory, classes, FEATURES)
+    model.commit(head, memory, classes, FEATURES)
+    manifest_path = tmp_path / "m" / "versions" / "v0002" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["exemplars"][0]["file"] = "../../outside.npz"
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.warns(UserWarning, match="v0002.*never produces.*last good version v0001"):
+        assert model.load().version == "v0001"
+
+
+def test_a_current_pointer_outside_the_model_dir_is_refused_and_the_newest_good_version_loads(tmp_path):
+    head, memory, classes = small_model()
+    model = ModelDir(tmp_path / "m")
+    model.commit(head, memory, classes, FEATURES)
+    (tmp_path / "x").mkdir()
+    (tmp_path / "m" / "CURRENT").write_text("../../x")
+    with pytest.warns(UserWarning, match="CURRENT.*not a version.*last good version v0001"):
+        assert model.load().version == "v0001"
+    with pytest.raises(ModelDirError, match="not a version name"):
+        model.load("../v0001")

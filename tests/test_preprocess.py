@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from avcil.data.preprocess import (AUDIOMAE_NORM_MEAN, AUDIOMAE_NORM_STD, FramePreprocess, KaldiFbank, SfxMel,
-                                   audio_preprocess_from_settings, essentia_mel_filterbank,
+                                   SfxSpeech, audio_preprocess_from_settings, essentia_mel_filterbank,
                                    frame_preprocess_from_settings, resample, sample_frame_indices)
 
 RNG = np.random.default_rng(0)
@@ -138,7 +138,8 @@ def test_frames_reject_the_wrong_count_and_non_rgb_images():
 
 def test_settings_round_trip_rebuilds_the_same_preprocessing():
     waveform = tone(500.0, 2.0, 16000)
-    for prep in (KaldiFbank(sample_rate=11430, normalize=False), SfxMel(window_seconds=2.0)):
+    for prep in (KaldiFbank(sample_rate=11430, normalize=False), SfxMel(window_seconds=2.0),
+                 SfxSpeech(window_seconds=2.0)):
         again = audio_preprocess_from_settings(prep.to_dict())
         assert again == prep
         np.testing.assert_array_equal(again(waveform, 16000), prep(waveform, 16000))
@@ -146,3 +147,13 @@ def test_settings_round_trip_rebuilds_the_same_preprocessing():
     assert frame_preprocess_from_settings(frames.to_dict()) == frames
     with pytest.raises(ValueError, match="unknown audio preprocessing"):
         audio_preprocess_from_settings({"kind": "mfcc"})
+
+
+def test_sound_and_speech_input_is_the_spectrogram_then_the_window_at_16k():
+    waveform = tone(440.0, 3.0, 48000)
+    prep = SfxSpeech(window_seconds=3.0)
+    packed = prep(waveform, 48000)
+    frames, bands = prep.sfx_shape
+    np.testing.assert_array_equal(packed[:frames * bands].reshape(frames, bands),
+                                  SfxMel(window_seconds=3.0)(waveform, 48000))
+    np.testing.assert_allclose(packed[frames * bands:], resample(waveform, 48000, 16000), atol=1e-6)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from avcil.cli import main
+from avcil.data.clips import ArrayClipSet
 from avcil.data.synthetic import SyntheticSpec, synthetic_benchmark
 from avcil.runtime.modeldir import ModelDir
 from avcil.train.learner import TrainConfig, compute_dtype
@@ -93,7 +94,51 @@ def test_unknown_method_and_data_are_refused(tmp_path, capsys):
 
 
 def test_single_modality_avcil_needs_its_audio_visual_terms_removed(tmp_path, capsys):
-    assert main(["train", "--data", "synthetic", "--modality", "audio", "--out", str(tmp_path / "a"), *FAST]) == 2
+    assert main(["train", "--data", "synthetic", "--method", "avcil", "--modality", "audio", "--out",
+                 str(tmp_path / "a"), *FAST]) == 2
     assert "--without instance,class,vad" in capsys.readouterr().err
-    results, _ = train(tmp_path, "b", "--modality", "audio", "--without", "instance,class,vad")
+    results, _ = train(tmp_path, "b", "--method", "avcil", "--modality", "audio", "--without", "instance,class,vad")
     assert results["config"]["modality"] == "audio"
+
+
+def test_the_analytic_method_after_five_steps_equals_one_fit_on_all_classes():
+    # Exemplar-free and exact: five closed-form updates give the ridge solution of one joint fit.
+    five = synthetic_benchmark(SyntheticSpec(classes=10, steps=5, train_per_class=12))
+    one = synthetic_benchmark(SyntheticSpec(classes=10, steps=1, train_per_class=12))
+    cfg = TrainConfig(epochs=1)
+    heads = [run_protocol(b, build_method("analytic"), cfg, 20, 16, progress=False).head for b in (five, one)]
+    torch.testing.assert_close(heads[0].readout.weight, heads[1].readout.weight, rtol=1e-4, atol=1e-5)
+
+
+def test_faithful_avcil_trains_step_zero_with_cross_entropy_only():
+    from avcil.train.learner import Learner
+    from avcil.model.head import FusionHead, HeadConfig
+
+    bench = synthetic_benchmark(SyntheticSpec(classes=4, steps=2, train_per_class=8))
+    head = FusionHead(HeadConfig.for_shape(bench.shape, 16), num_classes=2)
+    report = Learner(build_method("avcil"), TrainConfig(epochs=1, batch_size=8), progress=False).learn_step(
+        head, None, [], bench.splits["train"], bench.indices("train", [0, 1]), None)
+    assert {k for k in report.loss_history[0] if k not in ("epoch", "val_accuracy")} == {"ce", "kd", "vad"}
+
+
+def test_mixed_batches_draw_every_exemplar_once_per_epoch_beside_the_new_clips():
+    from avcil.train.learner import batches
+
+    bench = synthetic_benchmark(SyntheticSpec(classes=4, steps=2, train_per_class=10))
+    train = bench.splits["train"]
+    new = bench.indices("train", [2, 3])
+    exemplars = ArrayClipSet(["e0", "e1", "e2"], [0, 1, 1], *train.load([0, 10, 11]))
+    drawn = [b for b in batches(train, new, 8, True, 0, extra=exemplars)]
+    flags = torch.cat([b[3] for b in drawn])
+    labels = torch.cat([b[2] for b in drawn])
+    assert len(flags) == len(new) + 3 and int(flags.sum()) == 3  # natural proportion: 3 of 23
+    assert sorted(labels[flags].tolist()) == [0, 1, 1] and set(labels[~flags].tolist()) == {2, 3}
+
+
+def test_results_record_the_whole_method_definition(tmp_path):
+    results, _ = train(tmp_path, "i", "--method", "icarl")
+    method = results["config"]["method"]
+    assert method["batch"] == "mixed" and method["classifier"] == "nme" and method["memory"] == "herding"
+    assert [(t["type"], t["from_step"]) for t in method["terms"]] == [("CrossEntropy", 0), ("SigmoidDistillation", 0)]
+    analytic, _ = train(tmp_path, "d")  # the default method
+    assert analytic["method"] == "analytic" and analytic["config"]["method"]["readout"]["kind"] == "analytic"

@@ -94,3 +94,33 @@ def test_torch_and_onnxruntime_encoders_decide_alike(toy_model, tiny_profile, to
         start = decisions[0]["window"][1] - 1.28
         outcomes[backend] = [inside(decisions, start, 2.5, i) for i in range(2)]
     assert outcomes["torch"] == outcomes["onnxruntime"] and outcomes["torch"][0][0] == "red"
+
+
+def test_lite_recognizer_on_onnxruntime_embeds_speech_windows_as_the_audio_arrives(tmp_path, toy_clips):
+    """The lite profile's live audio path: its exported stream parts run in ONNX Runtime, the speech windows of
+    each window are embedded while it runs, and after its end only the newest ones are left."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from avcil.export.onnx import export_onnx
+    from avcil.model.encoders import load_profile
+    from avcil.model.head import FusionHead, HeadConfig
+    from avcil.runtime.modeldir import ModelDir
+
+    lite = load_profile("lite")
+    torch.manual_seed(0)
+    head = FusionHead(HeadConfig.for_shape(lite.shape), num_classes=2)
+    ModelDir(tmp_path / "lite").commit(head, None, [{"name": "red", "step": 0}, {"name": "blue", "step": 0}],
+                                       {"shape": lite.shape.to_dict(), "profile": lite.describe()})
+    export_onnx(tmp_path / "lite", lite, progress=False)
+    recognizer = Recognizer(tmp_path / "lite", "onnxruntime", smoothing=1, threshold=0.0, watch=False)
+    assert recognizer.speech is not None
+    try:
+        files = [toy_clips["red"][0], toy_clips["blue"][0], toy_clips["red"][1]]
+        decisions = decide_files(recognizer, files, hop=0.96, slot_s=2.0)  # 12 speech hops: windows repeat
+    finally:
+        recognizer.close()
+    assert decisions and STAGES <= set(decisions[0]["latency_ms"])
+    after_end = [d["speech_windows_after_end"] for d in decisions]
+    # Of a window's 28 speech windows, the newest one or two wait for its end (a busy machine may leave more).
+    assert np.median(after_end) <= 2, [(n, d["latency_ms"]["total"]) for n, d in zip(after_end, decisions)]

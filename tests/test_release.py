@@ -198,3 +198,36 @@ def test_split_files_must_agree(tmp_path):
     save_dict(root / "all_classId_vid_dict.npy", by_class)
     with pytest.raises(ValueError, match="test split of all_classId_vid_dict.npy does not list the same"):
         load_release(root)
+
+
+class _Hostile:
+    """Unpickling this runs a shell command that leaves a marker file: what a malicious release could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("target", ["category_encode_dict.npy", AUDIO_FILE, VISUAL_NPY])
+def test_a_release_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path, target):
+    root, _ = make_release(tmp_path, "AVE", "npy")
+    marker = tmp_path / "marker"
+    path = root / target
+    original = load_dict(path)
+    key = next(iter(original))
+    save_dict(path, {**original, key: _Hostile(marker)})
+    with pytest.raises(ValueError, match=rf"{re.escape(target)}: refused to unpickle the global (posix|os)\.system"):
+        release.load_release(root, num_steps=3, cache_dir=tmp_path / "cache").splits["train"].load([0])
+    assert not marker.exists()
+
+
+def test_the_real_split_files_load_with_the_restricted_unpickler():
+    from avcil.data.safe_pickle import load_npy
+
+    for bench in ("AVE", "kinetics-sounds", "VGGSound_100"):
+        for name in ("category_encode_dict.npy", "all_id_category_dict.npy", "all_classId_vid_dict.npy"):
+            assert load_npy(SPLIT_DIR / bench / name).item() == load_dict(SPLIT_DIR / bench / name)

@@ -108,6 +108,9 @@ def test_refuses_other_shape_profile_or_directory(tmp_path):
     with pytest.raises(ValueError, match=str(root)):
         FeatureStoreWriter(root, SHAPE, {**PROFILE, "sample_rate": 11430})
     FeatureStoreWriter(root, SHAPE, {**PROFILE, "frames": (8, 224)})  # the same profile, as a tuple
+    with pytest.raises(ValueError, match=r"holds features of the tiny v1 .* these are tiny v2 .*new folder") as e:
+        FeatureStoreWriter(root, SHAPE, {**PROFILE, "version": 2})
+    assert "\n" not in str(e.value)
 
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"")

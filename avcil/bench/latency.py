@@ -30,7 +30,10 @@ from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
 from avcil.train.plots import plt
 
 STAGES = ("audio preprocess", "frame preprocess", "audio encoder", "visual encoder", "head")
-ENCODER_STAGES = {"audio encoder": "audio", "visual encoder": "visual", "head": "head"}
+ENCODER_STAGES = {"audio encoder": "audio", "visual encoder": "visual", "head": "head",
+                  # lite: the audio encoder's parts a live stream runs (after a window's end: aiSFX and a speech
+                  # window or two; the others are embedded while the window runs, avcil/runtime/speech_stream.py)
+                  "audio sfx (live)": "audio_sfx", "speech window (live)": "speech_window"}
 PEAK_TARGET = 0.85  # ONNX Runtime should reach this share of the matmul peak on the paper encoders
 YARDSTICK = "fp32 matmul"
 CLIP_SECONDS, MIC_RATE, CAMERA_SIZE = 10.0, 48000, (360, 640)  # what a live window hands the preprocessing
@@ -189,6 +192,8 @@ def measure_profile(profile, kinds: list[str], batches: list[int], iterations: i
     flops = {name: count_flops(module, [rng.standard_normal((1, *s)).astype(np.float32) for s in shapes])
              for name, (module, _, shapes) in modules.items()}
     for stage, name in ENCODER_STAGES.items():
+        if name not in modules:
+            continue
         module, spec, shapes = modules[name]
         progress(f"{profile.name} {stage}: preparing {', '.join(kinds)}")
         opened = {kind: open_backend(kind, name, module, spec, shapes, work_dir, device, threads) for kind in kinds}
@@ -232,6 +237,18 @@ def targets(rows: list[dict]) -> dict:
     return {"onnxruntime_share_of_peak": share, "onnxruntime_vs_torch": versus}
 
 
+def kept_rows(previous: Path, measured: list[str]) -> list[dict]:
+    """The rows of the profiles not measured now from the previous report, each marked with when it was measured."""
+    import json
+
+    if not previous.is_file():
+        return []
+    report = json.loads(previous.read_text())
+    when = report.get("machine", {}).get("date")
+    return [{**row, "measured": row.get("measured", when)} for row in report.get("rows", [])
+            if row["profile"] not in measured]
+
+
 # Command ---------------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -260,6 +277,8 @@ def run(args: argparse.Namespace) -> int:
                                     args.threads, work_dir, bar.set_postfix_str)
             bar.update()
     bar.close()
+    kept = kept_rows(Path(args.out_dir) / f"latency-{args.device.split(':')[0]}.json", profiles) if args.keep else []
+    rows += kept
     peak = max([peak] + [r["matmul_gflops_per_s"] for r in rows if "matmul_gflops_per_s" in r])
     goals = targets(rows)
     table = markdown_table(rows, [("profile", "profile"), ("stage", "stage"), ("backend", "backend"),
@@ -278,11 +297,17 @@ def run(args: argparse.Namespace) -> int:
               f"turn; p50 ratio {g['p50_speedup']:.2f}x): {'met' if g['met'] else 'NOT met'}"
               for g in goals["onnxruntime_vs_torch"]]
     table += "\n" + "".join(f"- {line}\n" for line in lines)
+    if kept:
+        table += (f"\nRows of {', '.join(sorted({r['profile'] for r in kept}))} are kept from the previous report "
+                  f"(not measured in this run; its date is in their `measured` field of the JSON).\n")
     payload = {"settings": {"profiles": profiles, "backends": kinds, "batches": batches, "iterations": args.iterations,
                             "warmup": args.warmup, "device": args.device, "threads": args.threads,
                             "paper_weights": "random (speed only)",
                             # Other processes on the same cores slow every number down: keep the evidence.
-                            "load_average_before": load_before, "load_average_after": os.getloadavg()},
+                            "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                            # On oversubscribed cores OpenMP's default spinning slowed torch 20x (3.6 s vs 0.17 s
+                            # for one Lite0 frame at load 5): PASSIVE was set for runs on a shared machine.
+                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
                "matmul_peak_gflops_per_s": peak, "targets": goals, "rows": rows}
     paths = write_report(args.out_dir, f"latency-{args.device.split(':')[0]}", payload, table,
                          "Per-stage latency", lambda path: plot(rows, batches[0], path))
@@ -327,3 +352,6 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default=None, help="keep the exported ONNX/engine files here (default: a "
                                                          "temporary folder)")
     parser.add_argument("--out-dir", default=DEFAULT_DIR)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the rows of the profiles not measured now from the previous report (e.g. "
+                             "--profiles lite --keep remeasures lite and keeps paper)")

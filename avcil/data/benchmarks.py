@@ -19,9 +19,12 @@ def av_digits_benchmark(cache: Path, progress: bool = True) -> Benchmark:
     from avcil.data.avdigits import AV_DIGITS_CLASSES, AV_DIGITS_STEPS, build_av_digits
     from avcil.data.extract import extract
     from avcil.data.store import open_store
+    from avcil.model.encoders import PROFILE_VERSIONS
 
     csv = build_av_digits(cache / "av-digits")
-    store = cache / "av-digits-lite-features"
+    # The folder names the lite profile's version, so that a new version extracts its own features beside the
+    # old ones instead of being refused by them.
+    store = cache / f"av-digits-lite-v{PROFILE_VERSIONS['lite']}-features"
     extract(csv, store, "lite", progress=progress)
     opened = open_store(store)
     benchmark = opened.benchmark(AV_DIGITS_STEPS, class_order=list(AV_DIGITS_CLASSES), name="av-digits",

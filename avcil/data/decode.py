@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from avcil.data.preprocess import sample_frame_indices
+from avcil.errors import AvcilError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ MISSING_AUDIO_POLICIES = ("error", "silence")
 _FRAME_COUNT_SLACK = 0.02
 
 
-class DecodeError(Exception):
+class DecodeError(AvcilError):
     """A file that cannot be turned into frames and audio."""
 
     def __init__(self, path: str | Path, reason: str):

@@ -10,10 +10,13 @@ Audio preprocessings:
   settings (REFERENCE §2).
 - `SfxMel`: the 96-band log-mel spectrogram of the aiSFX sound-effects CNN (44.1 kHz, 2048/1024), as its Essentia
   pipeline computes it, over a fixed window.
+- `SfxSpeech`: the lite profile's input, `SfxMel` and the same window at 16 kHz (for the speech embedding) packed
+  in one vector.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from functools import lru_cache
@@ -21,6 +24,8 @@ from typing import Sequence
 
 import cv2
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 # AudioMAE's published input statistics (its AudioSet fbank mean and std).
 AUDIOMAE_NORM_MEAN = -4.2677393
@@ -236,8 +241,58 @@ class SfxMel:
         return asdict(self)
 
 
-AudioPreprocess = KaldiFbank | SfxMel
-_AUDIO_KINDS = {"kaldi_fbank": KaldiFbank, "sfx_mel": SfxMel}
+# One window of Google's speech embedding (avcil.model.encoders.speech): a 512-sample STFT frame plus 75 hops of
+# 160 samples, 76 mel frames at 16 kHz (0.78 s).
+SPEECH_WINDOW_SAMPLES = 512 + 75 * 160
+_warned_short: set[str] = set()
+
+
+def _warn_once(key: str, message: str, *args) -> None:
+    if key not in _warned_short:
+        _warned_short.add(key)
+        log.warning(message, *args)
+
+
+@dataclass(frozen=True)
+class SfxSpeech(SfxMel):
+    """The lite audio input: two views of one window packed in one float32 vector [sfx_size + speech_samples],
+    so that the audio encoder stays one graph with one input (extraction, export and every backend take it as
+    they take any audio input). First aiSFX's scaled log-mel spectrogram [frames, mel_bands] (SfxMel) flattened,
+    then the window's waveform at `speech_rate` in [-1, 1] (the speech embedding's input), centred like the
+    spectrogram. A window shorter than one speech-embedding window (0.78 s) still gets one: it is padded with
+    silence, and a warning says so once."""
+
+    speech_rate: int = 16000
+    kind: str = field(default="sfx_speech", init=False)
+
+    @property
+    def sfx_shape(self) -> tuple[int, int]:
+        return SfxMel.input_shape.fget(self)
+
+    @property
+    def speech_samples(self) -> int:
+        return max(int(round(self.window_seconds * self.speech_rate)), SPEECH_WINDOW_SAMPLES)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        frames, bands = self.sfx_shape
+        return (frames * bands + self.speech_samples,)
+
+    def sfx_input(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Only the spectrogram part [frames, mel_bands] (a live stream embeds the speech part as it arrives)."""
+        return SfxMel.__call__(self, waveform, sample_rate)
+
+    def __call__(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        mono = as_mono(waveform)
+        if len(mono) < SPEECH_WINDOW_SAMPLES * sample_rate / self.speech_rate:
+            _warn_once("short", "audio of %.2f s is shorter than one speech-embedding window (%.2f s): padded with "
+                       "silence (said once)", len(mono) / sample_rate, SPEECH_WINDOW_SAMPLES / self.speech_rate)
+        speech = fit_length(resample(mono, sample_rate, self.speech_rate), self.speech_samples, centre=True)
+        return np.concatenate([self.sfx_input(mono, sample_rate).ravel(), speech]).astype(np.float32)
+
+
+AudioPreprocess = KaldiFbank | SfxMel | SfxSpeech
+_AUDIO_KINDS = {"kaldi_fbank": KaldiFbank, "sfx_mel": SfxMel, "sfx_speech": SfxSpeech}
 
 
 def audio_preprocess_from_settings(settings: dict) -> AudioPreprocess:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from avcil.data.clips import SPLITS, Benchmark, equal_steps
 from avcil.data.store import write_json
+from avcil.data.safe_pickle import check_global, load_npy
 from avcil.fileio import atomic_file
 from avcil.features import FeatureShape
 
@@ -92,7 +93,7 @@ def _load_dict(root: Path, relative: str, holds: str) -> dict:
     path = root / relative
     if not path.is_file():
         raise FileNotFoundError(f"{root}: missing {relative}, which should hold {holds}")
-    array = np.load(path, allow_pickle=True)
+    array = load_npy(path)
     if array.shape != () or not isinstance(array.item(), dict):
         raise ValueError(f"{path}: expected a pickled dict {holds}")
     return array.item()
@@ -304,10 +305,11 @@ class _StreamingUnpickler(pickle._Unpickler):
     """The pure-Python unpickler, whose memo can be replaced, with numpy's array constructors swapped for stubs.
     Array payloads of every numpy version and pickle protocol arrive here one at a time."""
 
-    def __init__(self, file: BinaryIO, spool: _Spool):
+    def __init__(self, file: BinaryIO, spool: _Spool, source: Path):
         super().__init__(file, encoding="latin1")
         self.memo = _PayloadFreeMemo()
         self.spool = spool
+        self.source = source
 
     def find_class(self, module: str, name: str):
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
@@ -315,6 +317,7 @@ class _StreamingUnpickler(pickle._Unpickler):
         if module in ("numpy.core.numeric", "numpy._core.numeric") and name == "_frombuffer":
             return lambda payload, dtype, shape, order: _ArrayStub(self.spool).fill(payload, dtype, shape,
                                                                                     order == "F")  # protocol 5
+        check_global(module, name, self.source)
         return super().find_class(module, name)
 
 
@@ -346,7 +349,7 @@ def convert_visual_dict(src: Path, cache: Path) -> RawVisual:
             raise ValueError(f"{src}: expected a pickled dict {{video id: (1568, 768) array}}, found an .npy of "
                              f"shape {shape} and dtype {dtype}")
         spool = _Spool(out, progress)
-        wrapper = _StreamingUnpickler(f, spool).load()
+        wrapper = _StreamingUnpickler(f, spool, src).load()
         table = wrapper.items[0] if isinstance(wrapper, _ArrayStub) and wrapper.items else None
         if not isinstance(table, dict):
             raise ValueError(f"{src}: expected a pickled dict {{video id: (1568, 768) array}}")

@@ -39,6 +39,24 @@ def _json_roundtrip(profile: dict) -> dict:
     return json.loads(json.dumps(profile))
 
 
+def profile_label(profile: dict) -> str:
+    """'lite v2 (audio 704, visual 8x49x1280)': how errors name an encoder profile record (`describe()`); a
+    record from before profiles had versions is version 1."""
+    shape = profile.get("shape", {})
+    return (f"{profile.get('name')} v{profile.get('version', 1)} (audio {shape.get('audio_dim')}, visual "
+            f"{'x'.join(str(shape.get(k)) for k in ('time', 'positions', 'visual_dim'))})")
+
+
+def _mismatch(stored: dict, new: dict) -> str:
+    """One line on how two encoder profiles differ: name, version and shape, or else which settings."""
+    if profile_label(stored) != profile_label(new):
+        return f"this store holds features of the {profile_label(stored)} encoders, these are {profile_label(new)}"
+    differing = sorted(k for k in set(stored.get("settings", {})) | set(new.get("settings", {}))
+                       if stored.get("settings", {}).get(k) != new.get("settings", {}).get(k))
+    return (f"this store holds features of {profile_label(stored)} encoders with other {', '.join(differing)} "
+            f"settings")
+
+
 def _chunk_path(chunks: Path, number: int, suffix: str) -> Path:
     return chunks / f"{number:06d}.{suffix}"
 
@@ -67,9 +85,8 @@ class FeatureStoreWriter:
         if (self.root / MANIFEST).exists():
             manifest = _read_manifest(self.root)
             if FeatureShape.from_dict(manifest["shape"]) != shape or manifest["profile"] != self.profile:
-                raise ValueError(
-                    f"{self.root}: this store holds features of shape {manifest['shape']} from profile "
-                    f"{manifest['profile']}; refusing to add shape {shape.to_dict()} from profile {self.profile}")
+                raise ValueError(f"{self.root}: {_mismatch(manifest['profile'], self.profile)}; refusing to add "
+                                 f"its features here: extract into a new folder, or delete this one to rebuild it")
         elif self.root.exists() and any(self.root.iterdir()):
             raise ValueError(f"{self.root}: exists, is not empty and is not a feature store (no {MANIFEST})")
         else:

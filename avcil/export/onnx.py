@@ -6,6 +6,8 @@ Exported encoders are frozen and not versioned with the head; they live beside t
     MODEL/encoders/visual.onnx    preprocessed frames [batch, T, ...] -> visual_tokens [batch, T, S, Dv]; T is
                                   dynamic too when the profile encodes frames independently (lite)
     MODEL/encoders/head.onnx      (audio_embedding, visual_tokens) -> logits [batch, classes], of one head version
+    MODEL/encoders/audio_sfx.onnx, speech_window.onnx   lite only: the audio encoder's two parts, which a live
+                                  stream runs on their own (the speech windows as their audio arrives)
     MODEL/encoders/encoders.json  profile and preprocessing settings, I/O names and shapes, opset, sha256 per file
     MODEL/encoders/export_report.json   max abs and relative error of each graph against PyTorch
 
@@ -60,10 +62,13 @@ class Graph:
 # The names chain: the encoders' outputs are the head's inputs.
 AUDIO_GRAPH = Graph("audio", ("audio_input",), ("audio_embedding",))
 VISUAL_GRAPH = Graph("visual", ("frames",), ("visual_tokens",))
+# The parts of an audio encoder that a live stream runs on their own (lite: `SoundAndSpeechEncoder.stream_parts`).
+STREAM_GRAPHS = {"audio_sfx": Graph("audio_sfx", ("sfx_spectrogram",), ("sfx_embedding",)),
+                 "speech_window": Graph("speech_window", ("speech_samples",), ("speech_embedding",))}
 # A single-modality head takes only the features it uses (the exporter drops an unused input anyway).
 HEAD_INPUTS = {"audio-visual": ("audio_embedding", "visual_tokens"), "audio": ("audio_embedding",),
                "visual": ("visual_tokens",)}
-GRAPH_NAMES = ("audio", "visual", "head")
+GRAPH_NAMES = ("audio", "visual", "head")  # every profile's; a lite export adds STREAM_GRAPHS
 
 
 def head_graph(modality: str = "audio-visual") -> Graph:
@@ -101,9 +106,13 @@ def graph_modules(profile, head: FusionHead) -> dict[str, tuple[nn.Module, Graph
     shape = profile.shape
     features = {"audio_embedding": (shape.audio_dim,), "visual_tokens": shape.visual}
     spec = head_graph(head.config.modality)
-    return {"audio": (profile.audio, AUDIO_GRAPH, [tuple(profile.audio_input_shape)]),
-            "visual": (profile.visual, VISUAL_GRAPH, [tuple(profile.visual_input_shape)]),
-            "head": (HeadLogits(head).eval(), spec, [features[name] for name in spec.inputs])}
+    modules = {"audio": (profile.audio, AUDIO_GRAPH, [tuple(profile.audio_input_shape)]),
+               "visual": (profile.visual, VISUAL_GRAPH, [tuple(profile.visual_input_shape)]),
+               "head": (HeadLogits(head).eval(), spec, [features[name] for name in spec.inputs])}
+    parts = getattr(profile.audio, "stream_parts", None)
+    for name, (module, input_shape) in (parts() if parts else {}).items():
+        modules[name] = (module, STREAM_GRAPHS[name], [tuple(input_shape)])
+    return modules
 
 
 def export_graph(module: nn.Module, example: Sequence[torch.Tensor], path: Path, spec: Graph,
@@ -185,7 +194,10 @@ def graph_inputs(profile, audio: np.ndarray, frames: np.ndarray,
     audio, frames = (np.ascontiguousarray(x, dtype=np.float32) for x in (audio, frames))
     features = {"audio_embedding": torch_outputs(profile.audio, [audio])[0],
                 "visual_tokens": torch_outputs(profile.visual, [frames])[0]}
-    return {"audio": [audio], "visual": [frames], "head": [features[name] for name in head_inputs]}
+    inputs = {"audio": [audio], "visual": [frames], "head": [features[name] for name in head_inputs]}
+    if hasattr(profile.audio, "stream_inputs"):
+        inputs.update({name: [x] for name, x in profile.audio.stream_inputs(audio).items()})
+    return inputs
 
 
 def validate(module: nn.Module, run: Callable[..., list[np.ndarray]], cases: dict[str, list[np.ndarray]]) -> dict:

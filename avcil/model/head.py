@@ -8,13 +8,14 @@ learner see the same `HeadOutput` whatever the variant (fields a variant cannot 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from avcil.features import FeatureShape
+from avcil.model.readout import build_readout, input_dim, readout_inputs
 
 MODALITIES = ("audio-visual", "audio", "visual")
 
@@ -25,6 +26,9 @@ class HeadConfig:
     visual_dim: int
     fusion_dim: int
     modality: str = "audio-visual"
+    # A closed-form classifier that decides in place of the linear one (avcil/model/readout.py readout_spec), or
+    # None: the linear classifier decides.
+    readout: dict | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -41,12 +45,19 @@ class HeadConfig:
 
 @dataclass
 class HeadOutput:
-    logits: torch.Tensor  # [B, classes]
+    logits: torch.Tensor  # [B, classes]: what decides (the readout's scores where the head has one)
     fused: torch.Tensor  # h = ha + hv (or the single branch) [B, D]: the feature NME classifiers use
     audio_embed: torch.Tensor | None  # normalize(ha) [B, D]
     visual_embed: torch.Tensor | None  # normalize(hv) [B, D]
     spatial_attn: torch.Tensor | None  # alpha [B, T, S, Dv], a distribution over S for every (t, d)
     temporal_attn: torch.Tensor | None  # beta [B, T, Dv], a distribution over T for every d
+    # The linear classifier's logits where a readout decides (None: they are `logits`). Gradient training and its
+    # loss terms always use the linear classifier's (`train_logits`).
+    classifier_logits: torch.Tensor | None = None
+
+    @property
+    def train_logits(self) -> torch.Tensor:
+        return self.logits if self.classifier_logits is None else self.classifier_logits
 
     def for_losses(self) -> "HeadOutput":
         """After a reduced-precision forward: logits and embeddings in float32 for the loss terms. The attention
@@ -84,6 +95,19 @@ class FusionHead(nn.Module):
             self.audio_query = nn.Linear(c.audio_dim, c.visual_dim)  # Pa
             self.visual_key = nn.Linear(c.visual_dim, c.visual_dim)  # Pv
         self.classifier = _linear(c.fusion_dim, num_classes)  # Wc
+        self.readout = self._build_readout(c.readout, num_classes) if c.readout else None
+
+    def _build_readout(self, spec: dict, num_classes: int) -> nn.Module:
+        c = self.config
+        dims = input_dim(spec["features"], c.audio_dim if self.audio_proj is not None else None,
+                         c.visual_dim if self.visual_proj is not None else None, c.fusion_dim)
+        return build_readout(spec, dims, num_classes)
+
+    def set_readout(self, spec: dict | None) -> None:
+        """Install a new, empty readout of these settings (or remove it: None); fit it with `readout.accumulate`
+        and `readout.solve`."""
+        self.config = replace(self.config, readout=spec)
+        self.readout = self._build_readout(spec, self.num_classes) if spec else None
 
     @property
     def num_classes(self) -> int:
@@ -97,6 +121,14 @@ class FusionHead(nn.Module):
             grown.weight[: old.out_features] = old.weight
             grown.bias[: old.out_features] = old.bias
         self.classifier = grown
+        if self.readout is not None:
+            self.readout.add_classes(count)
+
+    def readout_inputs(self, audio: torch.Tensor, visual: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        """What the readout reads for these clips (its `features` setting)."""
+        uses_audio, uses_visual = self.audio_proj is not None, self.visual_proj is not None
+        return readout_inputs(self.config.readout["features"], audio if uses_audio else None,
+                              visual if uses_visual else None, fused)
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> HeadOutput:
         modality = self.config.modality
@@ -112,13 +144,16 @@ class FusionHead(nn.Module):
         if self.visual_proj is not None:
             visual_hidden = F.relu(self.visual_proj(pooled))
         fused = sum(h for h in (audio_hidden, visual_hidden) if h is not None)
+        logits = self.classifier(fused)
+        decided = None if self.readout is None else self.readout(self.readout_inputs(audio, visual, fused))
         return HeadOutput(
-            logits=self.classifier(fused),
+            logits=logits if decided is None else decided,
             fused=fused,
             audio_embed=F.normalize(audio_hidden, dim=-1) if audio_hidden is not None else None,
             visual_embed=F.normalize(visual_hidden, dim=-1) if visual_hidden is not None else None,
             spatial_attn=spatial,
             temporal_attn=temporal,
+            classifier_logits=None if decided is None else logits,
         )
 
 

@@ -19,14 +19,22 @@ class LossInputs:
     labels: torch.Tensor  # [B] class indices over all classes seen so far
     is_exemplar: torch.Tensor  # [B] bool: the clip came from the exemplar memory
     old_task_ranges: list[tuple[int, int]]  # [start, end) class range of every earlier task
+    old_classifier: torch.Tensor | None = None  # the frozen head's linear classifier weight [old classes, D]
 
     @property
     def num_old(self) -> int:
         return self.old_task_ranges[-1][1] if self.old_task_ranges else 0
 
 
+def applies_at(term, step: int) -> bool:
+    """Whether a loss term is part of the loss at this step (0 = the base step). Every term has `from_step` (the
+    first step it applies at) and `until_step` (the last, None for all later ones): a method's definition says when
+    a term applies, so the loop has no per-method branch."""
+    return term.from_step <= step and (term.until_step is None or step <= term.until_step)
+
+
 def _zero(x: LossInputs) -> torch.Tensor:
-    return x.out.logits.new_zeros(())
+    return x.out.train_logits.new_zeros(())
 
 
 def _require(value, term: str, what: str):
@@ -43,9 +51,11 @@ class CrossEntropy:
     split: bool = False
     weight: float = 1.0
     name: str = "ce"
+    from_step: int = 0
+    until_step: int | None = None
 
     def __call__(self, x: LossInputs) -> torch.Tensor:
-        logits, labels = x.out.logits, x.labels
+        logits, labels = x.out.train_logits, x.labels
         if not self.split or x.num_old == 0:
             return F.cross_entropy(logits, labels)
         old, new = x.is_exemplar, ~x.is_exemplar
@@ -66,6 +76,8 @@ class Distillation:
     taskwise: bool = True
     weight: float = 1.0
     name: str = "kd"
+    from_step: int = 0
+    until_step: int | None = None
     uses_teacher = True  # class attribute, not a field: the learner runs the old head for this term
 
     def __call__(self, x: LossInputs) -> torch.Tensor:
@@ -75,10 +87,55 @@ class Distillation:
         t = self.temperature
         total = _zero(x)
         for start, end in ranges:
-            log_student = F.log_softmax(x.out.logits[:, start:end] / t, dim=1)
-            log_teacher = F.log_softmax(x.old.logits[:, start:end] / t, dim=1)
+            log_student = F.log_softmax(x.out.train_logits[:, start:end] / t, dim=1)
+            log_teacher = F.log_softmax(x.old.train_logits[:, start:end] / t, dim=1)
             total = total + F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
         return total * t * t
+
+
+@dataclass
+class SigmoidDistillation:
+    """iCaRL's distillation as published (Rebuffi et al. 2017): binary cross-entropy of each old class's sigmoid
+    output against the old model's sigmoid output, mean over clips and old classes. (The AV-CIL authors' script
+    applies the sigmoid twice, a known-weak form; this is the published one.)"""
+
+    weight: float = 1.0
+    name: str = "sigmoid-kd"
+    from_step: int = 0
+    until_step: int | None = None
+    uses_teacher = True
+
+    def __call__(self, x: LossInputs) -> torch.Tensor:
+        if x.old is None or x.num_old == 0:
+            return _zero(x)
+        old = slice(0, x.num_old)
+        targets = torch.sigmoid(x.old.train_logits[:, old].float())
+        return F.binary_cross_entropy_with_logits(x.out.train_logits[:, old], targets)
+
+
+@dataclass
+class ImportanceFeatureDistillation:
+    """AFC's adaptive feature consolidation (Kang et al. CVPR 2022) on a head over frozen encoders: distil the fused
+    feature h, each channel weighted by its importance to the old classes, estimated as the squared gradient of the
+    old head's cross-entropy w.r.t. h on this batch's exemplars. For the linear classifier that gradient is closed
+    form, (softmax(z_old) - y) W_old. Weights are normalised to mean 1; batch mean of the weighted squared error."""
+
+    weight: float = 1.0
+    name: str = "afc"
+    from_step: int = 0
+    until_step: int | None = None
+    uses_teacher = True
+
+    def __call__(self, x: LossInputs) -> torch.Tensor:
+        if x.old is None or x.num_old == 0 or not x.is_exemplar.any():
+            return _zero(x)
+        classifier = _require(x.old_classifier, self.name, "the old head's classifier weight")[: x.num_old]
+        ex = x.is_exemplar
+        probabilities = torch.softmax(x.old.train_logits[ex, : x.num_old].float(), dim=1)
+        targets = F.one_hot(x.labels[ex], x.num_old).float()
+        importance = ((probabilities - targets) @ classifier.float()).pow(2).mean(dim=0)
+        importance = importance / importance.mean().clamp_min(1e-12)
+        return (importance * (x.out.fused.float() - x.old.fused.float()).pow(2)).sum(dim=1).mean()
 
 
 def _similarities(x: LossInputs, temperature: float, term: str) -> torch.Tensor:
@@ -94,6 +151,8 @@ class InstanceContrast:
     temperature: float = 0.05
     weight: float = 0.5
     name: str = "instance"
+    from_step: int = 0
+    until_step: int | None = None
     needs_both_modalities = True  # class attribute: defined on audio and visual embeddings together
 
     def __call__(self, x: LossInputs) -> torch.Tensor:
@@ -110,6 +169,8 @@ class ClassContrast:
     normalise: str = "batch"
     weight: float = 1.0
     name: str = "class"
+    from_step: int = 0
+    until_step: int | None = None
     needs_both_modalities = True  # class attribute: defined on audio and visual embeddings together
 
     def __post_init__(self) -> None:
@@ -132,6 +193,8 @@ class AttentionDistillation:
     spatial_share: float = 0.5
     weight: float = 1.0
     name: str = "vad"
+    from_step: int = 0
+    until_step: int | None = None
     needs_both_modalities = True  # class attribute: defined on audio and visual embeddings together
     uses_teacher = True
 

@@ -11,6 +11,7 @@ of a model dir (audio, visual, head) with one runtime.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -333,9 +334,24 @@ def load_backend(source: str | Path | nn.Module, kind: str | None = None, device
     raise ValueError(f"unknown backend {kind!r}; expected one of {KINDS}")
 
 
+def check_same_profile(record: dict, other: dict, what: str, other_what: str, fix: str) -> None:
+    """Refuse, in one line naming both, encoders whose profile (name, version, shape, settings) is not the one a
+    model was trained with."""
+    from avcil.data.store import profile_label
+    from avcil.model.encoders import ProfileMismatch
+
+    same = json.loads(json.dumps(record)) == json.loads(json.dumps(other))
+    if not same:
+        raise ProfileMismatch(f"{what} was trained with the {profile_label(record)} encoders, {other_what} are "
+                              f"{profile_label(other)}"
+                              f"{'' if profile_label(record) != profile_label(other) else ' with other settings'}"
+                              f": {fix}")
+
+
 def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profile=None,
                    **options) -> dict[str, Backend]:
-    """The audio encoder, visual encoder and head of a model dir, all on one runtime.
+    """The audio encoder, visual encoder and head of a model dir, all on one runtime, and the audio encoder's
+    stream parts where the profile has them (lite: 'audio_sfx', 'speech_window').
 
     onnxruntime/tensorrt run MODEL/encoders/{audio,visual,head}.{onnx,engine}; torch runs the encoder profile
     (`profile`, or rebuilt from the model's manifest) and the head of the current version."""
@@ -346,11 +362,22 @@ def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profil
     model_dir = Path(model_dir)
     if kind in ("onnxruntime", "tensorrt"):
         folder = model_dir / "encoders"
-        read_spec(folder)  # a clear error when nothing was exported
+        spec = read_spec(folder)  # a clear error when nothing was exported
+        record = ModelDir(model_dir).manifest()["features"].get("profile")
+        if record:
+            check_same_profile(record, spec["profile"], f"{model_dir}", f"its exported encoders ({folder})",
+                               f"export them again: avcil export --model {model_dir} --format onnx")
         suffix = ".onnx" if kind == "onnxruntime" else ".engine"
-        return {name: load_backend(folder / f"{name}{suffix}", kind, device, **options) for name in GRAPH_NAMES}
+        names = [n for n in (spec["graphs"] if kind == "onnxruntime" else spec["engines"]) if n not in GRAPH_NAMES]
+        return {name: load_backend(folder / f"{name}{suffix}", kind, device, **options)
+                for name in (*GRAPH_NAMES, *names)}
     loaded = ModelDir(model_dir).load(with_memory=False)
-    profile = profile or profile_from_record(loaded.manifest["features"].get("profile"))
+    record = loaded.manifest["features"].get("profile")
+    if profile is None:
+        profile = profile_from_record(record, where=str(model_dir))
+    elif record:
+        check_same_profile(record, profile.describe(), f"{model_dir}", "the encoders given",
+                           "use the profile the model was trained with (leave profile= out to rebuild it)")
     backends = {}
     for name, (module, graph, shapes) in graph_modules(profile, loaded.head).items():
         free = dynamic_axes(graph, profile.frames_independent)[graph.inputs[0]]

@@ -1,14 +1,16 @@
 """Field learning: add a class to a model dir on the device, from video files or from clips recorded live.
 
     features = encode_files(profile, ["a.mp4", ...])              # or record_clips(...) from camera + microphone
-    learn_class("MODEL", "doorbell", *features)                    # -> the new version's name
+    learn_class("MODEL", "doorbell", *features)                    # -> a summary with the new version's name
 
-The update is one AV-CIL step of the shared learner (avcil/train/learner.py): the current head is the frozen
-teacher, the new class is one new task, the exemplar memory of the old classes is replayed, and afterwards the
-memory makes room for the new class under the same budget (REFERENCE.md §5). Since a field step brings a single
-class, its cross-entropy runs over all classes (see `learn_class`). The model dir's writer lock is held
-from reading the current version to committing the new one, so two learners cannot lose each other's class; the
-commit is atomic, so killing `avcil learn` at any moment leaves the previous version in place.
+The default update is analytic: the class's clips are added to the sufficient statistics of the head's analytic
+readout (avcil/model/readout.py) and the ridge solution is recomputed, which equals training on every clip seen so
+far at once and takes milliseconds; no exemplar is replayed. `method="avcil"` runs one AV-CIL step of the shared
+learner (avcil/train/learner.py) instead: the current head is the frozen teacher, the new class is one new task, the
+exemplar memory of the old classes is replayed. Either way the memory then makes room for the new class under the
+same budget (REFERENCE.md §5), so that a gradient refinement can run later. The model dir's writer lock is held from
+reading the current version to committing the new one, so two learners cannot lose each other's class; the commit
+is atomic, so killing `avcil learn` at any moment leaves the previous version in place.
 """
 
 from __future__ import annotations
@@ -22,22 +24,23 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from avcil.data.clips import ArrayClipSet
 from avcil.data.decode import decode_clip
 from avcil.runtime.modeldir import ModelDir, ModelDirError
-from avcil.train.learner import Learner, TrainConfig
+from avcil.train.learner import Learner, TrainConfig, fit_readout
 from avcil.train.methods import build_method
+from avcil.train.protocol import fused_embedder
 
 SILENT_PEAK = 1e-6  # below any real microphone's noise floor (-120 dBFS): a muted or wrong input, or no audio
 
 
 @dataclass
 class FieldSettings:
-    """The update's training settings: the paper's optimiser with few epochs, since one class of a few dozen clips
-    converges quickly and the update should finish within a minute on a CPU.
+    """The gradient update's training settings (`method="avcil"`; the analytic update has none to set): the paper's
+    optimiser with few epochs, since one class of a few dozen clips converges quickly and the update should finish
+    within a minute on a CPU.
 
     A batch holds a quarter new clips and three quarters exemplars (the paper draws half and half, but its steps
     bring several classes). With one new class, half-and-half batches make its logit swamp the old ones: on
@@ -101,17 +104,37 @@ def encode_files(profile, paths: Sequence[str | Path], batch_size: int = 8,
     return np.concatenate(audio), np.concatenate(visual)
 
 
+FIELD_METHODS = ("analytic", "avcil")
+
+
 def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np.ndarray,
-                settings: FieldSettings | None = None, progress: bool = True) -> dict:
-    """Add class `label` learnt from these clips' features; commit and return a summary with the new version."""
+                settings: FieldSettings | None = None, progress: bool = True, method: str = "analytic",
+                log=None, refine: dict | None = None) -> dict:
+    """Add class `label` learnt from these clips' features; commit and return a summary with the new version.
+
+    `analytic` (default): one closed-form update of the head's analytic readout (milliseconds); a model dir without
+    one (trained with a gradient method, or made before readouts existed) gets it built from its exemplars first.
+    `avcil`: one AV-CIL gradient step with the current head as teacher and the exemplars replayed; the head's
+    linear classifier decides afterwards.
+    `refine`: the summary of an earlier call that committed this class; learn it again from that call's parent
+    version (with `method`) and commit the result as a later version, unless the model moved on meanwhile."""
+    if method not in FIELD_METHODS:
+        raise ValueError(f"unknown field learning method {method!r}; expected one of {FIELD_METHODS}")
     settings = settings or FieldSettings()
+    log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     model = ModelDir(model_dir)
-    check_new_label(model.load(with_memory=False).class_names, label, model.root)
+    start = refine["parent"] if refine else None
+    check_new_label(model.load(start, with_memory=False).class_names, label, model.root)
     if len(audio) == 0 or len(audio) != len(visual):
         raise ValueError(f"learning {label!r} needs clips: got {len(audio)} audio and {len(visual)} visual rows")
+    if len(audio) == 1:
+        log(f"learning {label!r} from a single clip: the class will be weakly learnt; record a few more")
     started = time.perf_counter()
     with model.writer():
-        loaded = model.load()
+        if refine and model.current() != refine["version"]:
+            raise ModelDirError(f"{model.root}: the current version is no longer {refine['version']} (another "
+                                f"change came first); the refinement of {label!r} is not committed")
+        loaded = model.load(start)
         check_new_label(loaded.class_names, label, model.root)  # again, now that no other writer can add it
         manifest = loaded.manifest
         classes = manifest["classes"]
@@ -121,40 +144,78 @@ def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np
         expected = manifest["features"]["shape"]
         if clips.shape.to_dict() != expected:
             raise ValueError(f"the new clips have features {clips.shape.to_dict()}, the model expects {expected}")
-        if loaded.memory is not None:
-            loaded.memory.quota(new_index + 1)  # a budget too small for one more class fails before training
-        head = loaded.head
-        teacher = copy.deepcopy(head).eval()
-        head.add_classes(1)
-        # The split cross-entropy scores new clips against the new classes' logits only: with one new class that
-        # is a softmax over one logit, which teaches nothing. A one-class step uses the plain cross-entropy over
-        # all classes (AV-CIL's "without split" variant); every other AV-CIL term stays.
-        method = build_method("avcil", instance_weight=settings.instance_weight, without=("split",))
-        learner = Learner(method, settings.train_config(), progress)
-        report = learner.learn_step(head, teacher, task_ranges(classes), clips, np.arange(len(audio)),
-                                    loaded.memory, step_name=f"learn {label}")
         memory = loaded.memory
         if memory is not None:
-            memory.update(clips, {new_index: np.arange(len(audio))}, embed=_fused_embedder(head))
+            memory.quota(new_index + 1)  # a budget too small for one more class fails before training
+        head = loaded.head
+        if method == "avcil":
+            check_gradient_update(manifest, model.root)
+        update = _analytic_update if method == "analytic" else _gradient_update
+        details = update(head, classes, clips, memory, settings, progress, label, log)
+        if memory is not None:
+            memory.update(clips, {new_index: np.arange(len(audio))}, embed=fused_embedder(head))
         step = max(c["step"] for c in classes) + 1 if classes else 0
         seconds = time.perf_counter() - started
         version = model.commit(
             head, memory, classes + [{"name": label, "step": step}], manifest["features"],
-            extra={"parent": loaded.version, "note": f"learnt {label!r} in the field from {len(audio)} clips",
+            extra={"parent": loaded.version, "note": f"learnt {label!r} in the field from {len(audio)} clips "
+                                                     f"({method}{', refining ' + refine['version'] if refine else ''})",
                    "training": manifest.get("training"),
-                   "field_learning": {"label": label, "clips": len(audio), "seconds": round(seconds, 3),
-                                      "settings": asdict(settings), "best_epoch": report.best_epoch}})
-    return {"version": version, "parent": loaded.version, "label": label, "clips": len(audio),
-            "memory_clips": len(memory) if memory is not None else 0, "seconds": seconds,
-            "train_seconds": report.seconds}
+                   "field_learning": {"label": label, "clips": len(audio), "method": method,
+                                      "seconds": round(seconds, 3), "settings": asdict(settings), **details}})
+    return {"version": version, "parent": loaded.version, "label": label, "clips": len(audio), "method": method,
+            "memory_clips": len(memory) if memory is not None else 0, "seconds": seconds, **details}
 
 
-def _fused_embedder(head):
-    @torch.no_grad()
-    def embed(audio: np.ndarray, visual: np.ndarray) -> np.ndarray:
-        head.eval()
-        return head(torch.from_numpy(audio), torch.from_numpy(visual)).fused.numpy()
-    return embed
+def _analytic_update(head, classes, clips, memory, settings, progress, label, log) -> dict:
+    """Add the class's clips to the readout's statistics and solve: exact joint least squares, no replay."""
+    config = settings.train_config()
+    details = {}
+    if head.readout is None or head.config.readout["kind"] != "analytic":
+        exemplars = memory.as_clip_set() if memory is not None else None
+        if exemplars is None:
+            raise ModelDirError("this model has neither an analytic readout nor exemplars to build one from; "
+                                "learn with --method avcil")
+        log(f"the model has no analytic readout yet: building it from its {len(exemplars.labels)} exemplars "
+            f"(once; later classes update it directly)")
+        fit_readout(head, analytic_readout_spec(), exemplars, range(len(exemplars.labels)), config, fresh=True)
+        details["readout_built_from_exemplars"] = len(exemplars.labels)
+    head.add_classes(1)
+    fit_readout(head, head.config.readout, clips, np.arange(len(clips.labels)), config)
+    return details
+
+
+def analytic_readout_spec() -> dict:
+    from avcil.train.methods import build_method
+
+    return build_method("analytic").readout
+
+
+def check_gradient_update(manifest: dict, where: Path) -> None:
+    """Refuse a gradient update of a head whose linear classifier was never trained: a model trained by the analytic
+    method on the encoders' features decides by its readout alone, and its head is still at its random start."""
+    training = (manifest.get("training") or {}).get("method") or {}
+    if training.get("classifier") == "analytic" and training.get("terms") == []:
+        raise ModelDirError(f"{where}: this model's head was never trained by gradient (its analytic readout reads "
+                            f"the encoders' features), so a gradient update has nothing to start from; learn with "
+                            f"--method analytic, or train the model with a gradient method")
+
+
+def _gradient_update(head, classes, clips, memory, settings, progress, label, log) -> dict:
+    """One AV-CIL step (the shared learner). The split cross-entropy scores new clips against the new classes'
+    logits only: with one new class that is a softmax over one logit, which teaches nothing. A one-class step uses
+    the plain cross-entropy over all classes (AV-CIL's "without split" variant); every other AV-CIL term stays."""
+    if head.readout is not None:
+        log("the gradient update trains the head's linear classifier, which decides from now on (the readout is "
+            "set aside)")
+        head.set_readout(None)
+    teacher = copy.deepcopy(head).eval()
+    head.add_classes(1)
+    method = build_method("avcil", instance_weight=settings.instance_weight, without=("split",))
+    learner = Learner(method, settings.train_config(), progress)
+    report = learner.learn_step(head, teacher, task_ranges(classes), clips, np.arange(len(clips.labels)), memory,
+                                step_name=f"learn {label}")
+    return {"best_epoch": report.best_epoch, "train_seconds": report.seconds}
 
 
 def record_clips(camera: str, microphone: str, count: int, profile, countdown_s: float = 3.0,

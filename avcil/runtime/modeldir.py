@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -46,6 +47,11 @@ from avcil.train.memory import ClassExemplars, ExemplarMemory
 FORMAT = 2  # 1: the whole memory in the version's memory.npz; 2: shared per-class exemplar files
 HEAD_FILE, MEMORY_FILE, MANIFEST_FILE = "head.pt", "memory.npz", "manifest.json"
 EXEMPLARS_DIR = "exemplars"
+# The only names the writer produces. A model dir is copied onto devices from elsewhere: a version or file name of
+# any other shape (`../x`, an absolute path) is refused as corrupt before it is joined to a path.
+VERSION_NAME = re.compile(r"v\d{4,}")
+EXEMPLAR_NAME = re.compile(r"[0-9a-f]{64}\.npz")
+VERSION_FILES = (HEAD_FILE, MEMORY_FILE)
 
 
 class ModelDirError(RuntimeError):
@@ -78,15 +84,18 @@ class ModelDir:
         pointer = self.root / "CURRENT"
         if not pointer.is_file():
             raise ModelDirError(f"{self.root} is not a model dir: no CURRENT file (train one with `avcil train`)")
-        return pointer.read_text().strip()
+        name = pointer.read_text().strip()
+        if not VERSION_NAME.fullmatch(name):
+            raise ModelDirError(f"{pointer}: names {name[:40]!r}, not a version (vNNNN); the file is corrupt")
+        return name
 
     def list_versions(self) -> list[str]:
         if not self.versions.is_dir():
             return []
-        return sorted(p.name for p in self.versions.iterdir() if p.is_dir() and not p.name.startswith("."))
+        return sorted(p.name for p in self.versions.iterdir() if p.is_dir() and VERSION_NAME.fullmatch(p.name))
 
     def manifest(self, version: str | None = None) -> dict:
-        folder = self.versions / (version or self.current())
+        folder = self.versions / _checked_version(version or self.current())
         path = folder / MANIFEST_FILE
         try:
             return json.loads(path.read_text())
@@ -103,6 +112,12 @@ class ModelDir:
         folder = self.versions / version
         if not isinstance(manifest.get("files"), dict) or HEAD_FILE not in manifest["files"]:
             raise ModelDirError(f"{folder / MANIFEST_FILE}: lists no {HEAD_FILE}; this version is incomplete")
+        strange = [n for n in manifest["files"] if n not in VERSION_FILES]
+        strange += [e.get("file") for e in manifest.get("exemplars", [])
+                    if not EXEMPLAR_NAME.fullmatch(str(e.get("file")))]
+        if strange:
+            raise ModelDirError(f"{folder / MANIFEST_FILE}: names files {strange[:3]} that the writer never "
+                                f"produces (outside the model dir?); refusing {version} as corrupt")
         expected = {folder / name: sha for name, sha in manifest["files"].items() if name not in skip}
         if MEMORY_FILE not in skip:
             expected.update({self.exemplars / entry["file"]: Path(entry["file"]).stem
@@ -125,9 +140,16 @@ class ModelDir:
         which the recognizer does not need."""
         if version is not None:
             return self._load(version, with_memory)
-        current = self.current()
         refused: dict[str, str] = {}
-        for candidate in [current] + [v for v in reversed(self.list_versions()) if v < current]:
+        try:
+            current = self.current()
+            candidates = [current] + [v for v in reversed(self.list_versions()) if v < current]
+        except ModelDirError as error:
+            if not (self.root / "CURRENT").is_file():
+                raise
+            refused["CURRENT"] = str(error)  # a damaged pointer: the newest version that verifies serves
+            candidates = list(reversed(self.list_versions()))
+        for candidate in candidates:
             try:
                 loaded = self._load(candidate, with_memory)
             except ModelDirError as error:
@@ -142,7 +164,7 @@ class ModelDir:
                             + "; ".join(f"{v}: {why}" for v, why in refused.items()))
 
     def _load(self, version: str, with_memory: bool) -> LoadedModel:
-        if not (self.versions / version).is_dir():
+        if not (self.versions / _checked_version(version)).is_dir():
             raise ModelDirError(f"{self.versions / version}: no such version (have {', '.join(self.list_versions())})")
         skip = () if with_memory else (MEMORY_FILE,)
         manifest = self.verify(version, skip)
@@ -313,6 +335,12 @@ class ModelDir:
                     atomic_write(self.exemplars / exemplars.stored_as, data)
             entries.append({"label": int(label), "file": exemplars.stored_as, "count": len(exemplars.ids)})
         return entries
+
+
+def _checked_version(name: str) -> str:
+    if not VERSION_NAME.fullmatch(str(name)):
+        raise ModelDirError(f"{name!r} is not a version name (vNNNN)")
+    return name
 
 
 def _tensor_bytes(state: dict) -> bytes:

@@ -2,7 +2,9 @@
 smoothing over recent windows -> a label, or `unknown` under the threshold.
 
 Where the visual encoder encodes each frame on its own (lite), the frames of the next window are encoded while the
-recognizer waits for it to end (avcil.runtime.frame_tokens), so that after the end only the newest frame is left.
+recognizer waits for it to end (avcil.runtime.frame_tokens), so that after the end only the newest frame is left;
+likewise the lite audio's speech-embedding windows as their audio arrives (avcil.runtime.speech_stream), so that
+after the end aiSFX and the newest speech window or two are left.
 
 The head always runs in torch from the model dir's current version (it is small, and it is the part field learning
 changes): a watcher thread notices a new version (`avcil learn`, `avcil model rollback`), loads and verifies it
@@ -26,6 +28,7 @@ import torch
 
 from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
 from avcil.runtime.frame_tokens import FrameTokens
+from avcil.runtime.speech_stream import SpeechStream, snap_hop
 from avcil.runtime.modeldir import LoadedModel, ModelDir, ModelDirError
 from avcil.runtime.sources import clock
 from avcil.runtime.windows import Schedule, Window, WindowAssembler
@@ -74,6 +77,9 @@ class Recognizer:
         self.audio_encoder, self.visual_encoder = encoders["audio"], encoders["visual"]
         self.frame_tokens = (FrameTokens(self.visual_encoder, self.frame_prep)
                              if FrameTokens.supports(self.visual_encoder) else None)
+        self.speech = None  # the lite audio's speech windows, embedded as the audio arrives (runtime.speech_stream)
+        if {"audio_sfx", "speech_window"} <= set(encoders) and SpeechStream.supports(self.audio_prep):
+            self.speech = SpeechStream(encoders["audio_sfx"], encoders["speech_window"], self.audio_prep)
         self.backend = backend
         self.threshold, self.top_k = threshold, top_k
         self.recent: deque[np.ndarray] = deque(maxlen=max(1, smoothing))
@@ -138,9 +144,16 @@ class Recognizer:
         def mark(stage: str) -> None:
             marks.append((stage, time.perf_counter()))
 
-        audio_input = self.audio_prep(window.waveform, window.rate)[None]
-        mark("audio_preprocess")
-        audio_features, = self.audio_encoder(audio_input)
+        speech_after_end = 0
+        if self.speech is not None:
+            spectrogram = self.audio_prep.sfx_input(window.waveform, window.rate)[None]
+            mark("audio_preprocess")
+            audio_features, speech_after_end = self.speech.audio_features(spectrogram, window.waveform, window.rate,
+                                                                          window.start)
+        else:
+            audio_input = self.audio_prep(window.waveform, window.rate)[None]
+            mark("audio_preprocess")
+            audio_features, = self.audio_encoder(audio_input)
         mark("audio_encoder")
         if self.frame_tokens is not None and window.frame_stamps is not None:
             prepared = self.frame_tokens.prepare(list(zip(window.frame_stamps, window.frames)))
@@ -175,19 +188,24 @@ class Recognizer:
                 "top_k": [{"label": current.class_names[i], "score": round(float(smoothed[i]), 4)} for i in order],
                 "latency_ms": {k: round(v, 2) for k, v in latency.items()},
                 "frames_encoded_after_end": frames_encoded,
+                "speech_windows_after_end": speech_after_end,
                 "model_version": current.version}
 
     def wait_for_end(self, end: float, assembler: WindowAssembler, stop: threading.Event) -> None:
         """Sleep until the window ending at clock time `end` has ended (or `stop`); meanwhile, for a frame-by-frame
         visual encoder, encode each of its frames once its moment has passed."""
         times = assembler.frame_times(end)
-        poll = FRAME_POLL_S if self.frame_tokens is not None else float("inf")
+        streaming = self.frame_tokens is not None or self.speech is not None
+        poll = FRAME_POLL_S if streaming else float("inf")
         while not stop.is_set() and (now := clock()) < end:
+            worked = False
             if self.frame_tokens is not None and times[0] <= now:
                 stamped = assembler.frames.sample_stamped(times[times <= now])
-                if stamped and self.frame_tokens.encode(self.frame_tokens.prepare(stamped)):
-                    continue  # that took a while: look at the clock again before sleeping
-            stop.wait(min(end - now, poll))
+                worked = bool(stamped and self.frame_tokens.encode(self.frame_tokens.prepare(stamped)))
+            if self.speech is not None:
+                worked = self.speech.encode_ready(assembler.ring, end - assembler.seconds) > 0 or worked
+            if not worked:  # after work, look at the clock again before sleeping
+                stop.wait(min(end - now, poll))
 
 
 class DecisionWriter:
@@ -272,7 +290,10 @@ def run_live(recognizer: Recognizer, camera: str, microphone: str, on_decision: 
     from avcil.runtime.windows import HOP_SHARE, history_settings, window_seconds
 
     seconds = window_seconds(recognizer.audio_prep)
-    hop = hop or seconds * HOP_SHARE
+    if not hop:
+        hop = seconds * HOP_SHARE
+        if recognizer.speech is not None:
+            hop = snap_hop(hop, recognizer.audio_prep)  # 1 s -> 0.96 s: consecutive windows share speech windows
     history_s, min_interval = history_settings(seconds, hop, recognizer.frame_prep)
     frames = FrameHistory(history_s, min_interval)
     start = clock() + 0.2  # both file sources begin at this clock time, in step

@@ -70,23 +70,35 @@ class StepReport:
 
 
 class _Batches(Dataset):
-    """Loads a whole batch of clips per item, so that a store reads them in one call."""
+    """Loads a whole batch of clips per item, so that a store reads them in one call. Rows are (clip set, position)
+    pairs over one or more clip sets; the second one's clips are exemplars (the 'mixed' batch policy)."""
 
-    def __init__(self, clips: ClipSet, indices: Sequence[int]):
-        self.clips, self.indices = clips, np.asarray(indices)
+    def __init__(self, sources: Sequence[ClipSet], rows: Sequence[tuple[int, int]]):
+        self.sources, self.rows = list(sources), np.asarray(rows, dtype=np.int64).reshape(-1, 2)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.rows)
 
     def __getitem__(self, batch: list[int]):
-        chosen = self.indices[batch]
-        audio, visual = self.clips.load(chosen)
-        return torch.from_numpy(audio), torch.from_numpy(visual), torch.from_numpy(self.clips.labels[chosen])
+        chosen = self.rows[batch]
+        audio, visual, labels, exemplar = [], [], [], []
+        for source in np.unique(chosen[:, 0]):
+            positions = chosen[chosen[:, 0] == source, 1]
+            a, v = self.sources[source].load(positions)
+            audio.append(a)
+            visual.append(v)
+            labels.append(self.sources[source].labels[positions])
+            exemplar.append(np.full(len(positions), source > 0))
+        return (torch.from_numpy(np.concatenate(audio)), torch.from_numpy(np.concatenate(visual)),
+                torch.from_numpy(np.concatenate(labels)), torch.from_numpy(np.concatenate(exemplar)))
 
 
 def batches(clips: ClipSet, indices: Sequence[int], batch_size: int, shuffle: bool, seed: int,
-            num_workers: int = 0) -> DataLoader:
-    data = _Batches(clips, indices)
+            num_workers: int = 0, extra: ClipSet | None = None) -> DataLoader:
+    """Batches of (audio, visual, labels, is_exemplar) over `indices` of `clips`, and over all of `extra` (the
+    exemplars mixed in) where given."""
+    rows = [(0, int(i)) for i in indices] + ([(1, i) for i in range(len(extra.labels))] if extra is not None else [])
+    data = _Batches([clips] + ([extra] if extra is not None else []), rows)
     generator = torch.Generator().manual_seed(seed)
     base = RandomSampler(data, generator=generator) if shuffle else range(len(data))
     return DataLoader(data, sampler=BatchSampler(base, batch_size, drop_last=False), batch_size=None,
@@ -104,44 +116,48 @@ def predict_logits(head: FusionHead, clips: ClipSet, indices: Sequence[int], con
     """Head outputs (`logits` or `fused` features) for the given clips, in order."""
     head.eval()
     rows = []
-    for audio, visual, _ in batches(clips, indices, config.eval_batch_size, False, 0, config.num_workers):
+    for audio, visual, _, _ in batches(clips, indices, config.eval_batch_size, False, 0, config.num_workers):
         out = head(audio.to(config.device), visual.to(config.device))
         rows.append(getattr(out, what).float().cpu().numpy())
     return np.concatenate(rows) if rows else np.zeros((0, head.num_classes), np.float32)
 
 
-class NearestMeanClassifier:
-    """iCaRL's NME: cosine to the mean normalised fused feature of each class's exemplars."""
-
-    def __init__(self, head: FusionHead, memory: ExemplarMemory, config: TrainConfig):
-        means = []
-        exemplars = memory.as_clip_set()
-        feats = _normalise(predict_logits(head, exemplars, range(len(exemplars.labels)), config, "fused"))
-        for c in range(head.num_classes):
-            rows = exemplars.labels == c
-            if not rows.any():
-                raise ValueError(f"NME classifier: class {c} has no exemplars in memory")
-            means.append(feats[rows].mean(axis=0))
-        self.means = _normalise(np.stack(means))
-
-    def scores(self, fused: np.ndarray) -> np.ndarray:
-        return _normalise(fused) @ self.means.T
-
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def predict(head: FusionHead, clips: ClipSet, indices: Sequence[int], config: TrainConfig,
-            nme: NearestMeanClassifier | None = None) -> np.ndarray:
-    if nme is None:
-        return predict_logits(head, clips, indices, config).argmax(axis=1)
-    return nme.scores(predict_logits(head, clips, indices, config, "fused")).argmax(axis=1)
+            what: str = "logits") -> np.ndarray:
+    """Decided classes (`logits`: the readout where the head has one; `train_logits`: its linear classifier)."""
+    return predict_logits(head, clips, indices, config, what).argmax(axis=1)
 
 
-def accuracy(head: FusionHead, clips: ClipSet, indices: Sequence[int], config: TrainConfig) -> float:
+def accuracy(head: FusionHead, clips: ClipSet, indices: Sequence[int], config: TrainConfig,
+             what: str = "logits") -> float:
     indices = np.asarray(indices)
-    return float((predict(head, clips, indices, config) == clips.labels[indices]).mean())
+    return float((predict(head, clips, indices, config, what) == clips.labels[indices]).mean())
+
+
+@torch.no_grad()
+def fit_readout(head: FusionHead, spec: dict, clips: ClipSet, indices: Sequence[int], config: TrainConfig,
+                fresh: bool = False) -> None:
+    """Add these clips (labels = class indices) to the head's readout and solve it; `fresh` (or no readout yet)
+    starts one of `spec`'s settings from empty. Clips with NaN or Inf features are refused, by id, before any is
+    added."""
+    indices = np.asarray(indices, dtype=np.int64)
+    loader = batches(clips, indices, config.eval_batch_size, False, 0, config.num_workers)
+    inputs, labels, done = [], [], 0
+    head.to(config.device).eval()
+    if fresh or head.readout is None:
+        head.set_readout(spec)
+    for audio, visual, batch_labels, _ in loader:
+        finite = (torch.isfinite(audio).all(dim=1) & torch.isfinite(visual).flatten(1).all(dim=1)).numpy()
+        if not finite.all():
+            names = [clips.ids[i] for i in indices[done:done + len(finite)][~finite]]
+            raise ValueError(f"features of clip(s) {', '.join(names[:5])} hold NaN or Inf; re-extract them")
+        done += len(finite)
+        audio, visual = audio.to(config.device), visual.to(config.device)
+        inputs.append(head.readout_inputs(audio, visual, head(audio, visual).fused))
+        labels.append(batch_labels.to(config.device))
+    if inputs:
+        head.readout.accumulate(torch.cat(inputs), torch.cat(labels))
+    head.readout.solve()
 
 
 class Learner:
@@ -154,22 +170,30 @@ class Learner:
                    train: ClipSet, train_indices: Sequence[int], memory: ExemplarMemory | None,
                    val: ClipSet | None = None, val_indices: Sequence[int] | None = None,
                    step_name: str = "step") -> StepReport:
-        """Train `head` in place on the new clips (+ exemplars); keep the epoch with the best validation accuracy
-        over all seen classes (the last epoch when there is no validation set)."""
+        """Train `head` in place on the new clips (+ exemplars) with the method's terms for this step (step =
+        the number of earlier tasks); keep the epoch with the best validation accuracy over all seen classes (the
+        last epoch when there is no validation set). A step at which none of the method's terms applies trains
+        nothing (a closed-form method past its base step)."""
         cfg = self.config
+        terms = self.method.terms_at(len(old_task_ranges))
+        if not terms:
+            return StepReport(best_epoch=-1, best_val_accuracy=None, seconds=0.0, clips_per_second=0.0)
         torch.manual_seed(cfg.seed)
         head.to(cfg.device)
         if teacher is not None:
             teacher.to(cfg.device).eval()
             teacher.requires_grad_(False)
-        run_teacher = teacher is not None and self.method.uses_teacher
+        run_teacher = teacher is not None and any(getattr(t, "uses_teacher", False) for t in terms)
+        old_classifier = teacher.classifier.weight.detach() if teacher is not None else None
         dtype = compute_dtype(cfg.precision, cfg.device)
         autocast = torch.autocast(torch.device(cfg.device).type, dtype=dtype, enabled=dtype != torch.float32)
         optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        new_loader = batches(train, train_indices, cfg.batch_size, True, cfg.seed, cfg.num_workers)
         exemplars = memory.as_clip_set() if memory is not None else None
+        mixed = exemplars is not None and self.method.batch == "mixed"
+        new_loader = batches(train, train_indices, cfg.batch_size, True, cfg.seed, cfg.num_workers,
+                             extra=exemplars if mixed else None)
         exemplar_stream = None
-        if exemplars is not None:
+        if exemplars is not None and not mixed:
             exemplar_stream = _cycle(batches(exemplars, range(len(exemplars.labels)), cfg.exemplar_batch_size,
                                              True, cfg.seed + 1))
         best = (-1.0, 0, copy.deepcopy(head.state_dict()))
@@ -178,10 +202,9 @@ class Learner:
         for epoch in bar:
             head.train()
             sums: dict[str, float] = {}
-            for audio, visual, labels in new_loader:
-                is_exemplar = torch.zeros(len(labels), dtype=torch.bool)
+            for audio, visual, labels, is_exemplar in new_loader:
                 if exemplar_stream is not None:
-                    ex_audio, ex_visual, ex_labels = next(exemplar_stream)
+                    ex_audio, ex_visual, ex_labels, _ = next(exemplar_stream)
                     audio, visual = torch.cat([audio, ex_audio]), torch.cat([visual, ex_visual])
                     labels = torch.cat([labels, ex_labels])
                     is_exemplar = torch.cat([is_exemplar, torch.ones(len(ex_labels), dtype=torch.bool)])
@@ -193,8 +216,8 @@ class Learner:
                     if run_teacher:
                         with torch.no_grad():
                             old = teacher(audio, visual).for_losses()
-                inputs = LossInputs(out, old, labels, is_exemplar, old_task_ranges)
-                parts = {t.name: t.weight * t(inputs) for t in self.method.terms}
+                inputs = LossInputs(out, old, labels, is_exemplar, old_task_ranges, old_classifier)
+                parts = {t.name: t.weight * t(inputs) for t in terms}
                 loss = sum(parts.values())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -202,7 +225,9 @@ class Learner:
                 clips_seen += len(labels)
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
-            val_acc = accuracy(head, val, val_indices, cfg) if val is not None and len(val_indices) else None
+            # Judged by the linear classifier being trained: a readout is refitted only after the step.
+            val_acc = (accuracy(head, val, val_indices, cfg, "train_logits")
+                       if val is not None and len(val_indices) else None)
             history.append({"epoch": epoch, "val_accuracy": val_acc, **sums})
             score = val_acc if val_acc is not None else float(epoch)  # no validation: keep the last epoch
             if score > best[0]:
@@ -211,4 +236,4 @@ class Learner:
         head.load_state_dict(best[2])
         seconds = time.perf_counter() - start
         return StepReport(best[1], best[0] if val is not None else None, seconds,
-                          clips_seen / seconds if seconds else 0.0, history)
+                          clips_per_second=clips_seen / seconds if seconds else 0.0, loss_history=history)

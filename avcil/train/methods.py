@@ -1,17 +1,42 @@
-"""Methods as compositions: a list of weighted loss terms, a memory policy and a classifier.
+"""Methods as compositions: loss terms (each saying from which step it applies), a batch policy, a memory policy and
+a classifier. The learner loop (avcil/train/learner.py) is the same for all of them; an AV-CIL ablation is AV-CIL
+with terms removed.
 
-The learner loop (avcil/train/learner.py) is the same for all of them; an AV-CIL ablation is AV-CIL with
-terms removed.
+What maps to what (REFERENCE.md §4, §6b):
+- `avcil`: split CE + task-wise KD + D-AVSC instance and class (from step 1, as the authors' code starts them) +
+  VAD; random exemplars drawn side by side with the new clips.
+- `ss-il`: split CE + task-wise KD + exemplars side by side: AV-CIL without D-AVSC and VAD.
+- `lwf`: split CE + task-wise KD, no memory (the authors' code).
+- `afc`: CE + feature distillation of the fused feature weighted per channel by its importance to the old classes
+  (the gradient of the old head's loss), herding exemplars side by side, NME; AFC's LSC classifier and its
+  discriminative distillation of intermediate maps have no counterpart on a head over frozen encoders.
+- `icarl` (= `icarl-nme`) as published: exemplars mixed into the training set in natural proportion, herding,
+  CE + sigmoid binary cross-entropy distillation, nearest mean of exemplars; `icarl-fc` decides with the head's
+  classifier. `icarl-balanced`: this project's earlier, stronger variant (half exemplars in every batch, softmax KD).
+- `simplecil`: nearest class mean over the encoders' pooled features, no training (exemplar-free).
+- `analytic`: ridge regression over a random expansion of the features (avcil/model/readout.py), updated in
+  closed form per step, exemplar-free (ACIL / MMAL). Exemplars are still kept, for a later gradient refinement.
+- `finetune` (lower bound) and `upper` (joint training on all data seen so far).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from avcil.model import losses
+from avcil.model.readout import FEATURES, readout_spec
 
-METHODS = ("avcil", "finetune", "lwf", "icarl-nme", "icarl-fc", "upper")
+METHODS = ("analytic", "avcil", "simplecil", "icarl", "icarl-fc", "icarl-balanced", "ss-il", "afc", "lwf",
+           "finetune", "upper")
+ALIASES = {"icarl-nme": "icarl"}  # the earlier name of iCaRL with its NME classifier
+DEFAULT_METHOD = "analytic"  # the best on benchmarks/results/accuracy-*.md (README: "Which method")
 ABLATABLE = ("split", "kd", "instance", "class", "vad")
+BATCH_POLICIES = ("side-by-side", "mixed")
+CLASSIFIERS = ("fc", "nme", "ncm", "analytic")
+# The analytic readout's settings, measured on synthetic and AV-Digits (benchmarks/results/accuracy-*.md).
+ANALYTIC_FEATURES = "pooled"
+ANALYTIC_EXPANSION = 2048
+ANALYTIC_RIDGE = 0.1
 
 
 @dataclass(frozen=True)
@@ -19,52 +44,111 @@ class Method:
     name: str
     terms: list = field(default_factory=list)
     memory: str | None = None  # exemplar selection ('random', 'herding') or None for no memory
-    classifier: str = "fc"  # 'fc' (the head's classifier) or 'nme' (nearest mean of exemplars)
+    # 'side-by-side': each batch = new clips + a fixed number of exemplars (the exemplar loader cycled);
+    # 'mixed': exemplars join the training set and are drawn in natural proportion, each once per epoch.
+    batch: str = "side-by-side"
+    # 'fc': the head's linear classifier decides; 'nme' / 'ncm' / 'analytic': a readout (avcil/model/readout.py).
+    classifier: str = "fc"
+    readout: dict | None = None  # the readout's settings where the classifier is one
     joint: bool = False  # train on all data of the classes seen so far (the upper bound)
+
+    def __post_init__(self) -> None:
+        if self.batch not in BATCH_POLICIES:
+            raise ValueError(f"unknown batch policy {self.batch!r}; expected one of {BATCH_POLICIES}")
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier {self.classifier!r}; expected one of {CLASSIFIERS}")
 
     @property
     def uses_teacher(self) -> bool:
         return any(getattr(t, "uses_teacher", False) for t in self.terms)
 
+    def terms_at(self, step: int) -> list:
+        return [t for t in self.terms if losses.applies_at(t, step)]
+
+    @property
+    def readout_from_exemplars(self) -> bool:
+        """iCaRL's NME is rebuilt from the exemplars after every step (the features under it change); NCM and the
+        analytic readout accumulate every training clip once and never look back."""
+        return self.classifier == "nme"
+
     def describe(self) -> dict:
-        return {"name": self.name, "memory": self.memory, "classifier": self.classifier, "joint": self.joint,
+        return {"name": self.name, "memory": self.memory, "batch": self.batch, "classifier": self.classifier,
+                "readout": self.readout, "joint": self.joint,
                 "terms": [{"type": type(t).__name__, **vars(t)} for t in self.terms]}
 
 
 def build_method(name: str, *, instance_weight: float = 0.5, class_weight: float = 1.0,
                  class_normalise: str = "batch", temperature: float = 0.05, distill_temperature: float = 2.0,
-                 vad_spatial_share: float = 0.5, selection: str | None = None,
-                 without: tuple[str, ...] = ()) -> Method:
-    """A method by name. `without` removes AV-CIL terms (ablations); `selection` overrides the memory policy."""
+                 vad_spatial_share: float = 0.5, selection: str | None = None, without: tuple[str, ...] = (),
+                 readout_features: str = ANALYTIC_FEATURES, expansion: int = ANALYTIC_EXPANSION,
+                 ridge: float = ANALYTIC_RIDGE, analytic_base: str = "ce", seed: int = 0,
+                 classifier: str | None = None) -> Method:
+    """A method by name. `without` removes AV-CIL terms (ablations); `selection` overrides the memory policy;
+    `readout_features`, `expansion`, `ridge` and `analytic_base` ('ce' or 'avcil': what trains the head at the base
+    step when the readout reads the head's features) set the analytic readout; `classifier` ('fc' or 'nme') overrides
+    the method's own (an ablation: the same training judged by another classifier)."""
+    name = ALIASES.get(name, name)
     unknown = set(without) - set(ABLATABLE)
     if unknown:
         raise ValueError(f"cannot remove {sorted(unknown)}: removable terms are {list(ABLATABLE)}")
     if without and name != "avcil":
         raise ValueError(f"ablations (--without) apply to the avcil method only, not {name!r}")
-    plain_ce = losses.CrossEntropy()
-    old_class_kd = losses.Distillation(distill_temperature, taskwise=False)
+    if readout_features not in FEATURES:
+        raise ValueError(f"unknown readout features {readout_features!r}; expected one of {FEATURES}")
+    split_ce = losses.CrossEntropy(split=True)
+    taskwise_kd = losses.Distillation(distill_temperature, taskwise=True)
+    contrast = [losses.InstanceContrast(temperature, weight=instance_weight, from_step=1),
+                losses.ClassContrast(temperature, class_normalise, weight=class_weight, from_step=1)]
     if name == "avcil":
-        terms = [
-            losses.CrossEntropy(split="split" not in without),
-            losses.Distillation(distill_temperature, taskwise=True),
-            losses.InstanceContrast(temperature, weight=instance_weight),
-            losses.ClassContrast(temperature, class_normalise, weight=class_weight),
-            losses.AttentionDistillation(vad_spatial_share),
-        ]
-        kept = [t for t in terms if t.name not in without or t.name == "ce"]
-        method = Method(name, kept, memory="random")
-    elif name == "finetune":
-        method = Method(name, [plain_ce])
+        terms = [losses.CrossEntropy(split="split" not in without), taskwise_kd, *contrast,
+                 losses.AttentionDistillation(vad_spatial_share)]
+        method = Method(name, [t for t in terms if t.name not in without or t.name == "ce"], memory="random")
+    elif name == "ss-il":
+        method = Method(name, [split_ce, taskwise_kd], memory="random")
+    elif name == "afc":
+        method = Method(name, [losses.CrossEntropy(), losses.ImportanceFeatureDistillation()], memory="herding",
+                        classifier="nme", readout=readout_spec("mean", "fused"))
     elif name == "lwf":
-        method = Method(name, [plain_ce, old_class_kd])
-    elif name in ("icarl-nme", "icarl-fc"):
-        method = Method(name, [plain_ce, old_class_kd], memory="herding", classifier=name.split("-")[1])
+        method = Method(name, [split_ce, taskwise_kd])
+    elif name in ("icarl", "icarl-fc"):
+        method = Method(name, [losses.CrossEntropy(), losses.SigmoidDistillation()], memory="herding",
+                        batch="mixed", classifier="fc" if name == "icarl-fc" else "nme",
+                        readout=None if name == "icarl-fc" else readout_spec("mean", "fused"))
+    elif name == "icarl-balanced":
+        method = Method(name, [losses.CrossEntropy(), losses.Distillation(distill_temperature, taskwise=False)],
+                        memory="herding", classifier="nme", readout=readout_spec("mean", "fused"))
+    elif name == "simplecil":
+        method = Method(name, [], classifier="ncm", readout=readout_spec("mean", "pooled"))
+    elif name == "analytic":
+        method = Method(name, _analytic_base_terms(readout_features, analytic_base, contrast), memory="random",
+                        classifier="analytic",
+                        readout=readout_spec("analytic", readout_features, expansion, ridge, seed))
+    elif name == "finetune":
+        method = Method(name, [losses.CrossEntropy()])
     elif name == "upper":
-        method = Method(name, [plain_ce], joint=True)
+        method = Method(name, [losses.CrossEntropy()], joint=True)
     else:
         raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
     if selection is not None and method.memory is not None:
-        method = Method(method.name, method.terms, selection, method.classifier, method.joint)
+        method = replace(method, memory=selection)
     if without:
-        method = Method(f"{name}-without-{'-'.join(without)}", method.terms, method.memory, method.classifier)
+        method = replace(method, name=f"{name}-without-{'-'.join(without)}")
+    if classifier is not None and classifier != method.classifier:
+        if classifier not in ("fc", "nme"):
+            raise ValueError(f"a method's classifier can be switched to fc or nme, not {classifier!r}")
+        method = replace(method, name=f"{method.name}-{classifier}", classifier=classifier,
+                         readout=readout_spec("mean", "fused") if classifier == "nme" else None)
     return method
+
+
+def _analytic_base_terms(features: str, base: str, contrast: list) -> list:
+    """Gradient training at the base step only (until_step=0), and only where the readout reads the head's fused
+    features: on the encoders' pooled features nothing is trained at all."""
+    if base not in ("ce", "avcil"):
+        raise ValueError(f"analytic base training must be 'ce' or 'avcil', not {base!r}")
+    if features == "pooled":
+        return []
+    terms = [losses.CrossEntropy(until_step=0)]
+    if base == "avcil":  # the D-AVSC terms from the base step, to shape the fused features the readout reads
+        terms += [replace(t, from_step=0, until_step=0) for t in contrast]
+    return terms

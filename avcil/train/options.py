@@ -7,7 +7,9 @@ import argparse
 
 from avcil.data.clips import Benchmark
 from avcil.train.learner import PRECISIONS as TRAIN_PRECISIONS, TrainConfig
-from avcil.train.methods import ABLATABLE, Method, build_method
+from avcil.model.readout import FEATURES
+from avcil.train.methods import (ABLATABLE, ANALYTIC_EXPANSION, ANALYTIC_FEATURES, ANALYTIC_RIDGE, Method,
+                                  build_method)
 from avcil.train.memory import PRECISIONS, SELECTIONS
 
 
@@ -38,6 +40,15 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--class-weight", type=float, default=1.0, help="λ_C of D-AVSC class")
     m.add_argument("--class-normalise", choices=("batch", "positives"), default="batch",
                    help="D-AVSC class: divide by the batch size (public experiments) or the positive count (Eq. 7)")
+    m.add_argument("--readout-features", choices=FEATURES, default=ANALYTIC_FEATURES, help="what the analytic "
+                   "readout reads: the encoders' pooled features, the head's fused features (the head trained at the "
+                   "base step), or both")
+    m.add_argument("--expansion", type=int, default=ANALYTIC_EXPANSION, help="width of the analytic readout's random "
+                   "ReLU expansion (0: ridge on the features themselves)")
+    m.add_argument("--ridge", type=float, default=ANALYTIC_RIDGE, help="the analytic readout's ridge, relative to "
+                   "the mean diagonal of its Gram matrix")
+    m.add_argument("--analytic-base", choices=("ce", "avcil"), default="ce", help="what trains the head at the base "
+                   "step when the analytic readout reads its fused features: CE, or CE + D-AVSC")
     m.add_argument("--fusion-dim", type=int, help="width D of the fused feature (default: the visual width)")
     m.add_argument("--modality", choices=("audio-visual", "audio", "visual"), default="audio-visual")
 
@@ -47,7 +58,8 @@ def method_from_args(args: argparse.Namespace, benchmark: Benchmark, name: str,
     return build_method(
         name, instance_weight=_pick(args.instance_weight, benchmark, "instance_weight", 0.5),
         class_weight=args.class_weight, class_normalise=args.class_normalise, selection=args.selection,
-        without=without)
+        without=without, readout_features=args.readout_features, expansion=args.expansion, ridge=args.ridge,
+        analytic_base=args.analytic_base, seed=args.seed, classifier=getattr(args, "classifier", None))
 
 
 def config_from_args(args: argparse.Namespace, benchmark: Benchmark) -> TrainConfig:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from avcil.data.clips import Benchmark
 from avcil.model.head import FusionHead, HeadConfig
 from avcil.train import metrics
-from avcil.train.learner import Learner, NearestMeanClassifier, StepReport, TrainConfig, predict
+from avcil.train.learner import Learner, StepReport, TrainConfig, fit_readout, predict
 from avcil.train.memory import ExemplarMemory
 from avcil.train.methods import Method
 
@@ -68,14 +68,14 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig, memo
             head, teacher, ranges[:step], train, train_idx, memory,
             val, benchmark.indices("val", seen), step_name=f"step {step}")
         reports.append(report)
+        new_idx = benchmark.indices("train", range(first, end))
         if memory is not None:
             labels = train.labels
-            new_idx = benchmark.indices("train", range(first, end))
             memory.update(train, {c: new_idx[labels[new_idx] == c] for c in range(first, end)},
-                          embed=_fused_embedder(head, config))
-        nme = NearestMeanClassifier(head, memory, config) if method.classifier == "nme" else None
+                          embed=fused_embedder(head, config))
+        update_classifier(head, method, train, new_idx, memory, config)
         test_idx = benchmark.indices("test", seen)
-        predictions = predict(head, test, test_idx, config, nme)
+        predictions = predict(head, test, test_idx, config)
         labels = test.labels[test_idx]
         step_accuracy.append(float((predictions == labels).mean()))
         matrix.append(metrics.task_accuracies(predictions, labels, task_of_class, step + 1)
@@ -98,9 +98,25 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig, memo
     return ProtocolResult(head, memory, results)
 
 
-def _fused_embedder(head: FusionHead, config: TrainConfig):
+def update_classifier(head: FusionHead, method: Method, new_clips, new_indices, memory: ExemplarMemory | None,
+                      config: TrainConfig) -> None:
+    """After a step's training: bring the method's readout up to date (nothing for the linear classifier). NME is
+    rebuilt from the exemplars; NCM and the analytic readout add the new classes' clips to what they hold."""
+    if method.readout is None:
+        return
+    if method.readout_from_exemplars:
+        exemplars = memory.as_clip_set()
+        fit_readout(head, method.readout, exemplars, range(len(exemplars.labels)), config, fresh=True)
+    else:
+        fit_readout(head, method.readout, new_clips, new_indices, config)
+
+
+def fused_embedder(head: FusionHead, config: TrainConfig | None = None):
+    """The head's fused feature of clips, as numpy: what herding ranks exemplars by."""
+    device = config.device if config is not None else "cpu"
+
     @torch.no_grad()
     def embed(audio: np.ndarray, visual: np.ndarray) -> np.ndarray:
         head.eval()
-        return head(torch.from_numpy(audio).to(config.device), torch.from_numpy(visual).to(config.device)).fused.cpu().numpy()
+        return head(torch.from_numpy(audio).to(device), torch.from_numpy(visual).to(device)).fused.cpu().numpy()
     return embed

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 
-from avcil.model.encoders.profile import EncoderProfile
+from avcil.data.store import profile_label
+from avcil.model.encoders.profile import PROFILE_VERSIONS, EncoderProfile, ProfileMismatch, recorded_version
 
 PROFILES = ("lite", "paper", "tiny")
 # The paper's extraction: 11,430 Hz and no AudioMAE input normalisation (REFERENCE §2). AudioMAE's own recipe is
@@ -37,14 +38,26 @@ def load_profile(name: str, **options) -> EncoderProfile:
     raise ValueError(f"unknown encoder profile {name!r}; expected one of {PROFILES}")
 
 
-__all__ = ["EncoderProfile", "PROFILES", "load_profile"]
+__all__ = ["EncoderProfile", "PROFILES", "PROFILE_VERSIONS", "ProfileMismatch", "load_profile", "check_version",
+           "profile_label"]
 
 
-def profile_from_record(record: dict | None, **weights):
+def check_version(record: dict, where: str, rebuild: str) -> None:
+    """Refuse, in one line naming both and the fix (`rebuild`), a record of another version than this avcil's."""
+    name, version = record.get("name"), recorded_version(record)
+    current = PROFILE_VERSIONS.get(name)
+    if current is not None and version != current:
+        raise ProfileMismatch(f"{where} was made with the {profile_label(record)} encoders; this avcil's are "
+                              f"{name} v{current}, whose features do not mix with them: {rebuild}")
+
+
+def profile_from_record(record: dict | None, where: str = "the model", **weights):
     """Rebuild the encoder profile a manifest or feature store describes (`EncoderProfile.describe()`), and check
     that it produces the recorded settings. `weights`: the paper profile's `audiomae=`/`videomae=` files."""
     if not record:
         raise ValueError("the model records no encoder profile (trained on features from elsewhere); name one")
+    check_version(record, where, "retrain the model on features of this version (`avcil train --data av-digits` "
+                                 "re-extracts them; a store of your own: `avcil extract` into a new folder)")
     name, settings = record["name"], record["settings"]
     audio, visual, recorded_weights = settings["audio"], settings["visual"], settings["weights"]
     if name == "paper":
@@ -60,7 +73,8 @@ def profile_from_record(record: dict | None, **weights):
     rebuilt = json.loads(json.dumps(profile.describe()))
     differing = sorted(k for k in ("shape", "settings") if rebuilt[k] != json.loads(json.dumps(record[k])))
     if differing:
-        raise ValueError(f"the {name} encoders built here differ from the ones the model was trained with "
-                         f"(in {', '.join(differing)}): recorded {record['settings']['weights']}, "
-                         f"built {rebuilt['settings']['weights']}")
+        raise ProfileMismatch(f"the {name} encoders built here differ from the ones {where} was made with (in "
+                              f"{', '.join(differing)}): recorded {profile_label(record)} with weights "
+                              f"{record['settings']['weights']}, built {profile_label(rebuilt)} with weights "
+                              f"{rebuilt['settings']['weights']}")
     return profile

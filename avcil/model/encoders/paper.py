@@ -6,6 +6,7 @@ timm-style checkpoint through `audiomae_checkpoint_filter`, VideoMAE from a mode
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
 import warnings
@@ -122,22 +123,33 @@ def _require(path: str | Path | None, what: str, description: str) -> Path:
     return path
 
 
-def _load_checkpoint(path: Path) -> dict:
+# Non-tensor types that published AudioMAE training checkpoints hold besides the weights (their arguments); allowed
+# by name, so that weights_only loading reads them and nothing else.
+CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+
+def _load_checkpoint(path: Path, trust: bool = False) -> dict:
+    """The checkpoint's content, read with `weights_only` (tensors, containers and CHECKPOINT_GLOBALS); anything else
+    in it is refused unless `trust` (the command line's --trust-checkpoint) allows unpickling it in full."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # Training checkpoints also pickle their arguments and optimizer state, which weights_only refuses.
-        warnings.warn(f"{path} holds Python objects besides tensors; unpickling it in full (only do this with a "
-                      f"file you trust)", stacklevel=3)
+        with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not trust:
+            reason = str(error).split("\n")[0][:300]
+            raise ValueError(f"{path}: holds Python objects besides tensors, refused ({reason}); if you trust this "
+                             f"file, pass --trust-checkpoint to unpickle it in full") from None
+        warnings.warn(f"{path} holds Python objects besides tensors; unpickling it in full, as "
+                      f"--trust-checkpoint asks", stacklevel=3)
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def load_audiomae(path: str | Path, config: ViTConfig) -> AudioMAEEncoder:
-    """AudioMAE encoder with the weights of the checkpoint at `path`."""
+def load_audiomae(path: str | Path, config: ViTConfig, trust: bool = False) -> AudioMAEEncoder:
+    """AudioMAE encoder with the weights of the checkpoint at `path` (`trust`: see _load_checkpoint)."""
     path = _require(path, "audiomae", AUDIOMAE_WHAT)
     encoder = AudioMAEEncoder(config)
     try:
-        state = audiomae_checkpoint_filter(_load_checkpoint(path))
+        state = audiomae_checkpoint_filter(_load_checkpoint(path, trust))
         encoder.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError) as error:
         raise ValueError(f"{path}: not {AUDIOMAE_WHAT} for input {config.image_size}: {error}") from error
@@ -206,8 +218,10 @@ def build_paper_profile(audio: AudioMAEEncoder, visual: VideoMAEEncoder, audio_p
 
 def load_paper_profile(audiomae: str | Path | None = None, videomae: str | Path | None = None, *,
                        random_init: bool = False, sample_rate: int = PAPER_SAMPLE_RATE,
-                       normalize: bool = PAPER_NORMALIZE, seed: int = 0) -> EncoderProfile:
-    """AudioMAE ViT-B/16 + VideoMAE-base. `audiomae`: the checkpoint file; `videomae`: the model folder.
+                       normalize: bool = PAPER_NORMALIZE, seed: int = 0,
+                       trust_checkpoint: bool = False) -> EncoderProfile:
+    """AudioMAE ViT-B/16 + VideoMAE-base. `audiomae`: the checkpoint file; `videomae`: the model folder;
+    `trust_checkpoint`: unpickle an AudioMAE checkpoint that holds more than tensors in full.
 
     `random_init=True` builds both with random weights (seeded), for speed tests; features are then meaningless.
     `sample_rate`/`normalize`: the fbank settings (defaults: the paper's extraction, 11,430 Hz, no normalisation).
@@ -222,7 +236,7 @@ def load_paper_profile(audiomae: str | Path | None = None, videomae: str | Path 
                                    {"random_init": True, "seed": seed})
     _require(audiomae, "audiomae", AUDIOMAE_WHAT)
     _require(videomae, "videomae", VIDEOMAE_WHAT)
-    audio = load_audiomae(audiomae, audio_config)
+    audio = load_audiomae(audiomae, audio_config, trust_checkpoint)
     visual, videomae_file = load_videomae(videomae)
     weights = {"audiomae": weights_record(audiomae), "videomae": weights_record(videomae_file)}
     return build_paper_profile(audio, visual, audio_prep, videomae_frames(Path(videomae), visual.model.config),

@@ -14,6 +14,20 @@ from avcil.data.preprocess import AudioPreprocess, FramePreprocess
 from avcil.features import Features, FeatureShape
 from avcil.fileio import sha256_file
 
+# Bumped when a profile's encoders change what they compute (not just their weights file): a model dir or feature
+# store records the version it was made with, and one of another version is refused (avcil.model.encoders).
+# lite 1: aiSFX 512 + EfficientNet-Lite0 head map 8 x 49 x 1280. lite 2: see avcil/model/encoders/lite.py.
+PROFILE_VERSIONS = {"lite": 2, "paper": 1, "tiny": 1}
+
+
+def recorded_version(record: dict) -> int:
+    """The profile version a manifest or store records; records from before versions existed are version 1."""
+    return int(record.get("version", 1))
+
+
+class ProfileMismatch(ValueError):
+    """Features, a head or exported encoders made with another encoder profile (or version) than these."""
+
 
 def weights_record(path: str | Path) -> dict:
     """How a manifest names a weights file: its name and sha256 (not its folder, so that moving it keeps the
@@ -48,8 +62,11 @@ class EncoderProfile:
     frame_prep: FramePreprocess
     weights: dict  # per encoder: {'file', 'sha256'} of the weights, or how random ones were made
     frames_independent: bool = False
+    version: int | None = None  # of the profile's design (default: PROFILE_VERSIONS); versions never mix
 
     def __post_init__(self) -> None:
+        if self.version is None:
+            self.version = PROFILE_VERSIONS.get(self.name, 1)
         frozen(self.audio)
         frozen(self.visual)
 
@@ -67,7 +84,8 @@ class EncoderProfile:
         return {"audio": self.audio_prep.to_dict(), "visual": self.frame_prep.to_dict(), "weights": self.weights}
 
     def describe(self) -> dict:
-        return {"name": self.name, "shape": self.shape.to_dict(), "settings": self.settings}
+        return {"name": self.name, "version": self.version, "shape": self.shape.to_dict(),
+                "settings": self.settings}
 
     def preprocess_audio(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
         """Mono float waveform at any rate -> float32 `audio_input_shape`."""

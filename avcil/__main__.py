@@ -1,0 +1,7 @@
+"""`python -m avcil ...` (and so `torchrun ... -m avcil ...`): the same command line as `avcil`."""
+
+import sys
+
+from avcil.cli import main
+
+sys.exit(main())

@@ -1,0 +1,29 @@
+"""`avcil bench KIND`: the benchmarks' command line."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _bench(args: argparse.Namespace) -> int:
+    return args.bench_func(args)
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from avcil.bench import accuracy, head_speed, latency, update
+    from avcil.train.options import add_training_flags
+
+    bench = subparsers.add_parser("bench", help="benchmarks that write JSON, a markdown table and a plot")
+    kinds = bench.add_subparsers(dest="kind", metavar="KIND", required=True)
+    acc = kinds.add_parser("accuracy", help="every method and the ablations on one benchmark, over seeds")
+    add_training_flags(acc)
+    accuracy.add_flags(acc)
+    acc.set_defaults(func=_bench, bench_func=accuracy.run)
+    for name, module, text in (
+            ("head", head_speed, "training throughput of the head (default: the paper's dimensions)"),
+            ("latency", latency, "per-stage latency of encoders and head for each backend and profile"),
+            ("update", update, "field learning, both methods: time to learn a class, accuracy, decision gaps")):
+        parser = kinds.add_parser(name, help=text)
+        module.add_flags(parser)
+        parser.set_defaults(func=_bench, bench_func=module.run)
+    return bench

@@ -1,0 +1,103 @@
+"""Decision latency of the live recogniser with the lite profile: from a window's end to its decision, on paced
+AV-Digits clips (video and sound played in real time, as a camera and a microphone deliver them).
+
+    python -m avcil.bench.live_latency [--backend onnxruntime] [--clips 6] [--out benchmarks/results]
+
+The head is random (10 classes): the latency does not depend on what it learnt. The model dir is made in a
+temporary folder, its encoders exported to ONNX for the onnxruntime backend. Writes live-latency-cpu.{json,md}
+with p50/p95/p99 of the total and of each stage, the windows' speech windows and frames left to encode after
+their end, and the 1-minute load average before and after (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avcil.bench.report import DEFAULT_DIR, machine
+
+
+def lite_model(root: Path, backend: str):
+    from avcil.model.encoders import load_profile
+    from avcil.model.head import FusionHead, HeadConfig
+    from avcil.runtime.modeldir import ModelDir
+
+    profile = load_profile("lite")
+    torch.manual_seed(0)
+    head = FusionHead(HeadConfig.for_shape(profile.shape), num_classes=10)
+    ModelDir(root).commit(head, None, [{"name": str(i), "step": 0} for i in range(10)],
+                          {"shape": profile.shape.to_dict(), "profile": profile.describe()})
+    if backend == "onnxruntime":
+        from avcil.export.onnx import export_onnx
+
+        export_onnx(root, profile, progress=False)
+    return profile
+
+
+def percentiles(values: list[float]) -> dict:
+    return {f"p{q}_ms": round(float(np.percentile(values, q)), 2) for q in (50, 95, 99)} if values else {}
+
+
+def measure(backend: str, clips: list[Path]) -> dict:
+    from avcil.runtime.recognizer import Recognizer, run_live
+
+    with tempfile.TemporaryDirectory(prefix="avcil-live-") as tmp:
+        profile = lite_model(Path(tmp) / "model", backend)
+        recognizer = Recognizer(Path(tmp) / "model", backend, profile=profile if backend == "torch" else None,
+                                smoothing=1, watch=False)
+        decisions: list[dict] = []
+        load_before = os.getloadavg()
+        paths = ",".join(str(p) for p in clips)
+        try:
+            summary = run_live(recognizer, paths, paths, lambda d, w: decisions.append(d))
+        finally:
+            recognizer.close()
+    stages = sorted({k for d in decisions for k in d["latency_ms"]})
+    return {"backend": backend, "decisions": len(decisions), "dropped_windows": summary["dropped_windows"],
+            "hop_s": summary["hop_s"], "window_s": summary["window_s"],
+            "latency": {stage: percentiles([d["latency_ms"][stage] for d in decisions]) for stage in stages},
+            "speech_windows_after_end": [d.get("speech_windows_after_end") for d in decisions],
+            "frames_encoded_after_end": [d["frames_encoded_after_end"] for d in decisions],
+            "load_average_before": load_before, "load_average_after": os.getloadavg()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from avcil.data.avdigits import build_av_digits
+    from avcil.data.benchmarks import default_cache
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime"))
+    parser.add_argument("--clips", type=int, default=6, help="test clips played one after another (2 s each)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    csv_path = Path(build_av_digits(default_cache() / "av-digits"))
+    clips = sorted(csv_path.parent.glob("clips/test/*/*.mp4"))[::12][:args.clips]
+    result = {"machine": machine(), "clips": [str(c) for c in clips], **measure(args.backend, clips)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = f"live-latency-cpu-{args.backend}"
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    rows = "\n".join(f"| {stage} | {v.get('p50_ms')} | {v.get('p95_ms')} | {v.get('p99_ms')} |"
+                     for stage, v in result["latency"].items())
+    text = (f"# Live decision latency, lite profile, {args.backend}\n\n{result['decisions']} decisions on "
+            f"{len(clips)} paced AV-Digits test clips, window {result['window_s']} s, hop {result['hop_s']:.2f} s, "
+            f"{result['dropped_windows']} windows dropped; {machine()['threads']} threads; 1-min load average "
+            f"{result['load_average_before'][0]:.1f} before, {result['load_average_after'][0]:.1f} after (the "
+            f"machine was shared).\n\n| stage | p50 (ms) | p95 (ms) | p99 (ms) |\n|---|---|---|---|\n{rows}\n\n"
+            f"`total` is from the window's end to the decision. Speech windows embedded after the end, per "
+            f"decision: {result['speech_windows_after_end']}; frames: {result['frames_encoded_after_end']}.\n")
+    (args.out / f"{name}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

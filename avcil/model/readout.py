@@ -1,0 +1,178 @@
+"""Closed-form classifiers over frozen features, installed in the head in place of its linear classifier.
+
+- `AnalyticReadout` (ACIL / DS-AL / MMAL, REFERENCE.md §6b): a fixed random expansion φ(x) = ReLU(x W_e), then ridge
+  regression of one-hot labels on φ. It keeps the sufficient statistics G = Σ φᵀφ and C = Σ φᵀy, so adding the clips
+  of new classes is two sums and one solve, W = (G + γI)⁻¹ C: exemplar-free and exactly equal to joint least squares
+  over everything seen so far (the recursive form of the reference gives the same W; the sums also add across
+  processes). One field class costs milliseconds.
+- `MeanReadout`: cosine to each class's mean normalised feature: nearest-class-mean (SimpleCIL) when fed all
+  training clips, iCaRL's nearest-mean-of-exemplars when fed the exemplars.
+
+What they read (`features`): `pooled` = the encoder features themselves, each part L2-normalised (audio, the mean
+and the max of the visual tokens), independent of the trainable head; `fused` = the head's fused feature h; `both` =
+the two side by side. Which serves best is measured in benchmarks/results/accuracy-*.md.
+
+The readout's scores go through the recognizer's softmax like logits; `scale` makes them logit-sized (a ridge output
+is about 1 for the true class and 0 for the others, a cosine lies in [-1, 1]).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KINDS = ("analytic", "mean")
+FEATURES = ("pooled", "fused", "both")
+DEFAULT_SCALE = {"analytic": 10.0, "mean": 20.0}
+
+
+def readout_spec(kind: str, features: str = "pooled", expansion: int = 2048, ridge: float = 1.0, seed: int = 0,
+                 scale: float | None = None) -> dict:
+    """The readout's settings as the head config (and so the manifest) records them."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown readout {kind!r}; expected one of {KINDS}")
+    if features not in FEATURES:
+        raise ValueError(f"unknown readout features {features!r}; expected one of {FEATURES}")
+    if kind == "analytic" and (expansion < 0 or ridge <= 0):
+        raise ValueError(f"analytic readout needs expansion >= 0 and ridge > 0, got {expansion} and {ridge}")
+    spec = {"kind": kind, "features": features, "scale": DEFAULT_SCALE[kind] if scale is None else float(scale)}
+    if kind == "analytic":
+        spec.update(expansion=int(expansion), ridge=float(ridge), seed=int(seed))
+    return spec
+
+
+def pooled_features(audio: torch.Tensor | None, visual: torch.Tensor | None) -> torch.Tensor:
+    """[normalize(a), normalize(mean V), normalize(max V)] of the modalities given: the encoders' view of a clip."""
+    parts = []
+    if audio is not None:
+        parts.append(F.normalize(audio.float(), dim=-1))
+    if visual is not None:
+        tokens = visual.float().flatten(1, 2)  # [B, T*S, Dv]
+        parts += [F.normalize(tokens.mean(dim=1), dim=-1), F.normalize(tokens.amax(dim=1), dim=-1)]
+    return torch.cat(parts, dim=1)
+
+
+def input_dim(features: str, audio_dim: int | None, visual_dim: int | None, fusion_dim: int) -> int:
+    pooled = (audio_dim or 0) + 2 * (visual_dim or 0)
+    return {"pooled": pooled, "fused": fusion_dim, "both": pooled + fusion_dim}[features]
+
+
+def readout_inputs(features: str, audio: torch.Tensor | None, visual: torch.Tensor | None,
+                   fused: torch.Tensor) -> torch.Tensor:
+    if features == "fused":
+        return fused.float()
+    pooled = pooled_features(audio, visual)
+    return pooled if features == "pooled" else torch.cat([pooled, F.normalize(fused.float(), dim=-1)], dim=1)
+
+
+def _expansion_matrix(inputs: int, width: int, seed: int) -> np.ndarray:
+    # Regenerated from the seed rather than stored: at lite's sizes it would add 12 MB to every version. NumPy's
+    # PCG64 + standard_normal stream is stable across releases; `fingerprint` catches it if that ever changes.
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return (rng.standard_normal((inputs, width)) / np.sqrt(inputs)).astype(np.float32)
+
+
+def fingerprint(matrix: torch.Tensor) -> float:
+    """48 bits of the matrix's sha256, as a number a float64 buffer holds exactly."""
+    digest = hashlib.sha256(matrix.numpy().tobytes()).digest()
+    return float(int.from_bytes(digest[:6], "big"))
+
+
+class AnalyticReadout(nn.Module):
+    def __init__(self, spec: dict, in_dim: int, num_classes: int):
+        super().__init__()
+        self.spec, self.in_dim = spec, in_dim
+        width = spec["expansion"] or in_dim
+        if spec["expansion"]:
+            self.register_buffer("expand", torch.from_numpy(_expansion_matrix(in_dim, width, spec["seed"])),
+                                 persistent=False)
+        else:
+            self.expand = None
+        self.register_buffer("expand_check", torch.tensor(self._check(), dtype=torch.float64))
+        self.register_buffer("gram", torch.zeros(width, width))  # Σ φᵀφ
+        self.register_buffer("cross", torch.zeros(width, num_classes))  # Σ φᵀ y
+        self.register_buffer("count", torch.zeros(num_classes))  # clips seen per class
+        self.register_buffer("weight", torch.zeros(width, num_classes))  # the solved ridge weights
+
+    def _check(self) -> float:
+        return 0.0 if self.expand is None else fingerprint(self.expand)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        stored = state_dict.get(prefix + "expand_check")
+        if stored is not None and float(stored) != self._check():
+            raise ValueError("the analytic readout's random expansion regenerated here differs from the one it "
+                             "was fitted with (a different NumPy random stream?); refit it from the exemplars")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def num_classes(self) -> int:
+        return self.cross.shape[1]
+
+    def expanded(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return torch.relu(x @ self.expand) if self.expand is not None else x
+
+    def add_classes(self, count: int) -> None:
+        self.cross = torch.cat([self.cross, self.cross.new_zeros(self.cross.shape[0], count)], dim=1)
+        self.weight = torch.cat([self.weight, self.weight.new_zeros(self.weight.shape[0], count)], dim=1)
+        self.count = torch.cat([self.count, self.count.new_zeros(count)])
+
+    @torch.no_grad()
+    def accumulate(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add clips (readout inputs [n, in_dim], class indices [n]) to the statistics; `solve` afterwards."""
+        phi = self.expanded(x).double()
+        onehot = F.one_hot(labels.long(), self.num_classes).double()
+        self.gram += (phi.T @ phi).to(self.gram.dtype)
+        self.cross += (phi.T @ onehot).to(self.cross.dtype)
+        self.count += onehot.sum(dim=0).to(self.count.dtype)
+
+    @torch.no_grad()
+    def solve(self) -> None:
+        """W = (G + γI)⁻¹ C in float64. γ > 0 keeps it regular whatever the data (one clip, repeated clips)."""
+        gram = self.gram.double()
+        # γ relative to the mean diagonal, so that one setting serves features of any scale and any clip count.
+        ridge = self.spec["ridge"] * max(float(gram.diagonal().mean()), 1e-12)
+        system = gram + ridge * torch.eye(len(gram), dtype=torch.float64)
+        solution = torch.linalg.solve(system, self.cross.double())
+        if not torch.isfinite(solution).all():
+            raise ValueError("the analytic readout's solution is not finite; are there NaN or Inf features?")
+        self.weight = solution.to(self.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spec["scale"] * (self.expanded(x) @ self.weight)
+
+
+class MeanReadout(nn.Module):
+    def __init__(self, spec: dict, in_dim: int, num_classes: int):
+        super().__init__()
+        self.spec, self.in_dim = spec, in_dim
+        self.register_buffer("sums", torch.zeros(num_classes, in_dim))  # Σ normalize(x) per class
+        self.register_buffer("count", torch.zeros(num_classes))
+
+    @property
+    def num_classes(self) -> int:
+        return self.sums.shape[0]
+
+    def add_classes(self, count: int) -> None:
+        self.sums = torch.cat([self.sums, self.sums.new_zeros(count, self.in_dim)])
+        self.count = torch.cat([self.count, self.count.new_zeros(count)])
+
+    @torch.no_grad()
+    def accumulate(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        self.sums.index_add_(0, labels.long(), F.normalize(x.float(), dim=-1))
+        self.count += torch.bincount(labels.long(), minlength=self.num_classes).to(self.count.dtype)
+
+    def solve(self) -> None:
+        """Nothing to solve: the means are the sums; kept for one interface with AnalyticReadout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        means = F.normalize(self.sums, dim=-1)  # a class with no clips has a zero mean: cosine 0
+        return self.spec["scale"] * (F.normalize(x.float(), dim=-1) @ means.T)
+
+
+def build_readout(spec: dict, in_dim: int, num_classes: int) -> nn.Module:
+    return (AnalyticReadout if spec["kind"] == "analytic" else MeanReadout)(spec, in_dim, num_classes)

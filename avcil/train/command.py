@@ -1,0 +1,50 @@
+"""`avcil train`: the class-incremental protocol from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from avcil.train.methods import ALIASES, DEFAULT_METHOD, METHODS
+from avcil.train.options import ablation, add_training_flags
+
+
+def _train(args: argparse.Namespace) -> int:
+    from avcil.data.benchmarks import load_benchmark
+    from avcil.train.options import config_from_args, method_from_args, protocol_kwargs
+    from avcil.train.protocol import run_protocol
+    from avcil.train.run import write_run
+
+    benchmark = load_benchmark(args.data, args.avcil_release, args.steps, args.cache)
+    method = method_from_args(args, benchmark, args.method, args.without)
+    config = config_from_args(args, benchmark)
+    print(f"{method.name} on {benchmark.name}: {len(benchmark.class_names)} classes in {len(benchmark.steps)} steps, "
+          f"{config.epochs} epochs per step", file=sys.stderr)
+    outcome = run_protocol(benchmark, method, config, **protocol_kwargs(args, benchmark))
+    written = write_run(args.out, benchmark, outcome)
+    r = outcome.results
+    print(f"step accuracy (%): {' '.join(f'{a * 100:.1f}' for a in r['step_accuracy'])}")
+    print(f"mean accuracy {_percent(r['mean_accuracy'])} (excl. step 0: {_percent(r['mean_accuracy_excl_step0'])}), "
+          f"mean forgetting {_percent(r['mean_forgetting'])}")
+    print(f"wrote {written['results']}, {written['plot']}, {written['model']} ({written['version']})")
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f} %"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    train = subparsers.add_parser(
+        "train", help="run the class-incremental protocol and write RUN/results.json, accuracy.png, model/",
+        description="Train a head step by step over a benchmark's classes (REFERENCE.md §6), test after each "
+                    "step on all classes seen so far, and write RUN/results.json, RUN/accuracy.png and the final "
+                    "model dir RUN/model/.")
+    add_training_flags(train)
+    train.add_argument("--method", default=DEFAULT_METHOD, choices=[*METHODS, *ALIASES], help=f"default "
+                       f"{DEFAULT_METHOD}: the best on the accuracy tables (README, 'Which method')")
+    train.add_argument("--without", type=ablation, default=(), metavar="TERMS",
+                       help="AV-CIL ablation: comma-separated terms to remove (split, kd, instance, class, vad)")
+    train.add_argument("--out", required=True, metavar="RUN", help="output folder of this run")
+    train.set_defaults(func=_train)
+    return train

@@ -1,0 +1,50 @@
+"""Files from elsewhere run nothing when loaded: checkpoints with foreign objects are refused unless trusted."""
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from avcil.model.encoders.paper import audiomae_config, load_audiomae
+from test_encoders import SMALL, save_checkpoint, timm_audiomae_state
+
+
+class _Hostile:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def _checkpoint(path: Path, **extra) -> Path:
+    state = timm_audiomae_state(**SMALL, finetuned=False)
+    torch.save({"model": state, **extra}, path)
+    return path
+
+
+def test_a_checkpoint_with_a_foreign_global_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "marker"
+    path = _checkpoint(tmp_path / "hostile.pth", extra=_Hostile(marker))
+    with pytest.raises(ValueError, match="hostile.pth: holds Python objects besides tensors.*--trust-checkpoint"):
+        load_audiomae(path, audiomae_config(**SMALL))
+    assert not marker.exists()
+
+
+def test_published_checkpoint_arguments_load_without_trust(tmp_path):
+    path = _checkpoint(tmp_path / "trained.pth", args=argparse.Namespace(lr=1e-3, model="vit_base_patch16"))
+    assert load_audiomae(path, audiomae_config(**SMALL)) is not None
+
+
+def test_trust_unpickles_in_full_with_a_warning(tmp_path):
+    path = _checkpoint(tmp_path / "object.pth", extra={"epoch": 3, "note": object.__new__(argparse.ArgumentParser)})
+    with pytest.warns(UserWarning, match="unpickling it in full"):
+        assert load_audiomae(path, audiomae_config(**SMALL), trust=True) is not None
+
+
+def test_saved_weights_only_checkpoint_still_loads(tmp_path):
+    path = save_checkpoint(tmp_path / "plain.pth", timm_audiomae_state(**SMALL, finetuned=False))
+    assert load_audiomae(path, audiomae_config(**SMALL)) is not None
