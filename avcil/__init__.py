@@ -1,3 +1,10 @@
 """avcil: audio-visual class-incremental recognition that keeps learning on the device."""
 
+import os
+
+# OpenMP threads that spin while they wait take the cores from everything else on a shared device: one lite frame
+# took 3.6 s in torch beside CPU-bound work, 0.17 s with passive waiting (benchmarks/results/live-latency-*.md).
+# Set before torch is imported; a user's own setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"

@@ -21,12 +21,27 @@ def test_analytic_readout_is_ridge_regression_over_its_expansion():
     readout.accumulate(torch.from_numpy(x[:25]), torch.from_numpy(labels[:25]))  # two updates = one fit
     readout.accumulate(torch.from_numpy(x[25:]), torch.from_numpy(labels[25:]))
     readout.solve()
-    phi = np.maximum(x.astype(np.float64) @ readout.expand.numpy().astype(np.float64), 0)
-    gram = phi.T @ phi
-    expected = np.linalg.solve(gram + 0.5 * np.mean(np.diag(gram)) * np.eye(16), phi.T @ np.eye(3)[labels])
+    # Standardised by the first clips it saw, then expanded; the ridge is relative to the Gram's mean diagonal.
+    first = x[:25].astype(np.float64)
+    standard = (x - first.mean(axis=0)) / ((first.std(axis=0, ddof=1) + 1e-6) * np.sqrt(6))
+    expected = ridge_solution(standard, labels, readout.expand.numpy(), 0.5, 3)
     np.testing.assert_allclose(readout.weight.numpy(), expected, rtol=1e-4, atol=1e-5)
+    phi = np.maximum(standard @ readout.expand.numpy().astype(np.float64), 0)
     scores = readout(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(scores, 10.0 * phi @ expected, rtol=1e-3, atol=1e-4)
+
+
+def ridge_solution(standard: np.ndarray, labels: np.ndarray, expand: np.ndarray, ridge: float, classes: int):
+    """The joint least-squares solution over all these (standardised) clips at once, in numpy."""
+    phi = np.maximum(standard @ expand.astype(np.float64), 0)
+    gram = phi.T @ phi
+    return np.linalg.solve(gram + ridge * np.mean(np.diag(gram)) * np.eye(len(gram)), phi.T @ np.eye(classes)[labels])
+
+
+def joint_solution(readout, inputs: torch.Tensor, labels: np.ndarray) -> np.ndarray:
+    """What one fit over every clip gives, with the readout's own (base-step) standardisation and expansion."""
+    standard = ((inputs.double() - readout.shift.double()) / readout.spread.double()).numpy()
+    return ridge_solution(standard, labels, readout.expand.numpy(), readout.spec["ridge"], readout.num_classes)
 
 
 def test_the_same_seed_rebuilds_the_same_expansion_and_a_saved_readout_loads():

@@ -16,7 +16,7 @@ from avcil.train.options import config_from_args, method_from_args, protocol_kwa
 from avcil.train.plots import plot_step_accuracy
 from avcil.train.protocol import run_protocol
 
-ABLATIONS = (("instance",), ("class",), ("vad",))
+ABLATIONS = (("split",), ("instance",), ("class",), ("vad",))
 # AV-CIL's training judged by iCaRL's classifier (nearest mean of exemplars): separates what the loss terms learn
 # from the bias of a linear classifier trained on few exemplars.
 CLASSIFIER_VARIANTS = ({"classifier": "nme"},)

@@ -64,7 +64,8 @@ def measure(backend: str, clips: list[Path]) -> dict:
             "latency": {stage: percentiles([d["latency_ms"][stage] for d in decisions]) for stage in stages},
             "speech_windows_after_end": [d.get("speech_windows_after_end") for d in decisions],
             "frames_encoded_after_end": [d["frames_encoded_after_end"] for d in decisions],
-            "load_average_before": load_before, "load_average_after": os.getloadavg()}
+            "load_average_before": load_before, "load_average_after": os.getloadavg(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}  # torch's threads on a shared machine (latency.py)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                      for stage, v in result["latency"].items())
     text = (f"# Live decision latency, lite profile, {args.backend}\n\n{result['decisions']} decisions on "
             f"{len(clips)} paced AV-Digits test clips, window {result['window_s']} s, hop {result['hop_s']:.2f} s, "
-            f"{result['dropped_windows']} windows dropped; {machine()['threads']} threads; 1-min load average "
+            f"{result['dropped_windows']} windows dropped; {machine()['threads']} threads, OMP_WAIT_POLICY "
+            f"{result['omp_wait_policy'] or 'unset'}; 1-min load average "
             f"{result['load_average_before'][0]:.1f} before, {result['load_average_after'][0]:.1f} after (the "
             f"machine was shared).\n\n| stage | p50 (ms) | p95 (ms) | p99 (ms) |\n|---|---|---|---|\n{rows}\n\n"
             f"`total` is from the window's end to the decision. Speech windows embedded after the end, per "

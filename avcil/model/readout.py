@@ -93,6 +93,13 @@ class AnalyticReadout(nn.Module):
         else:
             self.expand = None
         self.register_buffer("expand_check", torch.tensor(self._check(), dtype=torch.float64))
+        # Per-input standardisation, estimated on the first clips the readout sees (the base step) and fixed from
+        # then on, so that the expansion weighs the parts of a concatenated feature alike: on AV-Digits the speech
+        # embedding's dimensions are an order of magnitude smaller than the sound-event CNN's, and standardising
+        # took the mean accuracy from 0.87 to 0.90 (benchmarks/results/accuracy-av-digits.md).
+        self.register_buffer("shift", torch.zeros(in_dim))
+        self.register_buffer("spread", torch.ones(in_dim))
+        self.register_buffer("standardised", torch.tensor(False))
         self.register_buffer("gram", torch.zeros(width, width))  # Σ φᵀφ
         self.register_buffer("cross", torch.zeros(width, num_classes))  # Σ φᵀ y
         self.register_buffer("count", torch.zeros(num_classes))  # clips seen per class
@@ -113,7 +120,7 @@ class AnalyticReadout(nn.Module):
         return self.cross.shape[1]
 
     def expanded(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
+        x = (x.float() - self.shift) / self.spread
         return torch.relu(x @ self.expand) if self.expand is not None else x
 
     def add_classes(self, count: int) -> None:
@@ -124,6 +131,11 @@ class AnalyticReadout(nn.Module):
     @torch.no_grad()
     def accumulate(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         """Add clips (readout inputs [n, in_dim], class indices [n]) to the statistics; `solve` afterwards."""
+        if not bool(self.standardised) and len(x) > 1:
+            # sqrt(in_dim) keeps the standardised vector at about unit norm, as the expansion's scale expects.
+            self.shift = x.float().mean(dim=0)
+            self.spread = (x.float().std(dim=0) + 1e-6) * len(self.shift) ** 0.5
+            self.standardised = torch.tensor(True)
         phi = self.expanded(x).double()
         onehot = F.one_hot(labels.long(), self.num_classes).double()
         self.gram += (phi.T @ phi).to(self.gram.dtype)

@@ -36,7 +36,7 @@ CLASSIFIERS = ("fc", "nme", "ncm", "analytic")
 # The analytic readout's settings, measured on synthetic and AV-Digits (benchmarks/results/accuracy-*.md).
 ANALYTIC_FEATURES = "pooled"
 ANALYTIC_EXPANSION = 2048
-ANALYTIC_RIDGE = 0.1
+ANALYTIC_RIDGE = 1.0
 
 
 @dataclass(frozen=True)
