@@ -48,3 +48,19 @@ def test_trust_unpickles_in_full_with_a_warning(tmp_path):
 def test_saved_weights_only_checkpoint_still_loads(tmp_path):
     path = save_checkpoint(tmp_path / "plain.pth", timm_audiomae_state(**SMALL, finetuned=False))
     assert load_audiomae(path, audiomae_config(**SMALL)) is not None
+
+
+def test_an_exported_graph_changed_after_export_is_not_loaded(tmp_path):
+    from avcil.model.encoders import load_profile
+    from avcil.runtime.backends import model_backends
+    from avcil.runtime.modeldir import ModelDirError
+    from test_export import commit_model, run_export
+
+    root = tmp_path / "model"
+    commit_model(root, load_profile("tiny"))
+    assert run_export(["--model", str(root), "--format", "onnx"]) == 0
+    assert set(model_backends(root, "onnxruntime")) >= {"audio", "visual", "head"}
+    head = root / "encoders" / "head.onnx"
+    head.write_bytes(head.read_bytes() + b"\0")
+    with pytest.raises(ModelDirError, match="head.onnx: missing or not the file that was exported"):
+        model_backends(root, "onnxruntime")

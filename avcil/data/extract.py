@@ -225,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
     options = {}
     if args.profile == "paper":
         options = {"audiomae": args.audiomae, "videomae": args.videomae, "random_init": args.random_init,
+                   "trust_checkpoint": args.trust_checkpoint,
                    "sample_rate": args.sample_rate, "normalize": args.normalize}
     summary = extract(args.videos, args.out, args.profile, batch_size=args.batch_size, workers=args.workers,
                       threads=args.threads, device=args.device, missing_audio=args.missing_audio, limit=args.limit,
@@ -246,6 +247,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="a folder with one subfolder per class, or a CSV with columns path,label,split")
     parser.add_argument("--out", required=True, help="feature store folder (created, or resumed)")
     parser.add_argument("--audiomae", help="paper profile: AudioMAE ViT-B/16 checkpoint (.pth)")
+    parser.add_argument("--trust-checkpoint", action="store_true", help="unpickle an AudioMAE checkpoint that holds "
+                        "more than tensors in full (it can run code: only for a file you trust)")
     parser.add_argument("--videomae", help="paper profile: VideoMAE-base model folder (transformers format)")
     parser.add_argument("--random-init", action="store_true",
                         help="paper profile: random weights (speed tests only; the features mean nothing)")

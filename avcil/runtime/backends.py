@@ -352,6 +352,23 @@ def check_same_profile(record: dict, other: dict, what: str, other_what: str, fi
                               f": {fix}")
 
 
+def checked_file(folder: Path, listed: dict, name: str, suffix: str) -> Path:
+    """The exported file of graph `name`, only if the encoder spec lists it with a sha256 that it matches: a file
+    put or changed there by anything but `avcil export` is never loaded."""
+    from avcil.fileio import sha256_file
+    from avcil.runtime.modeldir import ModelDirError
+
+    path = folder / f"{name}{suffix}"
+    expected = (listed.get(name) or {}).get("sha256")
+    if expected is None:
+        raise ModelDirError(f"{path}: not listed with a checksum in {folder / 'encoders.json'}; export again: "
+                           f"avcil export --model {folder.parent}")
+    if not path.is_file() or sha256_file(path) != expected:
+        raise ModelDirError(f"{path}: missing or not the file that was exported (checksum mismatch); export again: "
+                           f"avcil export --model {folder.parent}")
+    return path
+
+
 def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profile=None,
                    **options) -> dict[str, Backend]:
     """The audio encoder, visual encoder and head of a model dir, all on one runtime, and the audio encoder's
@@ -372,8 +389,9 @@ def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profil
             check_same_profile(record, spec["profile"], f"{model_dir}", f"its exported encoders ({folder})",
                                f"export them again: avcil export --model {model_dir} --format onnx")
         suffix = ".onnx" if kind == "onnxruntime" else ".engine"
-        names = [n for n in (spec["graphs"] if kind == "onnxruntime" else spec["engines"]) if n not in GRAPH_NAMES]
-        return {name: load_backend(folder / f"{name}{suffix}", kind, device, **options)
+        listed = spec["graphs"] if kind == "onnxruntime" else spec["engines"]
+        names = [n for n in listed if n not in GRAPH_NAMES]
+        return {name: load_backend(checked_file(folder, listed, name, suffix), kind, device, **options)
                 for name in (*GRAPH_NAMES, *names)}
     loaded = ModelDir(model_dir).load(with_memory=False)
     record = loaded.manifest["features"].get("profile")

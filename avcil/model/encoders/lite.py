@@ -114,6 +114,11 @@ class FrameCNNEncoder(nn.Module):
         return maps.flatten(2).transpose(1, 2).reshape(-1, frames.shape[1], self.positions, self.channels)
 
 
+_NUMPY_SCALARS = [((getattr(np, "_core", None) or np.core).multiarray.scalar, "numpy.core.multiarray.scalar"),
+                  np.dtype, np.dtypes.Int64DType, np.dtypes.Int32DType, np.dtypes.Float64DType,
+                  np.dtypes.Float32DType]
+
+
 def aisfx_embedding_net() -> tuple[nn.Module, Path]:
     """aiSFX's embedding CNN (the X-Sequential-CE model of its ISMIR 2022 paper) and its weights file."""
     try:
@@ -123,8 +128,10 @@ def aisfx_embedding_net() -> tuple[nn.Module, Path]:
         raise ImportError(f"the lite profile needs the aisfx weights package: pip install --no-deps aisfx==0.1.2 "
                           f"({error})") from error
     path = Path(get_path_modelWeights())
-    # The checkpoint is (state dict, {dataset: (index, classes)}) with numpy scalars: not loadable weights_only.
-    state, _datasets = torch.load(path, map_location="cpu", weights_only=False)
+    # The checkpoint is (state dict, {dataset: (index, classes)}) whose indices are numpy integers: weights_only with
+    # numpy's scalar reconstructor and dtypes allowed by name, and nothing else.
+    with torch.serialization.safe_globals(_NUMPY_SCALARS):
+        state, _datasets = torch.load(path, map_location="cpu", weights_only=True)
     net = EmbeddingNet("max", 3, 1, 64)
     prefix = "embedding_net."
     net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
