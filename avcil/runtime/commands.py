@@ -13,9 +13,8 @@ import sys
 import time
 
 from avcil.runtime.backends import KINDS
-from avcil.runtime.field import FIELD_METHODS, FieldSettings
-from avcil.train.learner import PRECISIONS
-from avcil.train.methods import METHODS
+from avcil.runtime.field_settings import FIELD_METHODS, FieldSettings
+from avcil.train.precision import PRECISIONS
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -214,7 +213,7 @@ def add_parsers(subparsers) -> None:
                     "and OUT/confusion.png.")
     demo.add_argument("--out", default="avcil-demo", metavar="DIR", help="where the model and JSON lines go")
     demo.add_argument("--cache", help="AV-Digits and features cache (default $AVCIL_CACHE or ~/.cache/avcil)")
-    demo.add_argument("--method", choices=METHODS, help="method of the base training (default: avcil train's)")
+    demo.add_argument("--method", help="method of the base training (default: avcil train's; see avcil train --help)")
     demo.add_argument("--epochs", type=int, default=12, help="epochs of the base training, for a gradient method "
                       "(the field step uses avcil learn's settings)")
     demo.add_argument("--train-clips", type=int, default=40, help="training clips per digit (AV-Digits has 40)")
