@@ -58,10 +58,6 @@ class Method:
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"unknown classifier {self.classifier!r}; expected one of {CLASSIFIERS}")
 
-    @property
-    def uses_teacher(self) -> bool:
-        return any(getattr(t, "uses_teacher", False) for t in self.terms)
-
     def terms_at(self, step: int) -> list:
         return [t for t in self.terms if losses.applies_at(t, step)]
 
