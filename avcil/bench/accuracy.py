@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -39,17 +41,13 @@ def plan(args: argparse.Namespace) -> list[tuple[str, tuple, dict]]:
     return runs
 
 
-def build_label(entry: tuple) -> str:
-    """The method part of a plan entry's row name, as build_method names it."""
+def row_name(entry: tuple) -> str:
+    """A plan entry's row in the table: the method as build_method names it, plus the readout options."""
     name, without, variant = entry
     name = f"{name}-without-{'-'.join(without)}" if without else name
-    return f"{name}-{variant['classifier']}" if "classifier" in variant else name
-
-
-def _label(method_name: str, variant: dict) -> str:
-    # The classifier override names itself (build_method); readout options are added here.
+    name = f"{name}-{variant['classifier']}" if "classifier" in variant else name
     shown = {k: v for k, v in variant.items() if k != "classifier"}
-    return method_name + "".join(f"-{v}" + ("-base" if k == "analytic_base" else "") for k, v in shown.items())
+    return name + "".join(f"-{v}" + ("-base" if k == "analytic_base" else "") for k, v in shown.items())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         rows, runs = _earlier(args, benchmark.name)
     chosen = plan(args)
     if args.only:
-        chosen = [p for p in chosen if _label(build_label(p), p[2]) in args.only]
+        chosen = [entry for entry in chosen if row_name(entry) in args.only]
     for name, without, variant in tqdm(chosen, desc="methods", unit="method"):
         per_seed = []
         for seed in seeds:
@@ -72,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             result["final_accuracy"] = result["step_accuracy"][-1]
             result["seconds_per_step"] = result["seconds"] / len(result["step_accuracy"])
             per_seed.append(result)
-        label = _label(method.name, variant)
+        label = row_name((name, without, variant))
         runs[label] = {"seeds": seeds, "results": per_seed}
         rows = [r for r in rows if r["method"] != label]
         rows.append({"method": label, **{k: _mean_std([r[k] for r in per_seed]) for k in MEASURES}})
@@ -87,9 +85,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _earlier(args: argparse.Namespace, benchmark: str) -> tuple[list[dict], dict]:
     """The rows of an earlier report of this benchmark (for --append), to which this run adds or replaces rows."""
-    import json
-    from pathlib import Path
-
     path = Path(args.out_dir) / f"accuracy-{benchmark}{args.suffix}.json"
     if not path.is_file():
         return [], {}

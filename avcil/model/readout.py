@@ -109,8 +109,8 @@ class AnalyticReadout(nn.Module):
         return 0.0 if self.expand is None else fingerprint(self.expand)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        stored = state_dict.get(prefix + "expand_check")
-        if stored is not None and float(stored) != self._check():
+        stored = state_dict.get(prefix + "expand_check")  # self.expand_check: this expansion's, from __init__
+        if stored is not None and float(stored) != float(self.expand_check):
             raise ValueError("the analytic readout's random expansion regenerated here differs from the one it "
                              "was fitted with (a different NumPy random stream?); refit it from the exemplars")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
