@@ -17,13 +17,13 @@ COMMANDS = {
     "train": ("avcil.train.command", "run the class-incremental protocol and write RUN/results.json, accuracy.png, "
                                      "model/"),
     "bench": ("avcil.bench.command", "benchmarks that write JSON, a markdown table and a plot"),
-    "extract": ("avcil.data.extract", "encode videos into a feature store (resumable)"),
+    "extract": ("avcil.train.extract", "encode videos into a feature store (resumable)"),
     "data": ("avcil.data.avdigits", "build benchmark clips offline"),
     "export": ("avcil.export.command", "export the encoders and the head to ONNX or TensorRT, validated"),
     "run": ("avcil.runtime.commands", "recognise live from a camera and a microphone; one JSON line per decision"),
     "learn": ("avcil.runtime.commands", "add a class to a model dir from files or from clips recorded live"),
     "model": ("avcil.runtime.commands", "versions of a model dir: list, rollback"),
-    "demo": ("avcil.runtime.commands", "offline demo: train on AV-Digits, recognise paced clips, learn a digit"),
+    "demo": ("avcil.demo", "offline demo: train on AV-Digits, recognise paced clips, learn a digit"),
 }
 
 
@@ -52,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(_command(argv)).parse_args(argv)
     try:
         return args.func(args)
-    except (AvcilError, ValueError, OSError, RuntimeError) as e:
-        # Bad input (a damaged file, a missing device, a full disk) is reported as one clear line; a traceback is
-        # for bugs.
+    except (AvcilError, OSError) as e:
+        # Bad input (a damaged file, a missing device, a corrupt model dir) and the machine's own refusals (a full
+        # disk, a missing file, no permission) are reported as one clear line; anything else is a bug and keeps its
+        # traceback.
         print(f"avcil {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from avcil.errors import InvalidInput
+
 
 @dataclass(frozen=True)
 class FeatureShape:
@@ -30,7 +32,7 @@ class FeatureShape:
     def check(self, audio: np.ndarray, visual: np.ndarray, where: str) -> None:
         """Raise a clear error when one clip's features do not have this shape."""
         if tuple(audio.shape) != (self.audio_dim,) or tuple(visual.shape) != self.visual:
-            raise ValueError(
+            raise InvalidInput(
                 f"{where}: features of shape audio {tuple(audio.shape)}, visual {tuple(visual.shape)}; "
                 f"expected audio ({self.audio_dim},), visual {self.visual}"
             )

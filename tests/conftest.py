@@ -70,7 +70,7 @@ def train_toy_model(model_dir: Path, profile, clips: dict[str, list[Path]], name
     """A model dir with the tiny profile's features of `names` learnt in one step by `method`."""
     from avcil.data.clips import ArrayClipSet, Benchmark
     from avcil.runtime.field import encode_files
-    from avcil.runtime.modeldir import ModelDir
+    from avcil.modeldir import ModelDir
     from avcil.train.learner import TrainConfig
     from avcil.train.methods import build_method
     from avcil.train.protocol import run_protocol

@@ -7,9 +7,9 @@ import torch
 from avcil.export.onnx import export_onnx
 from avcil.model.encoders import PROFILE_VERSIONS, ProfileMismatch, load_profile, profile_from_record
 from avcil.model.head import FusionHead, HeadConfig
-from avcil.runtime.backends import (OnnxRuntimeBackend, kind_for, load_backend, model_backends,
+from avcil.backends import (OnnxRuntimeBackend, kind_for, load_backend, model_backends,
                                     onnxruntime_providers)
-from avcil.runtime.modeldir import ModelDir
+from avcil.modeldir import ModelDir
 
 
 @pytest.fixture(scope="module")

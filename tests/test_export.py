@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from avcil.export import command
-from avcil.export.onnx import (ENCODERS_DIR, REPORT_FILE, SPEC_FILE, ExportError, export_onnx, read_spec,
-                               torch_outputs)
+from avcil.export.onnx import ExportError, export_onnx, torch_outputs
+from avcil.model.graphs import ENCODERS_DIR, REPORT_FILE, SPEC_FILE, read_spec
 from avcil.model.encoders import load_profile
 from avcil.model.head import FusionHead, HeadConfig, LogitsOnly
 from avcil.fileio import sha256_file
-from avcil.runtime.modeldir import ModelDir
+from avcil.modeldir import ModelDir
 
 
 def commit_model(root, profile, classes=3, modality="audio-visual"):
@@ -160,7 +160,7 @@ def test_lite_export_matches_torch(tmp_path):
 
 
 def test_single_modality_head_takes_only_its_features(tmp_path, tiny):
-    from avcil.runtime.backends import model_backends
+    from avcil.backends import model_backends
 
     commit_model(tmp_path / "audio-only", tiny, modality="audio")
     report = export_onnx(tmp_path / "audio-only", tiny, progress=False)

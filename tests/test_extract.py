@@ -8,7 +8,7 @@ import pytest
 from test_decode import make_video
 
 from avcil.data.decode import decode_clip
-from avcil.data.extract import FAILURES_FILE, add_parser, extract, list_clips
+from avcil.train.extract import FAILURES_FILE, add_parser, extract, list_clips
 from avcil.data.store import open_store
 from avcil.model.encoders import load_profile
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from avcil.runtime.field import FieldSettings, encode_files, learn_class, task_ranges
-from avcil.runtime.modeldir import ModelDir, ModelDirError
+from avcil.modeldir import ModelDir, ModelDirError
 from conftest import avcil
 from test_modeldir import FEATURES, small_model
 

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from avcil.export.onnx import VISUAL_GRAPH, dynamic_axes, export_graph
+from avcil.export.onnx import export_graph
+from avcil.model.graphs import VISUAL_GRAPH, dynamic_axes
 from avcil.model.encoders import load_profile
 from avcil.model.head import FusionHead, HeadConfig
-from avcil.runtime.backends import OnnxRuntimeBackend, load_backend
+from avcil.backends import OnnxRuntimeBackend, load_backend
 from avcil.runtime.frame_tokens import FrameTokens
-from avcil.runtime.modeldir import ModelDir
+from avcil.modeldir import ModelDir
 from avcil.runtime.recognizer import Recognizer, run_live
 
 RNG = np.random.default_rng(3)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from avcil.data.clips import ArrayClipSet
-from avcil.train.memory import ExemplarMemory, herding_order
+from avcil.model.memory import ExemplarMemory, herding_order
 
 
 def clips_of(classes, per_class, shape=(2, 3, 4), audio_dim=5, seed=0):

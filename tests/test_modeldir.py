@@ -10,8 +10,8 @@ import torch
 from avcil.data.clips import ArrayClipSet
 from avcil.model.head import FusionHead, HeadConfig
 from avcil.fileio import sha256_file
-from avcil.runtime.modeldir import ModelDir, ModelDirError
-from avcil.train.memory import ExemplarMemory
+from avcil.modeldir import ModelDir, ModelDirError
+from avcil.model.memory import ExemplarMemory
 
 FEATURES = {"shape": {"audio_dim": 5, "time": 2, "positions": 3, "visual_dim": 4}, "profile": None}
 
@@ -146,7 +146,7 @@ def test_killing_a_writer_at_random_moments_never_leaves_a_partial_version(tmp_p
     model.commit(head, memory, classes, FEATURES)
     # Children fork from a server that has imported torch once, so that each kill costs milliseconds, not seconds.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["avcil.runtime.modeldir", "avcil.data.clips"])
+    context.set_forkserver_preload(["avcil.modeldir", "avcil.data.clips"])
     rng = random.Random(0)
     for _ in range(30):
         before = model.current()

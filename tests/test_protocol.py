@@ -9,7 +9,7 @@ import torch
 from avcil.cli import main
 from avcil.data.clips import ArrayClipSet
 from avcil.data.synthetic import SyntheticSpec, synthetic_benchmark
-from avcil.runtime.modeldir import ModelDir
+from avcil.modeldir import ModelDir
 from avcil.train.learner import TrainConfig, compute_dtype
 from avcil.train.methods import build_method
 from avcil.train.protocol import run_protocol

@@ -10,7 +10,7 @@ from avcil.export import command
 from avcil.model.encoders import load_profile
 from avcil.model.head import FusionHead, HeadConfig
 from avcil.model.readout import AnalyticReadout, MeanReadout, pooled_features, readout_spec
-from avcil.runtime.modeldir import ModelDir
+from avcil.modeldir import ModelDir
 
 
 def test_analytic_readout_is_ridge_regression_over_its_expansion():

@@ -105,7 +105,7 @@ def test_lite_recognizer_on_onnxruntime_embeds_speech_windows_as_the_audio_arriv
     from avcil.export.onnx import export_onnx
     from avcil.model.encoders import load_profile
     from avcil.model.head import FusionHead, HeadConfig
-    from avcil.runtime.modeldir import ModelDir
+    from avcil.modeldir import ModelDir
 
     lite = load_profile("lite")
     torch.manual_seed(0)

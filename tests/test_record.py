@@ -12,7 +12,7 @@ import pytest
 
 from avcil.cli import main
 from avcil.runtime.field import encode_files, record_clips
-from avcil.runtime.modeldir import ModelDir
+from avcil.modeldir import ModelDir
 from conftest import TOY_CLASSES, TOY_RATE, avcil, free_port, make_wav
 
 

@@ -10,7 +10,7 @@ import torch
 
 from avcil.data.preprocess import resample
 from avcil.model.encoders.lite import load_lite_audio
-from avcil.runtime.backends import load_backend
+from avcil.backends import load_backend
 from avcil.runtime.sources import AudioRing
 from avcil.runtime.speech_stream import SpeechStream, snap_hop
 

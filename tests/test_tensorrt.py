@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from avcil.export import tensorrt as engines
-from avcil.export.onnx import VISUAL_GRAPH, export_graph
-from avcil.export.tensorrt import BatchRange, EngineError
+
+from avcil.model import engine_file
+from avcil.export.onnx import export_graph
+from avcil.model.graphs import VISUAL_GRAPH
+from avcil.export.tensorrt import BatchRange
+from avcil.model.engine_file import EngineError
 from avcil.model.encoders import load_profile
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
@@ -32,7 +36,7 @@ def header_for(onnx_file, **changes):
 def test_header_round_trip(tmp_path, onnx_file):
     header = header_for(onnx_file)
     engines.write_engine(tmp_path / "a.engine", header, b"\x00engine bytes\xff")
-    read, engine = engines.read_engine(tmp_path / "a.engine")
+    read, engine = engine_file.read_engine(tmp_path / "a.engine")
     assert read == json.loads(json.dumps(header)) and engine == b"\x00engine bytes\xff"
     assert read["profile"]["frames"] == {"min": [1, 4, 3, 32, 32], "opt": [2, 4, 3, 32, 32], "max": [8, 4, 3, 32, 32]}
 
@@ -41,27 +45,27 @@ def test_files_that_are_not_avcil_engines_are_refused(tmp_path, onnx_file):
     plain = tmp_path / "plain.engine"
     plain.write_bytes(b"a bare TensorRT plan without header")
     with pytest.raises(EngineError, match="not an avcil engine"):
-        engines.read_engine(plain)
+        engine_file.read_engine(plain)
     engines.write_engine(tmp_path / "a.engine", header_for(onnx_file), b"engine")
     data = (tmp_path / "a.engine").read_bytes()
     (tmp_path / "cut.engine").write_bytes(data[:30])
     with pytest.raises(EngineError, match="truncated header"):
-        engines.read_engine(tmp_path / "cut.engine")
+        engine_file.read_engine(tmp_path / "cut.engine")
     (tmp_path / "empty.engine").write_bytes(data[:-len(b"engine")])
     with pytest.raises(EngineError, match="engine is missing"):
-        engines.read_engine(tmp_path / "empty.engine")
+        engine_file.read_engine(tmp_path / "empty.engine")
 
 
 def test_header_check_refuses_another_tensorrt_gpu_or_onnx(tmp_path, onnx_file):
     header = header_for(onnx_file)
-    engines.check_header(header, tmp_path / "a.engine", ENV, onnx_file)  # same machine, same ONNX: accepted
+    engine_file.check_header(header, tmp_path / "a.engine", ENV, onnx_file)  # same machine, same ONNX: accepted
     with pytest.raises(EngineError, match=r"built with tensorrt '10.3.0', this machine has '10.7.0'.*Rebuild"):
-        engines.check_header(header, tmp_path / "a.engine", {**ENV, "tensorrt": "10.7.0"})
+        engine_file.check_header(header, tmp_path / "a.engine", {**ENV, "tensorrt": "10.7.0"})
     with pytest.raises(EngineError, match="built with gpu 'Orin'.*compute_capability '8.7'"):
-        engines.check_header(header, tmp_path / "a.engine", {**ENV, "gpu": "NVIDIA H100", "compute_capability": "9.0"})
+        engine_file.check_header(header, tmp_path / "a.engine", {**ENV, "gpu": "NVIDIA H100", "compute_capability": "9.0"})
     onnx_file.write_bytes(b"re-exported onnx")
     with pytest.raises(EngineError, match="built from another audio.onnx"):
-        engines.check_header(header, tmp_path / "a.engine", ENV, onnx_file)
+        engine_file.check_header(header, tmp_path / "a.engine", ENV, onnx_file)
 
 
 def test_optimization_profile_and_batch_ranges():
@@ -85,10 +89,10 @@ def test_an_engine_takes_one_frame_to_a_window_where_the_graph_leaves_the_frame_
     assert shapes == {"frames": [8, 3, 224, 224]} and free == {"frames": {0}}
     profile = engines.optimization_profile(shapes, BatchRange(1, 1, 4), free)
     assert profile["frames"] == {"min": [1, 1, 3, 224, 224], "opt": [1, 8, 3, 224, 224], "max": [4, 8, 3, 224, 224]}
-    assert engines.backend_input_shapes(profile, ["frames"]) == [(None, 3, 224, 224)]
+    assert engine_file.backend_input_shapes(profile, ["frames"]) == [(None, 3, 224, 224)]
     fixed, none_free = engines.engine_input_shapes({"a": [24], "b": [2, 4, 32]}, None)
     assert fixed == {"a": [24], "b": [2, 4, 32]} and none_free == {"a": set(), "b": set()}
-    assert engines.backend_input_shapes(engines.optimization_profile(fixed, BatchRange(1, 2, 8)), ["a", "b"]) == [
+    assert engine_file.backend_input_shapes(engines.optimization_profile(fixed, BatchRange(1, 2, 8)), ["a", "b"]) == [
         (24,), (2, 4, 32)]
     unbounded, _ = engines.engine_input_shapes({"frames": ["frames", 3, 8, 8]}, None)
     with pytest.raises(ValueError, match="must be fixed"):  # free, and no window shape to bound it
@@ -140,7 +144,7 @@ def test_engine_loading_needs_tensorrt_or_says_so():
 @pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT and a CUDA GPU are not available on this machine")
 def test_engine_build_runs_and_matches_torch(tmp_path):
     from avcil.export.onnx import errors, random_inputs, torch_outputs
-    from avcil.runtime.backends import load_backend
+    from avcil.backends import load_backend
 
     tiny = load_profile("tiny")
     onnx_path = tmp_path / "visual.onnx"

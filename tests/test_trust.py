@@ -52,8 +52,8 @@ def test_saved_weights_only_checkpoint_still_loads(tmp_path):
 
 def test_an_exported_graph_changed_after_export_is_not_loaded(tmp_path):
     from avcil.model.encoders import load_profile
-    from avcil.runtime.backends import model_backends
-    from avcil.runtime.modeldir import ModelDirError
+    from avcil.backends import model_backends
+    from avcil.modeldir import ModelDirError
     from test_export import commit_model, run_export
 
     root = tmp_path / "model"

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
-from avcil.data.benchmarks import load_benchmark
+from avcil.train.benchmarks import load_benchmark
 from avcil.train.methods import METHODS
 from avcil.train.options import config_from_args, method_from_args, protocol_kwargs
 from avcil.train.plots import plot_step_accuracy

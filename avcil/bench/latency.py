@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from avcil.errors import InvalidInput
 from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
 from avcil.train.plots import plt
 
@@ -142,7 +143,7 @@ def summarise(seconds: list[float]) -> dict:
 # One profile -----------------------------------------------------------------------------------------------------
 def stage_modules(profile):
     """`graph_modules` of the profile with a random audio-visual head of HEAD_CLASSES classes."""
-    from avcil.export.onnx import graph_modules
+    from avcil.model.graphs import graph_modules
     from avcil.model.head import FusionHead, HeadConfig
 
     torch.manual_seed(0)
@@ -153,7 +154,7 @@ def open_backend(kind: str, name: str, module, spec, shapes, work_dir: Path, dev
     """The graph on one backend; ONNX and engine files are made once in `work_dir`."""
     from avcil.export import tensorrt as engines
     from avcil.export.onnx import EXAMPLE_BATCH, export_graph, random_inputs
-    from avcil.runtime.backends import load_backend
+    from avcil.backends import load_backend
 
     if kind == "torch":
         return load_backend(module, "torch", device, input_names=spec.inputs, output_names=spec.outputs,
@@ -254,13 +255,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from avcil.model.encoders import load_profile
-    from avcil.runtime.backends import available_kinds
+    from avcil.backends import available_kinds
 
     torch.set_num_threads(args.threads)
     kinds = args.backends.split(",") if args.backends else available_kinds()
     unknown = sorted(set(kinds) - set(available_kinds()))
     if unknown:
-        raise ValueError(f"backends {unknown} are not available here (available: {available_kinds()})")
+        raise InvalidInput(f"backends {unknown} are not available here (available: {available_kinds()})")
     batches = [int(b) for b in args.batches.split(",")]
     profiles = args.profiles.split(",")
     load_before = os.getloadavg()

@@ -26,7 +26,7 @@ from avcil.bench.report import DEFAULT_DIR, machine
 def lite_model(root: Path, backend: str):
     from avcil.model.encoders import load_profile
     from avcil.model.head import FusionHead, HeadConfig
-    from avcil.runtime.modeldir import ModelDir
+    from avcil.modeldir import ModelDir
 
     profile = load_profile("lite")
     torch.manual_seed(0)
@@ -70,7 +70,7 @@ def measure(backend: str, clips: list[Path]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from avcil.data.avdigits import build_av_digits
-    from avcil.data.benchmarks import default_cache
+    from avcil.train.benchmarks import default_cache
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime"))

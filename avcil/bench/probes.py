@@ -59,8 +59,9 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 def onnx_runner(module: nn.Module, example: torch.Tensor, folder: Path, name: str, frames: bool = False) -> Callable:
     """`module` exported to ONNX and opened in ONNX Runtime (the runtime's own backend); `frames`: axis 1 of the
     input and output is free too (a frame-by-frame visual encoder)."""
-    from avcil.export.onnx import Graph, dynamic_axes, export_graph
-    from avcil.runtime.backends import load_backend
+    from avcil.export.onnx import export_graph
+    from avcil.model.graphs import Graph, dynamic_axes
+    from avcil.backends import load_backend
 
     path = folder / f"{name}.onnx"
     graph = Graph("visual" if frames else name, ("x",), ("y",))
@@ -249,7 +250,7 @@ def write(payload: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from avcil.data.avdigits import build_av_digits
-    from avcil.data.benchmarks import default_cache
+    from avcil.train.benchmarks import default_cache
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--visual", default=",".join(VISUAL_OPTIONS),

@@ -57,7 +57,7 @@ print(json.dumps(summary))
 def build_model(model_dir: Path, benchmark, method: str, epochs: int) -> None:
     """A model dir with digits 0-8 of AV-Digits (lite features), trained by `method` in one step, and a
     340-clip-budget memory."""
-    from avcil.runtime.demo import first_classes
+    from avcil.demo import first_classes
     from avcil.train.learner import TrainConfig
     from avcil.train.methods import build_method
     from avcil.train.protocol import run_protocol
@@ -71,8 +71,8 @@ def build_model(model_dir: Path, benchmark, method: str, epochs: int) -> None:
 
 def measure(args: argparse.Namespace) -> list[dict]:
     from avcil.data.avdigits import build_av_digits
-    from avcil.data.benchmarks import av_digits_benchmark, default_cache
-    from avcil.runtime.demo import clip_files
+    from avcil.train.benchmarks import av_digits_benchmark, default_cache
+    from avcil.demo import clip_files
 
     cache = Path(args.cache) if args.cache else default_cache()
     benchmark = av_digits_benchmark(cache)
@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
 def measure_method(args: argparse.Namespace, work: Path, benchmark, files: dict, method: str) -> dict:
     from avcil.model.encoders import profile_from_record
-    from avcil.runtime.demo import accuracy_on_test_split, old_clips_taken
+    from avcil.demo import accuracy_on_test_split, old_clips_taken
     from avcil.runtime.field import encode_files
     from avcil.runtime.recognizer import Recognizer, run_live
 

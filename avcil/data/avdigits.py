@@ -38,6 +38,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from avcil.errors import AvcilError, InvalidInput, StageFailed
 from avcil.data.clips import SPLITS
 
 AV_DIGITS_CLASSES = [str(d) for d in range(10)]
@@ -62,7 +63,7 @@ ASTERISK_PACKAGES = {"en": "asterisk-core-sounds-en-wav", "es": "asterisk-core-s
                      "fr": "asterisk-core-sounds-fr-wav"}
 
 
-class MissingDependency(RuntimeError):
+class MissingDependency(AvcilError, RuntimeError):
     """A program or a Debian sound package the builder needs is not installed."""
 
 
@@ -128,7 +129,7 @@ def _run(command: list[str], what: str, data: bytes | None = None) -> bytes:
         raise MissingDependency(f"{command[0]} is not installed; install it with `apt-get install {command[0]}`") \
             from error
     if done.returncode != 0:
-        raise RuntimeError(f"{what} failed ({' '.join(command[:8])} ...): "
+        raise StageFailed(f"{what} failed ({' '.join(command[:8])} ...): "
                            f"{done.stderr.decode(errors='replace').strip()[-400:]}")
     return done.stdout
 
@@ -459,7 +460,7 @@ def _counts(clips_per_class: int | Mapping[str, int]) -> dict[str, int]:
     else:
         counts = {split: int(clips_per_class.get(split, 0)) for split in SPLITS}
     if any(n < 1 for n in counts.values()):
-        raise ValueError(f"clips per class {counts}: every split needs at least one clip per class")
+        raise InvalidInput(f"clips per class {counts}: every split needs at least one clip per class")
     return counts
 
 

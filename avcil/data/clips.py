@@ -11,6 +11,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from avcil.errors import InvalidInput
 from avcil.features import FeatureShape
 
 SPLITS = ("train", "val", "test")
@@ -40,7 +41,7 @@ class ArrayClipSet:
         self.labels = np.asarray(self.labels, dtype=np.int64)
         n = len(self.labels)
         if not (len(self.ids) == len(self.audio) == len(self.visual) == n):
-            raise ValueError(f"ArrayClipSet: {len(self.ids)} ids, {n} labels, {len(self.audio)} audio rows and "
+            raise InvalidInput(f"ArrayClipSet: {len(self.ids)} ids, {n} labels, {len(self.audio)} audio rows and "
                              f"{len(self.visual)} visual rows; all must be equal")
         self.shape = FeatureShape(self.audio.shape[1], *self.visual.shape[1:])
 
@@ -66,10 +67,10 @@ class Benchmark:
     def __post_init__(self) -> None:
         missing = [s for s in SPLITS if s not in self.splits]
         if missing:
-            raise ValueError(f"benchmark {self.name}: missing split(s) {missing}")
+            raise InvalidInput(f"benchmark {self.name}: missing split(s) {missing}")
         stepped = sorted(c for step in self.steps for c in step)
         if stepped != list(range(len(self.class_names))):
-            raise ValueError(f"benchmark {self.name}: steps must cover classes 0..{len(self.class_names) - 1} once each")
+            raise InvalidInput(f"benchmark {self.name}: steps must cover classes 0..{len(self.class_names) - 1} once each")
 
     def indices(self, split: str, classes: Sequence[int]) -> np.ndarray:
         """Positions in `split` of the clips whose label is one of `classes`."""
@@ -79,6 +80,6 @@ class Benchmark:
 def equal_steps(num_classes: int, num_steps: int) -> list[list[int]]:
     """Class indices 0..n-1 in order, cut into `num_steps` equal steps (the paper's protocol)."""
     if num_steps < 1 or num_classes % num_steps:
-        raise ValueError(f"{num_classes} classes cannot be split into {num_steps} equal steps")
+        raise InvalidInput(f"{num_classes} classes cannot be split into {num_steps} equal steps")
     per = num_classes // num_steps
     return [list(range(s * per, (s + 1) * per)) for s in range(num_steps)]

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from avcil.data.preprocess import sample_frame_indices
-from avcil.errors import AvcilError
+from avcil.errors import AvcilError, InvalidInput, StageFailed
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     try:
         result = subprocess.run(command, capture_output=True, timeout=600)
     except FileNotFoundError as error:
-        raise RuntimeError("ffmpeg is not on PATH; install it (apt-get install ffmpeg)") from error
+        raise StageFailed("ffmpeg is not on PATH; install it (apt-get install ffmpeg)") from error
     except subprocess.TimeoutExpired as error:
         raise DecodeError(path, "ffmpeg took longer than 600 s to decode the audio") from error
     stderr = result.stderr.decode(errors="replace").strip()
@@ -164,7 +164,7 @@ def decode_clip(path: str | Path, frame_count: int, sample_rate: int, missing_au
     """Frames and audio of one clip. `missing_audio`: 'error' raises NoAudioTrack for a file without sound;
     'silence' returns zeros as long as the video instead, logs a warning, and marks the clip `silent_fallback`."""
     if missing_audio not in MISSING_AUDIO_POLICIES:
-        raise ValueError(f"missing_audio must be one of {MISSING_AUDIO_POLICIES}, got {missing_audio!r}")
+        raise InvalidInput(f"missing_audio must be one of {MISSING_AUDIO_POLICIES}, got {missing_audio!r}")
     frames, duration = read_frames(path, frame_count)
     try:
         return DecodedClip(frames, read_audio(path, sample_rate), sample_rate, duration)

@@ -25,6 +25,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from avcil.errors import InvalidInput
+
 log = logging.getLogger(__name__)
 
 # AudioMAE's published input statistics (its AudioSet fbank mean and std).
@@ -45,7 +47,7 @@ def resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     than 4096 polyphase branches is approximated to the nearest such ratio (an error far below 0.1 %).
     """
     if from_rate <= 0 or to_rate <= 0:
-        raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+        raise InvalidInput(f"sample rates must be positive, got {from_rate} -> {to_rate}")
     waveform = np.asarray(waveform, dtype=np.float32)
     if from_rate == to_rate:
         return waveform
@@ -61,7 +63,7 @@ def as_mono(waveform: np.ndarray, what: str = "waveform") -> np.ndarray:
     if waveform.ndim == 2:
         waveform = waveform.mean(axis=1)
     if waveform.ndim != 1:
-        raise ValueError(f"{what}: expected a mono waveform [samples] or [samples, channels], got {waveform.shape}")
+        raise InvalidInput(f"{what}: expected a mono waveform [samples] or [samples, channels], got {waveform.shape}")
     return waveform
 
 
@@ -124,7 +126,7 @@ class KaldiFbank:
 
     def __post_init__(self) -> None:
         if self.window != "hanning":
-            raise ValueError(f"KaldiFbank supports the 'hanning' window (AudioMAE's), got {self.window!r}")
+            raise InvalidInput(f"KaldiFbank supports the 'hanning' window (AudioMAE's), got {self.window!r}")
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -185,7 +187,7 @@ def essentia_mel_filterbank(sample_rate: float, fft_size: int, num_bands: int, f
         filters[i, falling] = (hz2mel(hi) - bin_mel[falling]) / (hz2mel(hi) - hz2mel(mid))
         total = filters[i].sum()
         if total <= 0:
-            raise ValueError(f"mel band {i} ({lo:.1f}-{hi:.1f} Hz) covers no FFT bin: use fewer bands or a larger FFT")
+            raise InvalidInput(f"mel band {i} ({lo:.1f}-{hi:.1f} Hz) covers no FFT bin: use fewer bands or a larger FFT")
         filters[i] /= total
     return _read_only(filters)
 
@@ -299,7 +301,7 @@ def audio_preprocess_from_settings(settings: dict) -> AudioPreprocess:
     """Rebuild an audio preprocessing from its `to_dict()` (a manifest's or a feature store's record)."""
     kind = settings.get("kind")
     if kind not in _AUDIO_KINDS:
-        raise ValueError(f"unknown audio preprocessing kind {kind!r}; expected one of {sorted(_AUDIO_KINDS)}")
+        raise InvalidInput(f"unknown audio preprocessing kind {kind!r}; expected one of {sorted(_AUDIO_KINDS)}")
     return _AUDIO_KINDS[kind](**{k: v for k, v in settings.items() if k != "kind"})
 
 
@@ -309,9 +311,9 @@ def sample_frame_indices(num_frames_in_clip: int, count: int) -> list[int]:
     A clip shorter than `count` frames repeats frames; `count == 1` takes the middle frame.
     """
     if num_frames_in_clip < 1:
-        raise ValueError(f"cannot sample frames from a clip of {num_frames_in_clip} frames")
+        raise InvalidInput(f"cannot sample frames from a clip of {num_frames_in_clip} frames")
     if count < 1:
-        raise ValueError(f"frame count must be at least 1, got {count}")
+        raise InvalidInput(f"frame count must be at least 1, got {count}")
     if count == 1:
         return [(num_frames_in_clip - 1) // 2]
     return [int(i) for i in np.round(np.linspace(0, num_frames_in_clip - 1, count))]
@@ -345,7 +347,7 @@ class FramePreprocess:
 
     def __call__(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         if len(frames) != self.count:
-            raise ValueError(f"expected {self.count} frames (sample them with sample_frame_indices), got {len(frames)}")
+            raise InvalidInput(f"expected {self.count} frames (sample them with sample_frame_indices), got {len(frames)}")
         out = np.empty(self.input_shape, dtype=np.float32)
         for i, frame in enumerate(frames):
             out[i] = self.frame(frame, f"frame {i}")
@@ -354,7 +356,7 @@ class FramePreprocess:
     def frame(self, frame: np.ndarray, what: str = "frame") -> np.ndarray:
         """One RGB uint8 frame [H, W, 3] -> float32 [3, size, size]."""
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"{what}: expected an RGB uint8 image [H, W, 3], got {frame.dtype} {frame.shape}")
+            raise InvalidInput(f"{what}: expected an RGB uint8 image [H, W, 3], got {frame.dtype} {frame.shape}")
         square = resize_centre_crop(frame, self.size).astype(np.float32) / 255.0
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
@@ -369,6 +371,6 @@ class FramePreprocess:
 def frame_preprocess_from_settings(settings: dict) -> FramePreprocess:
     """Rebuild a frame preprocessing from its `to_dict()`."""
     if settings.get("kind") != "frames":
-        raise ValueError(f"unknown visual preprocessing kind {settings.get('kind')!r}; expected 'frames'")
+        raise InvalidInput(f"unknown visual preprocessing kind {settings.get('kind')!r}; expected 'frames'")
     return FramePreprocess(count=int(settings["count"]), size=int(settings["size"]),
                            mean=tuple(settings["mean"]), std=tuple(settings["std"]))

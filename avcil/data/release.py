@@ -23,6 +23,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 from tqdm import tqdm
 
+from avcil.errors import InvalidInput
 from avcil.data.clips import SPLITS, Benchmark, equal_steps
 from avcil.data.store import write_json
 from avcil.data.safe_pickle import check_global, load_npy
@@ -71,7 +72,7 @@ def load_release(root: str | Path, num_steps: int | None = None, name: str | Non
 
     protocol = _recognise(root, len(class_names))
     if num_steps is None and protocol is None:
-        raise ValueError(f"{root}: {len(class_names)} classes match none of {list(PROTOCOLS)}; give num_steps")
+        raise InvalidInput(f"{root}: {len(class_names)} classes match none of {list(PROTOCOLS)}; give num_steps")
     _, protocol_steps, defaults = PROTOCOLS.get(protocol, (0, None, {}))
     splits = {}
     for split, (ids, labels) in split_clips.items():
@@ -95,14 +96,14 @@ def _load_dict(root: Path, relative: str, holds: str) -> dict:
         raise FileNotFoundError(f"{root}: missing {relative}, which should hold {holds}")
     array = load_npy(path)
     if array.shape != () or not isinstance(array.item(), dict):
-        raise ValueError(f"{path}: expected a pickled dict {holds}")
+        raise InvalidInput(f"{path}: expected a pickled dict {holds}")
     return array.item()
 
 
 def _class_order(root: Path) -> list[str]:
     encode = _load_dict(root, "category_encode_dict.npy", SPLIT_FILES["category_encode_dict.npy"])
     if sorted(encode.values()) != list(range(len(encode))):
-        raise ValueError(f"{root / 'category_encode_dict.npy'}: class indices {sorted(encode.values())} are not "
+        raise InvalidInput(f"{root / 'category_encode_dict.npy'}: class indices {sorted(encode.values())} are not "
                          f"0..{len(encode) - 1}")
     return sorted(encode, key=encode.__getitem__)
 
@@ -115,17 +116,17 @@ def _split_clips(root: Path, class_names: list[str]) -> dict[str, tuple[list[str
     clips = {}
     for split in SPLITS:
         if split not in by_id or split not in by_class:
-            raise ValueError(f"{root}: split {split!r} missing from all_id_category_dict.npy or "
+            raise InvalidInput(f"{root}: split {split!r} missing from all_id_category_dict.npy or "
                              f"all_classId_vid_dict.npy")
         unknown = sorted(set(by_id[split].values()) - set(index_of))
         if unknown:
-            raise ValueError(f"{root / 'all_id_category_dict.npy'}: {split} class names {unknown[:5]} are not in "
+            raise InvalidInput(f"{root / 'all_id_category_dict.npy'}: {split} class names {unknown[:5]} are not in "
                              f"category_encode_dict.npy")
         ids = list(by_id[split])
         labels = np.array([index_of[by_id[split][i]] for i in ids], dtype=np.int64)
         listed = {(str(i), int(c)) for c, vids in by_class[split].items() for i in vids}
         if listed != set(zip(ids, labels.tolist())):
-            raise ValueError(f"{root}: the {split} split of all_classId_vid_dict.npy does not list the same "
+            raise InvalidInput(f"{root}: the {split} split of all_classId_vid_dict.npy does not list the same "
                              f"(video id, class) pairs as all_id_category_dict.npy")
         clips[split] = (ids, labels)
     return clips
@@ -343,16 +344,16 @@ def convert_visual_dict(src: Path, cache: Path) -> RawVisual:
         read_header = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
         version = npy_format.read_magic(f)
         if version not in read_header:
-            raise ValueError(f"{src}: .npy format version {version}, expected 1.0 or 2.0 (a pickled dict)")
+            raise InvalidInput(f"{src}: .npy format version {version}, expected 1.0 or 2.0 (a pickled dict)")
         shape, _, dtype = read_header[version](f)
         if shape != () or dtype != np.dtype(object):
-            raise ValueError(f"{src}: expected a pickled dict {{video id: (1568, 768) array}}, found an .npy of "
+            raise InvalidInput(f"{src}: expected a pickled dict {{video id: (1568, 768) array}}, found an .npy of "
                              f"shape {shape} and dtype {dtype}")
         spool = _Spool(out, progress)
         wrapper = _StreamingUnpickler(f, spool, src).load()
         table = wrapper.items[0] if isinstance(wrapper, _ArrayStub) and wrapper.items else None
         if not isinstance(table, dict):
-            raise ValueError(f"{src}: expected a pickled dict {{video id: (1568, 768) array}}")
+            raise InvalidInput(f"{src}: expected a pickled dict {{video id: (1568, 768) array}}")
         for clip_id, stub in table.items():
             if not isinstance(stub, _ArrayStub) or stub.row is None:
                 raise _shape_error(src, "visual", clip_id, getattr(stub, "shape", type(stub).__name__),

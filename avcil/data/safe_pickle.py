@@ -15,6 +15,8 @@ from typing import BinaryIO
 import numpy as np
 from numpy.lib import format as npy_format
 
+from avcil.errors import InvalidInput
+
 _NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
 ALLOWED_GLOBALS = {
     *((module, name) for module in _NUMPY_CORE for name in ("_reconstruct", "scalar", "_frombuffer")),
@@ -23,7 +25,7 @@ ALLOWED_GLOBALS = {
 }
 
 
-class RefusedPickle(ValueError):
+class RefusedPickle(InvalidInput):
     pass
 
 
@@ -55,5 +57,5 @@ def load_npy(path: Path):
             return np.load(f, allow_pickle=False)
         array = RestrictedUnpickler(f, path).load()
     if not isinstance(array, np.ndarray) or array.shape != shape:
-        raise ValueError(f"{path}: its pickle does not hold the {shape} object array its header announces")
+        raise InvalidInput(f"{path}: its pickle does not hold the {shape} object array its header announces")
     return array

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from avcil.errors import InvalidInput
 from avcil.data.clips import SPLITS, Benchmark, equal_steps
 from avcil.features import Features, FeatureShape
 from avcil.fileio import atomic_file
@@ -71,7 +72,7 @@ def _read_manifest(root: Path) -> dict:
         raise FileNotFoundError(f"{root}: not a feature store (no {MANIFEST})")
     manifest = json.loads(path.read_text())
     if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+        raise InvalidInput(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     return manifest
 
 
@@ -85,10 +86,10 @@ class FeatureStoreWriter:
         if (self.root / MANIFEST).exists():
             manifest = _read_manifest(self.root)
             if FeatureShape.from_dict(manifest["shape"]) != shape or manifest["profile"] != self.profile:
-                raise ValueError(f"{self.root}: {_mismatch(manifest['profile'], self.profile)}; refusing to add "
+                raise InvalidInput(f"{self.root}: {_mismatch(manifest['profile'], self.profile)}; refusing to add "
                                  f"its features here: extract into a new folder, or delete this one to rebuild it")
         elif self.root.exists() and any(self.root.iterdir()):
-            raise ValueError(f"{self.root}: exists, is not empty and is not a feature store (no {MANIFEST})")
+            raise InvalidInput(f"{self.root}: exists, is not empty and is not a feature store (no {MANIFEST})")
         else:
             self._chunks.mkdir(parents=True, exist_ok=True)
             write_json(self.root / MANIFEST, {"format": FORMAT, "shape": shape.to_dict(), "profile": self.profile})
@@ -109,9 +110,9 @@ class FeatureStoreWriter:
 
     def add(self, clip_id: str, label: str, split: str, features: Features) -> None:
         if split not in SPLITS:
-            raise ValueError(f"clip {clip_id!r}: split {split!r}, expected one of {SPLITS}")
+            raise InvalidInput(f"clip {clip_id!r}: split {split!r}, expected one of {SPLITS}")
         if clip_id in self._done or clip_id in self._buffered_ids:
-            raise ValueError(f"{self.root}: clip id {clip_id!r} was already added")
+            raise InvalidInput(f"{self.root}: clip id {clip_id!r} was already added")
         audio, visual = np.asarray(features.audio), np.asarray(features.visual)
         self.shape.check(audio, visual, where=f"clip {clip_id!r}")
         self._buffer.append((clip_id, label, split, audio.astype(np.float16), visual.astype(np.float16)))
@@ -149,9 +150,9 @@ def _map(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     try:
         array = np.load(path, mmap_mode="r")
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: unreadable chunk array (truncated?): {e}") from e
+        raise InvalidInput(f"{path}: unreadable chunk array (truncated?): {e}") from e
     if array.shape != shape:
-        raise ValueError(f"{path}: array of shape {array.shape}, expected {shape}")
+        raise InvalidInput(f"{path}: array of shape {array.shape}, expected {shape}")
     return array
 
 
@@ -184,7 +185,7 @@ class FeatureStore:
             chunk_of += [number] * len(index["ids"])
             row_of += range(len(index["ids"]))
         if len(set(ids)) != len(ids):
-            raise ValueError(f"{self.root}: a clip id appears in more than one chunk")
+            raise InvalidInput(f"{self.root}: a clip id appears in more than one chunk")
         self._ids, self._labels, self._splits = ids, np.asarray(labels, dtype=str), np.asarray(splits, dtype=str)
         self._chunk_of, self._row_of = np.asarray(chunk_of, dtype=np.int64), np.asarray(row_of, dtype=np.int64)
 
@@ -205,12 +206,12 @@ class FeatureStore:
 
     def clip_set(self, split: str, class_order: list[str]) -> "StoreClipSet":
         if split not in SPLITS:
-            raise ValueError(f"split {split!r}, expected one of {SPLITS}")
+            raise InvalidInput(f"split {split!r}, expected one of {SPLITS}")
         where = np.flatnonzero(self._splits == split)
         index_of = {name: i for i, name in enumerate(class_order)}
         unknown = sorted(set(self._labels[where].tolist()) - set(index_of))
         if unknown:
-            raise ValueError(f"{self.root}: {split} labels {unknown} are not in the class order {class_order}")
+            raise InvalidInput(f"{self.root}: {split} labels {unknown} are not in the class order {class_order}")
         return StoreClipSet(ids=[self._ids[i] for i in where],
                             labels=np.array([index_of[name] for name in self._labels[where]], dtype=np.int64),
                             shape=self.shape, store=self, chunk_of=self._chunk_of[where], row_of=self._row_of[where])

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avcil.errors import InvalidInput
 from avcil.data.clips import ArrayClipSet, Benchmark, equal_steps
 from avcil.features import FeatureShape
 
@@ -59,9 +60,9 @@ def _clips(spec: SyntheticSpec, prototypes: np.ndarray, audio_of_class: np.ndarr
     T, S, Dv = spec.shape.visual
     objects = 1 + spec.distractors
     if objects * spec.sounding_tokens > S:
-        raise ValueError(f"synthetic spec: {objects} objects x {spec.sounding_tokens} tokens do not fit in {S} positions")
+        raise InvalidInput(f"synthetic spec: {objects} objects x {spec.sounding_tokens} tokens do not fit in {S} positions")
     if spec.distractors >= spec.classes:
-        raise ValueError(f"synthetic spec: {spec.distractors} distractors need more than {spec.classes} classes")
+        raise InvalidInput(f"synthetic spec: {spec.distractors} distractors need more than {spec.classes} classes")
     labels = np.repeat(np.arange(spec.classes), count)
     n = len(labels)
     # Object 0 is the sounding one; distractors are other classes, drawn without repeats.

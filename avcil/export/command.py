@@ -15,7 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
+from avcil.errors import InvalidInput
 from avcil.export import onnx as onnx_export
+
+from avcil.model import graphs
 from avcil.export import tensorrt as engines
 
 # Real inputs for validation when no --sample is given: a recorded voice (Debian asterisk-core-sounds) and photos
@@ -64,7 +67,7 @@ def calibration_batches(profile, modules: dict, files: list[str], batch_size: in
     from avcil.data.decode import decode_clip
 
     if len(files) < batch_size:
-        raise ValueError(f"int8 calibration needs at least {batch_size} clips (the opt batch), got {len(files)}")
+        raise InvalidInput(f"int8 calibration needs at least {batch_size} clips (the opt batch), got {len(files)}")
     batches: dict[str, list[dict]] = {name: [] for name in modules}
     usable = len(files) - len(files) % batch_size
     for start in range(0, usable, batch_size):
@@ -85,19 +88,19 @@ def export_engines(model_dir: Path, profile, precision: str, batch: engines.Batc
     import torch
     from tqdm import tqdm
 
-    from avcil.runtime.backends import TensorRTBackend
+    from avcil.backends import TensorRTBackend
     from avcil.fileio import sha256_file
-    from avcil.runtime.modeldir import ModelDir
+    from avcil.modeldir import ModelDir
 
-    folder = Path(model_dir) / onnx_export.ENCODERS_DIR
-    modules = onnx_export.graph_modules(profile, ModelDir(model_dir).load(with_memory=False).head)
+    folder = Path(model_dir) / graphs.ENCODERS_DIR
+    modules = graphs.graph_modules(profile, ModelDir(model_dir).load(with_memory=False).head)
     # Without clips an int8 build reuses the calibration caches of an earlier build (build_engine checks).
     calibration = (calibration_batches(profile, modules, calibration_files, batch.opt)
                    if precision == "int8" and calibration_files else {})
     rng = np.random.default_rng(0)
     real_inputs = (onnx_export.graph_inputs(profile, real[0][None], real[1][None], modules["head"][1].inputs)
                    if real else {})
-    spec = onnx_export.read_spec(folder)
+    spec = graphs.read_spec(folder)
     staged, report = {}, {}
     try:
         for name, (module, graph, shapes) in tqdm(modules.items(), desc=f"build {precision} engines", unit="engine",
@@ -124,18 +127,18 @@ def export_engines(model_dir: Path, profile, precision: str, batch: engines.Batc
     spec["engines"] = {name: {"file": r["file"], "precision": precision, "tensorrt": r["header"]["tensorrt"],
                               "gpu": r["header"]["gpu"], "profile": r["header"]["profile"],
                               "sha256": sha256_file(folder / r["file"])} for name, r in report.items()}
-    onnx_export.write_json(folder / onnx_export.SPEC_FILE, spec)
-    full_report = json.loads((folder / onnx_export.REPORT_FILE).read_text())
+    onnx_export.write_json(folder / graphs.SPEC_FILE, spec)
+    full_report = json.loads((folder / graphs.REPORT_FILE).read_text())
     full_report["engines"] = {"tolerance": {"relative": tolerance}, "models": report}
-    onnx_export.write_json(folder / onnx_export.REPORT_FILE, full_report)
+    onnx_export.write_json(folder / graphs.REPORT_FILE, full_report)
     return full_report["engines"]
 
 
 def _onnx_is_current(model_dir: Path) -> bool:
-    from avcil.runtime.modeldir import ModelDir
+    from avcil.modeldir import ModelDir
 
     try:
-        spec = onnx_export.read_spec(Path(model_dir) / onnx_export.ENCODERS_DIR)
+        spec = graphs.read_spec(Path(model_dir) / graphs.ENCODERS_DIR)
     except FileNotFoundError:
         return False
     return spec["head_version"] == ModelDir(model_dir).current()
@@ -143,12 +146,12 @@ def _onnx_is_current(model_dir: Path) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from avcil.model.encoders import profile_from_record
-    from avcil.runtime.modeldir import ModelDir
+    from avcil.modeldir import ModelDir
 
     model_dir = Path(args.model)
     precision = args.precision or ("fp32" if args.format == "onnx" else "fp16")
     if args.format == "onnx" and precision != "fp32":
-        raise ValueError("ONNX files are exported in fp32; reduced precision is chosen when building an engine "
+        raise InvalidInput("ONNX files are exported in fp32; reduced precision is chosen when building an engine "
                          "(--format engine --precision fp16|int8) or by the runtime (onnxruntime TensorRT EP)")
     if args.format == "engine":
         engines.environment()  # fail before the long ONNX export when TensorRT or the GPU is missing
@@ -167,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
                                        args.workspace_mib, args.tolerance or ENGINE_TOLERANCE[precision], real,
                                        args.calibration or [])
         _print_errors(f"{precision} engines (tensorrt vs torch)", engine_report["models"])
-    print(f"wrote {model_dir / onnx_export.ENCODERS_DIR} ({onnx_export.REPORT_FILE})")
+    print(f"wrote {model_dir / graphs.ENCODERS_DIR} ({graphs.REPORT_FILE})")
     return 0
 
 

@@ -22,7 +22,6 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,88 +30,21 @@ import torch
 from torch import nn
 
 import avcil
-from avcil.model.head import FusionHead
+from avcil.errors import AvcilError, InvalidInput
+from avcil.model.graphs import (
+    ENCODERS_DIR, FRAME_AXIS, REPORT_FILE, SPEC_FILE, SPEC_FORMAT, Graph, dynamic_axes, graph_modules)
 from avcil.fileio import atomic_write, fsync_dir, sha256_file, write_synced
 
 OPSET = 17  # LayerNormalization is an ONNX op from 17 on: TensorRT then keeps LayerNorm as one accurate layer
 TOLERANCE = 1e-4  # largest relative error (see `errors`) an fp32 graph may have against PyTorch
 VALIDATION_BATCHES = (1, 4)
 EXAMPLE_BATCH = 2  # traced at 2 and checked at 1 and 4, so a batch size frozen into the graph shows
-ENCODERS_DIR, SPEC_FILE, REPORT_FILE = "encoders", "encoders.json", "export_report.json"
-SPEC_FORMAT = 1
 ERROR_DEFINITION = ("max_abs_error = max |runtime - torch| over all output elements; relative_error = "
                     "max_abs_error / max |torch| (relative to the output's range, not element-wise)")
 
 
-class ExportError(RuntimeError):
+class ExportError(AvcilError, RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class Graph:
-    name: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-    @property
-    def file(self) -> str:
-        return f"{self.name}.onnx"
-
-
-# The names chain: the encoders' outputs are the head's inputs.
-AUDIO_GRAPH = Graph("audio", ("audio_input",), ("audio_embedding",))
-VISUAL_GRAPH = Graph("visual", ("frames",), ("visual_tokens",))
-# The parts of an audio encoder that a live stream runs on their own (lite: `SoundAndSpeechEncoder.stream_parts`).
-STREAM_GRAPHS = {"audio_sfx": Graph("audio_sfx", ("sfx_spectrogram",), ("sfx_embedding",)),
-                 "speech_window": Graph("speech_window", ("speech_samples",), ("speech_embedding",))}
-# A single-modality head takes only the features it uses (the exporter drops an unused input anyway).
-HEAD_INPUTS = {"audio-visual": ("audio_embedding", "visual_tokens"), "audio": ("audio_embedding",),
-               "visual": ("visual_tokens",)}
-GRAPH_NAMES = ("audio", "visual", "head")  # every profile's; a lite export adds STREAM_GRAPHS
-
-
-def head_graph(modality: str = "audio-visual") -> Graph:
-    return Graph("head", HEAD_INPUTS[modality], ("logits",))
-
-
-class HeadLogits(nn.Module):
-    """The head's inference graph: the features its modality uses, in HEAD_INPUTS order -> logits."""
-
-    def __init__(self, head: FusionHead):
-        super().__init__()
-        self.head = head
-        self.inputs = HEAD_INPUTS[head.config.modality]
-
-    def forward(self, *features: torch.Tensor) -> torch.Tensor:
-        named = dict(zip(self.inputs, features))
-        return self.head(named.get("audio_embedding"), named.get("visual_tokens")).logits
-
-
-FRAME_AXIS = 1  # of frames [batch, T, 3, H, W] and of visual_tokens [batch, T, S, Dv]
-
-
-def dynamic_axes(spec: Graph, frames_independent: bool = False) -> dict[str, dict[int, str]]:
-    """The axes of a graph's inputs and outputs that are not fixed: the batch, and the frame count of the visual
-    graph of a profile that encodes each frame on its own."""
-    axes = {name: {0: "batch"} for name in (*spec.inputs, *spec.outputs)}
-    if frames_independent and spec.name == VISUAL_GRAPH.name:
-        for name in (*spec.inputs, *spec.outputs):
-            axes[name][FRAME_AXIS] = "frames"
-    return axes
-
-
-def graph_modules(profile, head: FusionHead) -> dict[str, tuple[nn.Module, Graph, list[tuple[int, ...]]]]:
-    """Per graph name: the PyTorch module, its I/O names and its input shapes without the batch dimension."""
-    shape = profile.shape
-    features = {"audio_embedding": (shape.audio_dim,), "visual_tokens": shape.visual}
-    spec = head_graph(head.config.modality)
-    modules = {"audio": (profile.audio, AUDIO_GRAPH, [tuple(profile.audio_input_shape)]),
-               "visual": (profile.visual, VISUAL_GRAPH, [tuple(profile.visual_input_shape)]),
-               "head": (HeadLogits(head).eval(), spec, [features[name] for name in spec.inputs])}
-    parts = getattr(profile.audio, "stream_parts", None)
-    for name, (module, input_shape) in (parts() if parts else {}).items():
-        modules[name] = (module, STREAM_GRAPHS[name], [tuple(input_shape)])
-    return modules
 
 
 def export_graph(module: nn.Module, example: Sequence[torch.Tensor], path: Path, spec: Graph,
@@ -121,7 +53,7 @@ def export_graph(module: nn.Module, example: Sequence[torch.Tensor], path: Path,
     import onnx
 
     if opset < 17:
-        raise ValueError(f"opset {opset}: avcil exports at opset >= 17 (LayerNormalization, REFERENCE.md §9)")
+        raise InvalidInput(f"opset {opset}: avcil exports at opset >= 17 (LayerNormalization, REFERENCE.md §9)")
     dynamic = dynamic or dynamic_axes(spec)
     with warnings.catch_warnings():
         # The TorchScript exporter warns that it is deprecated and about Python values it traces as constants
@@ -221,16 +153,6 @@ def check_tolerance(models: dict[str, dict], tolerance: float, what: str) -> Non
 
 
 # The exported folder ---------------------------------------------------------------------------------------------
-def read_spec(folder: Path) -> dict:
-    path = Path(folder) / SPEC_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no exported encoders here (run `avcil export --model DIR --format onnx`)")
-    spec = json.loads(path.read_text())
-    if spec.get("format") != SPEC_FORMAT:
-        raise ValueError(f"{path}: format {spec.get('format')!r}, this avcil reads {SPEC_FORMAT}")
-    return spec
-
-
 def write_json(path: Path, payload: dict) -> None:
     atomic_write(path, json.dumps(payload, indent=2).encode())
 
@@ -257,14 +179,14 @@ def export_onnx(model_dir: Path, profile, real: tuple[np.ndarray, np.ndarray] | 
     previous export in place, when a graph is off by more than `tolerance`."""
     from tqdm import tqdm
 
-    from avcil.runtime.backends import load_backend
-    from avcil.runtime.modeldir import ModelDir
+    from avcil.backends import load_backend
+    from avcil.modeldir import ModelDir
 
     model_dir = Path(model_dir)
     loaded = ModelDir(model_dir).load(with_memory=False)
     recorded = loaded.manifest["features"]["shape"]
     if profile.shape.to_dict() != recorded:
-        raise ValueError(f"{model_dir}: the head takes features {recorded}, the {profile.name} encoders make "
+        raise InvalidInput(f"{model_dir}: the head takes features {recorded}, the {profile.name} encoders make "
                          f"{profile.shape.to_dict()}")
     modules = graph_modules(profile, loaded.head)
     rng = np.random.default_rng(seed)

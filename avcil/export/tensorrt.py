@@ -11,20 +11,16 @@ TensorRT and are tested everywhere; `build_engine` and `load_engine` need `tenso
 
 from __future__ import annotations
 
-import json
-import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-import avcil
-from avcil.fileio import atomic_write, sha256_file
+from avcil.errors import InvalidInput
+from avcil.fileio import atomic_write
+from avcil.model.engine_file import EngineError, _cc, environment, import_tensorrt, make_header, write_engine
 
-MAGIC = b"AVCILTRT"
-HEADER_FORMAT = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 # Layer types that overflow or lose too much in fp16 (REFERENCE.md §9): pinned to fp32 in fp16 and int8 engines.
 # At opset >= 17 LayerNorm arrives as one ONNX LayerNormalization node, which TensorRT parses into a single
@@ -35,10 +31,6 @@ DEFAULT_WORKSPACE_MIB = 1024
 # Lowest compute capability with fast fp16 (Jetson TX1, sm_53) and with fast int8 (dp4a, sm_61).
 FAST_FP16_FROM = (5, 3)
 FAST_INT8_FROM = (6, 1)
-
-
-class EngineError(RuntimeError):
-    """An engine that cannot be built or must not be loaded here; the message says why."""
 
 
 # The optimization profile ---------------------------------------------------------------------------------------
@@ -52,7 +44,7 @@ class BatchRange:
 
     def __post_init__(self) -> None:
         if not 1 <= self.min <= self.opt <= self.max:
-            raise ValueError(f"batch range needs 1 <= min <= opt <= max, got min={self.min} opt={self.opt} "
+            raise InvalidInput(f"batch range needs 1 <= min <= opt <= max, got min={self.min} opt={self.opt} "
                              f"max={self.max}")
 
     @classmethod
@@ -61,11 +53,11 @@ class BatchRange:
         try:
             values = [int(v) for v in text.split(",")]
         except ValueError:
-            raise ValueError(f"batch range {text!r}: expected MIN,OPT,MAX or one batch size, as integers") from None
+            raise InvalidInput(f"batch range {text!r}: expected MIN,OPT,MAX or one batch size, as integers") from None
         if len(values) == 1:
             values *= 3
         if len(values) != 3:
-            raise ValueError(f"batch range {text!r}: expected MIN,OPT,MAX or one batch size")
+            raise InvalidInput(f"batch range {text!r}: expected MIN,OPT,MAX or one batch size")
         return cls(*values)
 
 
@@ -77,17 +69,11 @@ def optimization_profile(input_shapes: dict[str, Sequence[int]], batch: BatchRan
     profile = {}
     for name, shape in input_shapes.items():
         if any(int(d) < 1 for d in shape):
-            raise ValueError(f"input {name!r}: every dimension but the batch must be fixed and positive, got {shape}")
+            raise InvalidInput(f"input {name!r}: every dimension but the batch must be fixed and positive, got {shape}")
         ranged = (free or {}).get(name, set())
         profile[name] = {key: [size, *(1 if key == "min" and axis in ranged else int(d) for axis, d in enumerate(shape))]
                          for key, size in (("min", batch.min), ("opt", batch.opt), ("max", batch.max))}
     return profile
-
-
-def backend_input_shapes(profile: dict[str, dict[str, list[int]]], names: Sequence[str]) -> list[tuple]:
-    """Each input's shape without the batch as a backend states it: None for an axis the profile lets vary."""
-    return [tuple(None if low != high else opt for low, opt, high in
-                  zip(profile[n]["min"][1:], profile[n]["opt"][1:], profile[n]["max"][1:])) for n in names]
 
 
 # Precision ------------------------------------------------------------------------------------------------------
@@ -96,7 +82,7 @@ def choose_precision(requested: str, compute_capability: tuple[int, int], has_ca
 
     No silent fallback: an fp16 request on a GPU without fast fp16 would build an engine slower than fp32."""
     if requested not in PRECISIONS:
-        raise ValueError(f"precision {requested!r}: expected one of {PRECISIONS}")
+        raise InvalidInput(f"precision {requested!r}: expected one of {PRECISIONS}")
     capability = tuple(compute_capability)
     if requested == "fp16" and capability < FAST_FP16_FROM:
         raise EngineError(f"fp16 needs a GPU of compute capability >= {_cc(FAST_FP16_FROM)}; this one is "
@@ -123,88 +109,7 @@ def accurate_layers(layer_types: Sequence[str]) -> list[int]:
     return [i for i, kind in enumerate(layer_types) if kind in ACCURATE_LAYER_TYPES]
 
 
-def _cc(capability: Sequence[int]) -> str:
-    return ".".join(str(c) for c in capability)
-
-
-# The header -----------------------------------------------------------------------------------------------------
-def make_header(*, environment: dict, precision: str, profile: dict, inputs: Sequence[str], outputs: Sequence[str],
-                onnx_path: Path, workspace_mib: int) -> dict:
-    return {"format": HEADER_FORMAT, **environment, "precision": precision, "profile": profile,
-            "inputs": list(inputs), "outputs": list(outputs), "onnx_file": Path(onnx_path).name,
-            "onnx_sha256": sha256_file(Path(onnx_path)), "workspace_mib": workspace_mib,
-            "avcil": avcil.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def write_engine(path: Path, header: dict, engine: bytes) -> None:
-    header_bytes = json.dumps(header, sort_keys=True).encode()
-    atomic_write(Path(path), MAGIC + struct.pack("<I", len(header_bytes)) + header_bytes + bytes(engine))
-
-
-def read_engine(path: Path) -> tuple[dict, bytes]:
-    """The header and the serialized engine of an engine file written by `write_engine`."""
-    path = Path(path)
-    data = path.read_bytes()
-    prefix = len(MAGIC) + 4
-    if len(data) < prefix or not data.startswith(MAGIC):
-        raise EngineError(f"{path}: not an avcil engine (no {MAGIC.decode()} header); build it with "
-                          f"`avcil export --format engine`")
-    (length,) = struct.unpack("<I", data[len(MAGIC):prefix])
-    if len(data) < prefix + length:
-        raise EngineError(f"{path}: truncated header ({len(data) - prefix} of {length} bytes)")
-    try:
-        header = json.loads(data[prefix:prefix + length])
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EngineError(f"{path}: corrupt header ({e})") from None
-    if header.get("format") != HEADER_FORMAT:
-        raise EngineError(f"{path}: header format {header.get('format')!r}, this avcil reads {HEADER_FORMAT}")
-    engine = data[prefix + length:]
-    if not engine:
-        raise EngineError(f"{path}: the header is there but the engine is missing (truncated file)")
-    return header, engine
-
-
-def check_header(header: dict, path: Path, environment: dict, onnx_path: Path | None = None) -> None:
-    """Refuse an engine built under another TensorRT or GPU, or from another ONNX file than the one beside it."""
-    problems = [f"built with {key} {header.get(key)!r}, this machine has {environment[key]!r}"
-                for key in ("tensorrt", "gpu", "compute_capability") if header.get(key) != environment[key]]
-    if onnx_path is not None and Path(onnx_path).is_file() and sha256_file(Path(onnx_path)) != header.get("onnx_sha256"):
-        problems.append(f"built from another {Path(onnx_path).name} than the one beside it (sha256 differs)")
-    if problems:
-        raise EngineError(f"{path}: refusing this engine: " + "; ".join(problems)
-                          + ". Rebuild it here with `avcil export --model DIR --format engine`.")
-
-
 # Needs TensorRT -------------------------------------------------------------------------------------------------
-def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError:
-        raise EngineError("TensorRT is not installed (pip install tensorrt, or JetPack on a Jetson); "
-                          "use the onnxruntime or torch backend instead") from None
-    return tensorrt
-
-
-def environment() -> dict:
-    """What an engine is tied to: the TensorRT version and the GPU (name and compute capability)."""
-    trt = import_tensorrt()
-    name, capability = current_gpu()
-    return {"tensorrt": trt.__version__, "gpu": name, "compute_capability": _cc(capability)}
-
-
-def current_gpu() -> tuple[str, tuple[int, int]]:
-    """Name and compute capability of CUDA device 0, through torch or, where torch has no CUDA, pycuda."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
-    try:
-        import pycuda.autoinit  # noqa: F401  (creates the context on device 0)
-        import pycuda.driver as cuda
-    except ImportError:
-        raise EngineError("no CUDA GPU visible: torch has no CUDA and pycuda is not installed") from None
-    device = cuda.Device(0)
-    return device.name(), device.compute_capability()
 
 
 def engine_input_shapes(onnx_inputs: dict[str, Sequence[int | str]], window_shapes: Sequence[Sequence[int]] | None

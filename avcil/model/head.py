@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avcil.errors import InvalidInput
 from avcil.features import FeatureShape
 from avcil.model.readout import build_readout, input_dim, readout_inputs
 
@@ -32,7 +33,7 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
-            raise ValueError(f"unknown modality {self.modality!r}; expected one of {MODALITIES}")
+            raise InvalidInput(f"unknown modality {self.modality!r}; expected one of {MODALITIES}")
 
     @classmethod
     def for_shape(cls, shape: FeatureShape, fusion_dim: int | None = None, modality: str = "audio-visual") -> "HeadConfig":

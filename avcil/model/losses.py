@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from avcil.errors import InvalidInput
 from avcil.model.head import HeadOutput
 
 
@@ -39,7 +40,7 @@ def _zero(x: LossInputs) -> torch.Tensor:
 
 def _require(value, term: str, what: str):
     if value is None:
-        raise ValueError(f"loss term {term!r} needs {what}, which this head variant does not produce")
+        raise InvalidInput(f"loss term {term!r} needs {what}, which this head variant does not produce")
     return value
 
 
@@ -175,7 +176,7 @@ class ClassContrast:
 
     def __post_init__(self) -> None:
         if self.normalise not in ("batch", "positives"):
-            raise ValueError(f"ClassContrast normalise must be 'batch' or 'positives', not {self.normalise!r}")
+            raise InvalidInput(f"ClassContrast normalise must be 'batch' or 'positives', not {self.normalise!r}")
 
     def __call__(self, x: LossInputs) -> torch.Tensor:
         log_prob = F.log_softmax(_similarities(x, self.temperature, self.name), dim=1)

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avcil.errors import InvalidInput
+
 KINDS = ("analytic", "mean")
 FEATURES = ("pooled", "fused", "both")
 DEFAULT_SCALE = {"analytic": 10.0, "mean": 20.0}
@@ -34,11 +36,11 @@ def readout_spec(kind: str, features: str = "pooled", expansion: int = 2048, rid
                  scale: float | None = None) -> dict:
     """The readout's settings as the head config (and so the manifest) records them."""
     if kind not in KINDS:
-        raise ValueError(f"unknown readout {kind!r}; expected one of {KINDS}")
+        raise InvalidInput(f"unknown readout {kind!r}; expected one of {KINDS}")
     if features not in FEATURES:
-        raise ValueError(f"unknown readout features {features!r}; expected one of {FEATURES}")
+        raise InvalidInput(f"unknown readout features {features!r}; expected one of {FEATURES}")
     if kind == "analytic" and (expansion < 0 or ridge <= 0):
-        raise ValueError(f"analytic readout needs expansion >= 0 and ridge > 0, got {expansion} and {ridge}")
+        raise InvalidInput(f"analytic readout needs expansion >= 0 and ridge > 0, got {expansion} and {ridge}")
     spec = {"kind": kind, "features": features, "scale": DEFAULT_SCALE[kind] if scale is None else float(scale)}
     if kind == "analytic":
         spec.update(expansion=int(expansion), ridge=float(ridge), seed=int(seed))
@@ -111,7 +113,7 @@ class AnalyticReadout(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         stored = state_dict.get(prefix + "expand_check")  # self.expand_check: this expansion's, from __init__
         if stored is not None and float(stored) != float(self.expand_check):
-            raise ValueError("the analytic readout's random expansion regenerated here differs from the one it "
+            raise InvalidInput("the analytic readout's random expansion regenerated here differs from the one it "
                              "was fitted with (a different NumPy random stream?); refit it from the exemplars")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -151,7 +153,7 @@ class AnalyticReadout(nn.Module):
         system = gram + ridge * torch.eye(len(gram), dtype=torch.float64)
         solution = torch.linalg.solve(system, self.cross.double())
         if not torch.isfinite(solution).all():
-            raise ValueError("the analytic readout's solution is not finite; are there NaN or Inf features?")
+            raise InvalidInput("the analytic readout's solution is not finite; are there NaN or Inf features?")
         self.weight = solution.to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

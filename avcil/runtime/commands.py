@@ -1,7 +1,7 @@
 """The device commands: `avcil run` (live recognition), `avcil learn` (a new class in the field),
-`avcil model list|rollback` (versions of a model dir) and `avcil demo` (the embedded default, offline).
+and `avcil model list|rollback` (versions of a model dir).
 
-`add_parsers(subparsers)` adds all four to the `avcil` command line.
+`add_parsers(subparsers)` adds all three to the `avcil` command line.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import os
 import sys
 import time
 
-from avcil.runtime.backends import KINDS
+from avcil.errors import InvalidInput
+from avcil.backends import KINDS
 from avcil.runtime.field_settings import FIELD_METHODS, FieldSettings
 from avcil.train.precision import PRECISIONS
 
@@ -46,14 +47,14 @@ def _learn(args: argparse.Namespace) -> int:
     from avcil.model.encoders import profile_from_record
     from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, encode_files, learn_class,
                                      record_clips)
-    from avcil.runtime.modeldir import ModelDir
+    from avcil.modeldir import ModelDir
 
     if args.nice:
         os.nice(args.nice)  # before torch starts its threads: they inherit it
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.refine and args.method != "analytic":
-        raise ValueError("--refine follows an analytic update with a gradient one; it goes with --method analytic")
+        raise InvalidInput("--refine follows an analytic update with a gradient one; it goes with --method analytic")
     model = ModelDir(args.model)
     loaded = model.load(with_memory=False)
     check_new_label(loaded.class_names, args.label, model.root)  # before recording or encoding anything
@@ -65,7 +66,7 @@ def _learn(args: argparse.Namespace) -> int:
         audio, visual = encode_files(profile, args.files)
     else:
         if not (args.camera and args.mic and args.clips):
-            raise ValueError("name the clips of the new class: --files F... or --camera SRC --mic SRC --clips N")
+            raise InvalidInput("name the clips of the new class: --files F... or --camera SRC --mic SRC --clips N")
         audio, visual = record_clips(args.camera, args.mic, args.clips, profile, args.countdown)
     encode_seconds = time.perf_counter() - encode_started
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "exemplar_batch_size": args.exemplar_batch_size,
@@ -95,7 +96,7 @@ def _report_learnt(summary: dict, as_json: bool) -> None:
 
 
 def _model_list(args: argparse.Namespace) -> int:
-    from avcil.runtime.modeldir import ModelDir
+    from avcil.modeldir import ModelDir
 
     rows = ModelDir(args.model).describe_versions()
     if args.json:
@@ -112,20 +113,12 @@ def _model_list(args: argparse.Namespace) -> int:
 
 
 def _model_rollback(args: argparse.Namespace) -> int:
-    from avcil.runtime.modeldir import ModelDir
+    from avcil.modeldir import ModelDir
 
     model = ModelDir(args.model)
     before = model.current()
     after = model.rollback(args.version)
     print(f"{model.root}: current version {before} -> {after}")
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from avcil.runtime.demo import run_demo
-
-    run_demo(args.out, cache=args.cache, epochs=args.epochs, clips_per_class=args.clips_per_class,
-             train_clips=args.train_clips, method=args.method)
     return 0
 
 
@@ -204,19 +197,3 @@ def add_parsers(subparsers) -> None:
     rollback.add_argument("--model", required=True, metavar="DIR")
     rollback.add_argument("version", nargs="?", help="version to make current (e.g. v0002)")
     rollback.set_defaults(func=_model_rollback)
-
-    demo = subparsers.add_parser(
-        "demo", help="offline demo: train on AV-Digits, recognise paced clips, learn a digit in the field",
-        description="The embedded default, offline and without a camera: a lite model trained on 9 of the 10 "
-                    "AV-Digits classes, live recognition of test clips played through the real file sources, "
-                    "the digit 9 learnt in the field from its clip files, then recognised. Writes OUT/summary.json "
-                    "and OUT/confusion.png.")
-    demo.add_argument("--out", default="avcil-demo", metavar="DIR", help="where the model and JSON lines go")
-    demo.add_argument("--cache", help="AV-Digits and features cache (default $AVCIL_CACHE or ~/.cache/avcil)")
-    demo.add_argument("--method", help="method of the base training (default: avcil train's; see avcil train --help)")
-    demo.add_argument("--epochs", type=int, default=12, help="epochs of the base training, for a gradient method "
-                      "(the field step uses avcil learn's settings)")
-    demo.add_argument("--train-clips", type=int, default=40, help="training clips per digit (AV-Digits has 40)")
-    demo.add_argument("--clips-per-class", type=int, default=1, help="test clips per digit played live before "
-                      "learning (the accuracy over every test clip is computed from the features)")
-    demo.set_defaults(func=_demo)

@@ -26,9 +26,10 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from avcil.errors import InvalidInput
 from avcil.data.clips import ArrayClipSet
 from avcil.data.decode import decode_clip
-from avcil.runtime.modeldir import ModelDir, ModelDirError
+from avcil.modeldir import ModelDir, ModelDirError
 from avcil.train.learner import Learner, fit_readout
 from avcil.train.methods import build_method
 from avcil.train.protocol import fused_embedder
@@ -88,14 +89,14 @@ def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np
     `refine`: the summary of an earlier call that committed this class; learn it again from that call's parent
     version (with `method`) and commit the result as a later version, unless the model moved on meanwhile."""
     if method not in FIELD_METHODS:
-        raise ValueError(f"unknown field learning method {method!r}; expected one of {FIELD_METHODS}")
+        raise InvalidInput(f"unknown field learning method {method!r}; expected one of {FIELD_METHODS}")
     settings = settings or FieldSettings()
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     model = ModelDir(model_dir)
     start = refine["parent"] if refine else None
     check_new_label(model.load(start, with_memory=False).class_names, label, model.root)
     if len(audio) == 0 or len(audio) != len(visual):
-        raise ValueError(f"learning {label!r} needs clips: got {len(audio)} audio and {len(visual)} visual rows")
+        raise InvalidInput(f"learning {label!r} needs clips: got {len(audio)} audio and {len(visual)} visual rows")
     if len(audio) == 1:
         log(f"learning {label!r} from a single clip: the class will be weakly learnt; record a few more")
     started = time.perf_counter()
@@ -112,7 +113,7 @@ def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np
                              np.asarray(audio, np.float32), np.asarray(visual, np.float32))
         expected = manifest["features"]["shape"]
         if clips.shape.to_dict() != expected:
-            raise ValueError(f"the new clips have features {clips.shape.to_dict()}, the model expects {expected}")
+            raise InvalidInput(f"the new clips have features {clips.shape.to_dict()}, the model expects {expected}")
         memory = loaded.memory
         if memory is not None:
             memory.quota(new_index + 1)  # a budget too small for one more class fails before training

@@ -14,8 +14,9 @@ from typing import Sequence
 
 import numpy as np
 
+from avcil.errors import InvalidInput
 from avcil.data.preprocess import FramePreprocess
-from avcil.export.onnx import FRAME_AXIS
+from avcil.model.graphs import FRAME_AXIS
 
 
 class FrameTokens:
@@ -24,7 +25,7 @@ class FrameTokens:
 
     def __init__(self, encoder, frame_prep: FramePreprocess, keep: int | None = None):
         if not self.supports(encoder):
-            raise ValueError(f"{encoder}: its visual graph takes a fixed number of frames, not one at a time")
+            raise InvalidInput(f"{encoder}: its visual graph takes a fixed number of frames, not one at a time")
         self.encoder, self.frame_prep = encoder, frame_prep
         self.keep = keep or 4 * frame_prep.count  # a window's frames and those of the windows around it
         self.tokens: OrderedDict[float, np.ndarray] = OrderedDict()

@@ -26,10 +26,11 @@ from typing import Callable, TextIO
 import numpy as np
 import torch
 
+from avcil.errors import StageFailed
 from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
 from avcil.runtime.frame_tokens import FrameTokens
 from avcil.runtime.speech_stream import SpeechStream, snap_hop
-from avcil.runtime.modeldir import LoadedModel, ModelDir, ModelDirError
+from avcil.modeldir import LoadedModel, ModelDir, ModelDirError
 from avcil.runtime.sources import clock
 from avcil.runtime.windows import Schedule, Window, WindowAssembler
 
@@ -62,7 +63,7 @@ class Recognizer:
 
     def __init__(self, model_dir: str | Path, backend: str = "torch", device: str = "cpu", profile=None,
                  threshold: float = 0.5, smoothing: int = 3, top_k: int = 3, watch: bool = True):
-        from avcil.runtime.backends import model_backends
+        from avcil.backends import model_backends
 
         one_blas_thread()
         self.model = ModelDir(model_dir)
@@ -318,6 +319,6 @@ def run_live(recognizer: Recognizer, camera: str, microphone: str, on_decision: 
         audio.stop()
     for source in (video, audio):
         if getattr(source, "error", None) is not None:
-            raise RuntimeError(f"{source.name} failed: {source.error}")
+            raise StageFailed(f"{source.name} failed: {source.error}")
     return {"decisions": decisions, "dropped_windows": schedule.dropped, "window_s": seconds, "hop_s": hop,
             "camera_reconnects": getattr(video, "reconnects", 0), "frames_received": frames.received}

@@ -24,6 +24,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from avcil.errors import AvcilError
 from avcil.data.preprocess import as_mono
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ AUDIO_BLOCK_S = 0.02  # how finely paced files and the microphone hand audio to 
 RECONNECT_BACKOFF_S = (0.25, 4.0)  # first and largest wait between attempts to reopen a dropped stream
 
 
-class SourceError(RuntimeError):
+class SourceError(AvcilError, RuntimeError):
     """A source that cannot be opened: the message says what was asked for and what exists."""
 
 

@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from avcil.errors import InvalidInput
 from avcil.data.preprocess import SfxSpeech, fit_length, resample
 from avcil.model.encoders.lite import SoundAndSpeechEncoder
 
@@ -35,7 +36,7 @@ class SpeechStream:
 
     def __init__(self, sfx_encoder, window_encoder, prep: SfxSpeech):
         if not self.supports(prep):
-            raise ValueError(f"{prep}: not a sound + speech audio preprocessing whose window holds its speech windows")
+            raise InvalidInput(f"{prep}: not a sound + speech audio preprocessing whose window holds its speech windows")
         self.sfx_encoder, self.window_encoder, self.prep = sfx_encoder, window_encoder, prep
         self.window_samples = window_encoder.input_shapes[0][0]
         self.count = 1 + (prep.speech_samples - self.window_samples) // HOP_SAMPLES

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avcil.errors import InvalidInput
 from avcil.data.preprocess import FramePreprocess, KaldiFbank, SfxMel
 from avcil.runtime.sources import AudioRing, FrameHistory, clock
 
@@ -69,7 +70,7 @@ class Schedule:
 
     def __init__(self, first_end: float, hop: float):
         if hop <= 0:
-            raise ValueError(f"the hop between windows must be positive, got {hop}")
+            raise InvalidInput(f"the hop between windows must be positive, got {hop}")
         self.first_end, self.hop = first_end, hop
         self.index = -1
         self.dropped = 0

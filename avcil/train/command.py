@@ -10,7 +10,7 @@ from avcil.train.options import ablation, add_training_flags
 
 
 def _train(args: argparse.Namespace) -> int:
-    from avcil.data.benchmarks import load_benchmark
+    from avcil.train.benchmarks import load_benchmark
     from avcil.train.options import config_from_args, method_from_args, protocol_kwargs
     from avcil.train.protocol import run_protocol
     from avcil.train.run import write_run

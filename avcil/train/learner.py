@@ -17,10 +17,11 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 from tqdm import tqdm
 
+from avcil.errors import InvalidInput
 from avcil.data.clips import ClipSet
 from avcil.model.head import FusionHead
 from avcil.model.losses import LossInputs
-from avcil.train.memory import ExemplarMemory
+from avcil.model.memory import ExemplarMemory
 from avcil.train.precision import PRECISIONS, compute_dtype  # noqa: F401 (PRECISIONS: re-exported)
 from avcil.train.methods import Method
 
@@ -132,7 +133,7 @@ def fit_readout(head: FusionHead, spec: dict, clips: ClipSet, indices: Sequence[
         finite = (torch.isfinite(audio).all(dim=1) & torch.isfinite(visual).flatten(1).all(dim=1)).numpy()
         if not finite.all():
             names = [clips.ids[i] for i in indices[done:done + len(finite)][~finite]]
-            raise ValueError(f"features of clip(s) {', '.join(names[:5])} hold NaN or Inf; re-extract them")
+            raise InvalidInput(f"features of clip(s) {', '.join(names[:5])} hold NaN or Inf; re-extract them")
         done += len(finite)
         audio, visual = audio.to(config.device), visual.to(config.device)
         inputs.append(head.readout_inputs(audio, visual, head(audio, visual).fused))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from avcil.errors import InvalidInput
 from avcil.model import losses
 from avcil.model.readout import FEATURES, readout_spec
 
@@ -54,9 +55,9 @@ class Method:
 
     def __post_init__(self) -> None:
         if self.batch not in BATCH_POLICIES:
-            raise ValueError(f"unknown batch policy {self.batch!r}; expected one of {BATCH_POLICIES}")
+            raise InvalidInput(f"unknown batch policy {self.batch!r}; expected one of {BATCH_POLICIES}")
         if self.classifier not in CLASSIFIERS:
-            raise ValueError(f"unknown classifier {self.classifier!r}; expected one of {CLASSIFIERS}")
+            raise InvalidInput(f"unknown classifier {self.classifier!r}; expected one of {CLASSIFIERS}")
 
     def terms_at(self, step: int) -> list:
         return [t for t in self.terms if losses.applies_at(t, step)]
@@ -86,11 +87,11 @@ def build_method(name: str, *, instance_weight: float = 0.5, class_weight: float
     name = ALIASES.get(name, name)
     unknown = set(without) - set(ABLATABLE)
     if unknown:
-        raise ValueError(f"cannot remove {sorted(unknown)}: removable terms are {list(ABLATABLE)}")
+        raise InvalidInput(f"cannot remove {sorted(unknown)}: removable terms are {list(ABLATABLE)}")
     if without and name != "avcil":
-        raise ValueError(f"ablations (--without) apply to the avcil method only, not {name!r}")
+        raise InvalidInput(f"ablations (--without) apply to the avcil method only, not {name!r}")
     if readout_features not in FEATURES:
-        raise ValueError(f"unknown readout features {readout_features!r}; expected one of {FEATURES}")
+        raise InvalidInput(f"unknown readout features {readout_features!r}; expected one of {FEATURES}")
     split_ce = losses.CrossEntropy(split=True)
     taskwise_kd = losses.Distillation(distill_temperature, taskwise=True)
     contrast = [losses.InstanceContrast(temperature, weight=instance_weight, from_step=1),
@@ -124,14 +125,14 @@ def build_method(name: str, *, instance_weight: float = 0.5, class_weight: float
     elif name == "upper":
         method = Method(name, [losses.CrossEntropy()], joint=True)
     else:
-        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
+        raise InvalidInput(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
     if selection is not None and method.memory is not None:
         method = replace(method, memory=selection)
     if without:
         method = replace(method, name=f"{name}-without-{'-'.join(without)}")
     if classifier is not None and classifier != method.classifier:
         if classifier not in ("fc", "nme"):
-            raise ValueError(f"a method's classifier can be switched to fc or nme, not {classifier!r}")
+            raise InvalidInput(f"a method's classifier can be switched to fc or nme, not {classifier!r}")
         method = replace(method, name=f"{method.name}-{classifier}", classifier=classifier,
                          readout=readout_spec("mean", "fused") if classifier == "nme" else None)
     return method
@@ -141,7 +142,7 @@ def _analytic_base_terms(features: str, base: str, contrast: list) -> list:
     """Gradient training at the base step only (until_step=0), and only where the readout reads the head's fused
     features: on the encoders' pooled features nothing is trained at all."""
     if base not in ("ce", "avcil"):
-        raise ValueError(f"analytic base training must be 'ce' or 'avcil', not {base!r}")
+        raise InvalidInput(f"analytic base training must be 'ce' or 'avcil', not {base!r}")
     if features == "pooled":
         return []
     terms = [losses.CrossEntropy(until_step=0)]

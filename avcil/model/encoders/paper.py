@@ -17,10 +17,10 @@ from torch import nn
 from transformers import VideoMAEConfig, VideoMAEModel, ViTConfig, ViTModel
 from transformers.utils import logging as transformers_logging
 
+from avcil.errors import InvalidInput
 from avcil.data.preprocess import FramePreprocess, KaldiFbank
 from avcil.features import FeatureShape
-from avcil.model.encoders import PAPER_NORMALIZE, PAPER_SAMPLE_RATE
-from avcil.model.encoders.profile import EncoderProfile, weights_record
+from avcil.model.encoders.profile import PAPER_NORMALIZE, PAPER_SAMPLE_RATE, EncoderProfile, weights_record
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -115,7 +115,7 @@ def audiomae_checkpoint_filter(checkpoint: dict) -> dict:
 
 def _require(path: str | Path | None, what: str, description: str) -> Path:
     if path is None:
-        raise ValueError(f"paper profile: {what}= is required: {description}; or pass random_init=True "
+        raise InvalidInput(f"paper profile: {what}= is required: {description}; or pass random_init=True "
                          f"(random weights, for speed tests only)")
     path = Path(path)
     if not path.exists():
@@ -137,7 +137,7 @@ def _load_checkpoint(path: Path, trust: bool = False) -> dict:
     except pickle.UnpicklingError as error:
         if not trust:
             reason = str(error).split("\n")[0][:300]
-            raise ValueError(f"{path}: holds Python objects besides tensors, refused ({reason}); if you trust this "
+            raise InvalidInput(f"{path}: holds Python objects besides tensors, refused ({reason}); if you trust this "
                              f"file, pass --trust-checkpoint to unpickle it in full") from None
         warnings.warn(f"{path} holds Python objects besides tensors; unpickling it in full, as "
                       f"--trust-checkpoint asks", stacklevel=3)
@@ -152,7 +152,7 @@ def load_audiomae(path: str | Path, config: ViTConfig, trust: bool = False) -> A
         state = audiomae_checkpoint_filter(_load_checkpoint(path, trust))
         encoder.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError) as error:
-        raise ValueError(f"{path}: not {AUDIOMAE_WHAT} for input {config.image_size}: {error}") from error
+        raise InvalidInput(f"{path}: not {AUDIOMAE_WHAT} for input {config.image_size}: {error}") from error
     return encoder
 
 
@@ -198,7 +198,7 @@ def load_videomae(model_dir: str | Path) -> tuple[VideoMAEEncoder, Path]:
     finally:
         transformers_logging.set_verbosity(verbosity)
     if info["missing_keys"]:
-        raise ValueError(f"{model_dir}: not {VIDEOMAE_WHAT}: weights missing for {sorted(info['missing_keys'])[:8]}")
+        raise InvalidInput(f"{model_dir}: not {VIDEOMAE_WHAT}: weights missing for {sorted(info['missing_keys'])[:8]}")
     return VideoMAEEncoder(model), weights[0]
 
 

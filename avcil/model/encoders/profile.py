@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from avcil.errors import InvalidInput
 from avcil.data.preprocess import AudioPreprocess, FramePreprocess
 from avcil.features import Features, FeatureShape
 from avcil.fileio import sha256_file
@@ -24,8 +25,14 @@ def recorded_version(record: dict) -> int:
     """The profile version a manifest or store records; records from before versions existed are version 1."""
     return int(record.get("version", 1))
 
+# The paper's extraction: 11,430 Hz and no AudioMAE input normalisation (REFERENCE §2). AudioMAE's own recipe is
+# 16,000 Hz with normalisation; both are settings of load_profile('paper', ...). Here rather than in paper.py, so
+# that the command line can name the defaults without importing transformers.
+PAPER_SAMPLE_RATE = 11430
+PAPER_NORMALIZE = False
 
-class ProfileMismatch(ValueError):
+
+class ProfileMismatch(InvalidInput):
     """Features, a head or exported encoders made with another encoder profile (or version) than these."""
 
 

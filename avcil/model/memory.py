@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from avcil.errors import InvalidInput
 from avcil.data.clips import ArrayClipSet, ClipSet
 from avcil.features import FeatureShape
 
@@ -58,11 +59,11 @@ def herding_order(embeddings: np.ndarray, count: int) -> list[int]:
 class ExemplarMemory:
     def __init__(self, budget: int, selection: str = "random", precision: str = "fp16", seed: int = 42):
         if selection not in SELECTIONS:
-            raise ValueError(f"unknown exemplar selection {selection!r}; expected one of {SELECTIONS}")
+            raise InvalidInput(f"unknown exemplar selection {selection!r}; expected one of {SELECTIONS}")
         if precision not in PRECISIONS:
-            raise ValueError(f"unknown memory precision {precision!r}; expected one of {list(PRECISIONS)}")
+            raise InvalidInput(f"unknown memory precision {precision!r}; expected one of {list(PRECISIONS)}")
         if budget < 1:
-            raise ValueError(f"memory budget must be at least 1 clip, got {budget}")
+            raise InvalidInput(f"memory budget must be at least 1 clip, got {budget}")
         self.budget = budget
         self.selection = selection
         self.precision = precision
@@ -75,7 +76,7 @@ class ExemplarMemory:
     def quota(self, classes_seen: int) -> int:
         quota = self.budget // classes_seen
         if quota < 1:
-            raise ValueError(
+            raise InvalidInput(
                 f"memory budget of {self.budget} clips is smaller than the {classes_seen} classes seen: "
                 f"every class needs at least one exemplar; raise --memory-budget to at least {classes_seen}")
         return quota
@@ -101,7 +102,7 @@ class ExemplarMemory:
             rng = np.random.default_rng([self.seed, label])
             return list(rng.permutation(len(candidates))[:quota])
         if embed is None:
-            raise ValueError("herding selection needs an embedding function (the current head's fused features)")
+            raise InvalidInput("herding selection needs an embedding function (the current head's fused features)")
         embeddings = np.concatenate([embed(*clips.load(candidates[i:i + batch_size]))
                                      for i in range(0, len(candidates), batch_size)])
         return herding_order(embeddings, quota)

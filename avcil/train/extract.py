@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from avcil.errors import InvalidInput
 from avcil.data.clips import SPLITS
 from avcil.data.decode import MISSING_AUDIO_POLICIES, decode_clip
 from avcil.data.store import FeatureStoreWriter, write_json
@@ -57,7 +58,7 @@ def _clips_in_folder(root: Path) -> list[ClipEntry]:
             if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
                 entries.append(ClipEntry(path.relative_to(root).as_posix(), path, class_dir.name, "train"))
     if not entries:
-        raise ValueError(f"{root}: no videos found; expected one subfolder per class holding video files "
+        raise InvalidInput(f"{root}: no videos found; expected one subfolder per class holding video files "
                          f"({', '.join(sorted(VIDEO_SUFFIXES))})")
     return entries
 
@@ -67,19 +68,19 @@ def _clips_in_csv(table: Path) -> list[ClipEntry]:
         reader = csv.DictReader(f)
         missing = {"path", "label", "split"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{table}: missing column(s) {sorted(missing)}; expected a header path,label,split")
+            raise InvalidInput(f"{table}: missing column(s) {sorted(missing)}; expected a header path,label,split")
         entries = []
         for line, row in enumerate(reader, start=2):
             if row["split"] not in SPLITS:
-                raise ValueError(f"{table}:{line}: split {row['split']!r}, expected one of {SPLITS}")
+                raise InvalidInput(f"{table}:{line}: split {row['split']!r}, expected one of {SPLITS}")
             if not row["path"] or not row["label"]:
-                raise ValueError(f"{table}:{line}: empty path or label")
+                raise InvalidInput(f"{table}:{line}: empty path or label")
             path = Path(row["path"])
             entries.append(ClipEntry(row["path"], path if path.is_absolute() else table.parent / path, row["label"],
                                      row["split"]))
     ids = [e.clip_id for e in entries]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"{table}: a path is listed more than once")
+        raise InvalidInput(f"{table}: a path is listed more than once")
     return entries
 
 
@@ -90,7 +91,7 @@ def list_clips(videos: str | Path) -> list[ClipEntry]:
         return _clips_in_folder(videos)
     if videos.is_file() and videos.suffix.lower() == ".csv":
         return _clips_in_csv(videos)
-    raise ValueError(f"{videos}: expected a folder of class subfolders or a .csv with columns path,label,split")
+    raise InvalidInput(f"{videos}: expected a folder of class subfolders or a .csv with columns path,label,split")
 
 
 @dataclass
@@ -165,7 +166,7 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
     (clips encoded with silence), `clips_per_second` and `feature_bytes_per_clip_fp16`.
     """
     if missing_audio not in MISSING_AUDIO_POLICIES:
-        raise ValueError(f"missing_audio must be one of {MISSING_AUDIO_POLICIES}, got {missing_audio!r}")
+        raise InvalidInput(f"missing_audio must be one of {MISSING_AUDIO_POLICIES}, got {missing_audio!r}")
     entries = list_clips(videos)
     if threads:
         torch.set_num_threads(threads)

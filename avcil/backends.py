@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from avcil.errors import InvalidInput, StageFailed
+
 KINDS = ("torch", "onnxruntime", "tensorrt")
 SUFFIXES = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
 # ONNX Runtime execution providers, best first; the first one installed wins on a GPU.
@@ -38,13 +40,13 @@ class Backend:
 
     def __call__(self, *inputs: Array) -> list[np.ndarray]:
         if len(inputs) != len(self.input_names):
-            raise ValueError(f"{self}: expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
+            raise InvalidInput(f"{self}: expected {len(self.input_names)} inputs {self.input_names}, got {len(inputs)}")
         batch = None
         for name, shape, value in zip(self.input_names, self.input_shapes, inputs):
             fits = len(value.shape) == len(shape) + 1 and all(
                 want is None or got == want for got, want in zip(value.shape[1:], shape))
             if not fits or (batch is not None and value.shape[0] != batch):
-                raise ValueError(f"{self}: input {name!r} has shape {tuple(value.shape)}, expected "
+                raise InvalidInput(f"{self}: input {name!r} has shape {tuple(value.shape)}, expected "
                                  f"({batch or 'batch'}, {', '.join('any' if d is None else str(d) for d in shape)})")
             batch = value.shape[0]
         return self.run(list(inputs))
@@ -78,7 +80,7 @@ class TorchBackend(Backend):
                  graph_batch: int | None = None):
         on_cuda = device.startswith("cuda")
         if (fp16 or graph_batch) and not on_cuda:
-            raise ValueError("fp16 and CUDA graphs need a CUDA device (torch fp16 on CPU is slower than fp32)")
+            raise InvalidInput("fp16 and CUDA graphs need a CUDA device (torch fp16 on CPU is slower than fp32)")
         self.device = device
         self.dtype = torch.float16 if fp16 else torch.float32
         self.module = module.to(device=device, dtype=self.dtype).eval()
@@ -144,7 +146,7 @@ def onnxruntime_providers(device: str, available: Sequence[str], fp16: bool = Fa
         return ["CPUExecutionProvider"]
     chosen = [p for p in GPU_PROVIDERS if p in available]
     if not chosen:
-        raise RuntimeError(f"device {device!r}: this onnxruntime has no GPU provider (has {list(available)}); "
+        raise StageFailed(f"device {device!r}: this onnxruntime has no GPU provider (has {list(available)}); "
                            f"install onnxruntime-gpu, or use device='cpu'")
     device_id = int(device.split(":")[1]) if ":" in device else 0
     options = {"CUDAExecutionProvider": {"device_id": device_id},
@@ -203,7 +205,7 @@ class TensorRTBackend(Backend):
     kind = "tensorrt"
 
     def __init__(self, path: str | Path, device: str = "cuda"):
-        from avcil.export import tensorrt as engines
+        from avcil.model import engine_file as engines
 
         trt = engines.import_tensorrt()
         self.path, self.device = Path(path), device
@@ -238,7 +240,7 @@ class TensorRTBackend(Backend):
         for name in self.output_names:
             self.context.set_tensor_address(name, self.io.output(name, tuple(self.context.get_tensor_shape(name))))
         if not self.context.execute_async_v3(self.io.stream_handle):
-            raise RuntimeError(f"{self.path}: TensorRT execution failed")
+            raise StageFailed(f"{self.path}: TensorRT execution failed")
         return self.io.fetch(self.output_names)
 
 
@@ -272,7 +274,7 @@ class _PycudaIO:
             import pycuda.autoinit  # noqa: F401  (a context on device 0)
             import pycuda.driver as cuda
         except ImportError:
-            raise RuntimeError("the tensorrt backend needs torch with CUDA or pycuda (pip install pycuda)") from None
+            raise StageFailed("the tensorrt backend needs torch with CUDA or pycuda (pip install pycuda)") from None
         self.cuda = cuda
         self.stream = cuda.Stream()
         self.stream_handle = self.stream.handle
@@ -306,7 +308,7 @@ def kind_for(source: str | Path | nn.Module) -> str:
         return "torch"
     suffix = Path(source).suffix.lower()
     if suffix not in SUFFIXES:
-        raise ValueError(f"{source}: cannot tell the backend from the suffix {suffix!r}; expected one of "
+        raise InvalidInput(f"{source}: cannot tell the backend from the suffix {suffix!r}; expected one of "
                          f"{sorted(SUFFIXES)} or an nn.Module")
     return SUFFIXES[suffix]
 
@@ -329,13 +331,13 @@ def load_backend(source: str | Path | nn.Module, kind: str | None = None, device
     kind = kind or kind_for(source)
     if kind == "torch":
         if not isinstance(source, nn.Module):
-            raise ValueError(f"{source}: the torch backend runs an nn.Module, not a file")
+            raise InvalidInput(f"{source}: the torch backend runs an nn.Module, not a file")
         return TorchBackend(source, device=device, **options)
     if kind == "onnxruntime":
         return OnnxRuntimeBackend(source, device=device, **options)
     if kind == "tensorrt":
         return TensorRTBackend(source, device=device if device.startswith("cuda") else "cuda")
-    raise ValueError(f"unknown backend {kind!r}; expected one of {KINDS}")
+    raise InvalidInput(f"unknown backend {kind!r}; expected one of {KINDS}")
 
 
 def check_same_profile(record: dict, other: dict, what: str, other_what: str, fix: str) -> None:
@@ -356,7 +358,7 @@ def checked_file(folder: Path, listed: dict, name: str, suffix: str) -> Path:
     """The exported file of graph `name`, only if the encoder spec lists it with a sha256 that it matches: a file
     put or changed there by anything but `avcil export` is never loaded."""
     from avcil.fileio import sha256_file
-    from avcil.runtime.modeldir import ModelDirError
+    from avcil.modeldir import ModelDirError
 
     path = folder / f"{name}{suffix}"
     expected = (listed.get(name) or {}).get("sha256")
@@ -376,9 +378,9 @@ def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profil
 
     onnxruntime/tensorrt run MODEL/encoders/{audio,visual,head}.{onnx,engine}; torch runs the encoder profile
     (`profile`, or rebuilt from the model's manifest) and the head of the current version."""
-    from avcil.export.onnx import GRAPH_NAMES, dynamic_axes, graph_modules, read_spec
+    from avcil.model.graphs import GRAPH_NAMES, dynamic_axes, graph_modules, read_spec
     from avcil.model.encoders import profile_from_record
-    from avcil.runtime.modeldir import ModelDir
+    from avcil.modeldir import ModelDir
 
     model_dir = Path(model_dir)
     if kind in ("onnxruntime", "tensorrt"):

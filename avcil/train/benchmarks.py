@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from avcil.errors import InvalidInput
 from avcil.data.clips import Benchmark
 
 BUILT_IN = ("synthetic", "av-digits")
@@ -17,7 +18,7 @@ def default_cache() -> Path:
 def av_digits_benchmark(cache: Path, progress: bool = True) -> Benchmark:
     """AV-Digits clips built offline, then features from the lite encoders; both cached under `cache`."""
     from avcil.data.avdigits import AV_DIGITS_CLASSES, AV_DIGITS_STEPS, build_av_digits
-    from avcil.data.extract import extract
+    from avcil.train.extract import extract
     from avcil.data.store import open_store
     from avcil.model.encoders import PROFILE_VERSIONS
 
@@ -37,7 +38,7 @@ def av_digits_benchmark(cache: Path, progress: bool = True) -> Benchmark:
 def load_benchmark(data: str | None, release: str | None = None, steps: int | None = None,
                    cache: Path | None = None, progress: bool = True) -> Benchmark:
     if (data is None) == (release is None):
-        raise ValueError("name exactly one data source: --data synthetic|av-digits|STORE or --avcil-release DIR")
+        raise InvalidInput("name exactly one data source: --data synthetic|av-digits|STORE or --avcil-release DIR")
     if release is not None:
         from avcil.data.release import load_release
 
@@ -50,12 +51,12 @@ def load_benchmark(data: str | None, release: str | None = None, steps: int | No
         return av_digits_benchmark(cache or default_cache(), progress)
     store = Path(data)
     if not (store / "store.json").is_file():
-        raise ValueError(f"--data {data!r}: not one of {BUILT_IN} and not a feature store directory")
+        raise InvalidInput(f"--data {data!r}: not one of {BUILT_IN} and not a feature store directory")
     from avcil.data.store import open_store
 
     opened = open_store(store)
     if steps is None:
-        raise ValueError(f"--data {data}: a feature store needs --steps (its {len(opened.class_names())} classes "
+        raise InvalidInput(f"--data {data}: a feature store needs --steps (its {len(opened.class_names())} classes "
                          f"are split into that many equal steps)")
     benchmark = opened.benchmark(steps)
     benchmark.profile = opened.profile

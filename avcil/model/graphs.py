@@ -1,0 +1,96 @@
+"""The graph contract between export and the runtimes: the graphs' names, their inputs and outputs, which axes
+are free, the PyTorch module behind each, and the spec file (`encoders.json`) that lists the exported files.
+
+Export writes to it and every backend reads from it, so it sits below both (DESIGN.md, layer 3)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from avcil.errors import InvalidInput
+from avcil.model.head import FusionHead
+
+ENCODERS_DIR, SPEC_FILE, REPORT_FILE = "encoders", "encoders.json", "export_report.json"
+SPEC_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Graph:
+    name: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.onnx"
+
+
+# The names chain: the encoders' outputs are the head's inputs.
+AUDIO_GRAPH = Graph("audio", ("audio_input",), ("audio_embedding",))
+VISUAL_GRAPH = Graph("visual", ("frames",), ("visual_tokens",))
+# The parts of an audio encoder that a live stream runs on their own (lite: `SoundAndSpeechEncoder.stream_parts`).
+STREAM_GRAPHS = {"audio_sfx": Graph("audio_sfx", ("sfx_spectrogram",), ("sfx_embedding",)),
+                 "speech_window": Graph("speech_window", ("speech_samples",), ("speech_embedding",))}
+# A single-modality head takes only the features it uses (the exporter drops an unused input anyway).
+HEAD_INPUTS = {"audio-visual": ("audio_embedding", "visual_tokens"), "audio": ("audio_embedding",),
+               "visual": ("visual_tokens",)}
+GRAPH_NAMES = ("audio", "visual", "head")  # every profile's; a lite export adds STREAM_GRAPHS
+
+
+def head_graph(modality: str = "audio-visual") -> Graph:
+    return Graph("head", HEAD_INPUTS[modality], ("logits",))
+
+
+class HeadLogits(nn.Module):
+    """The head's inference graph: the features its modality uses, in HEAD_INPUTS order -> logits."""
+
+    def __init__(self, head: FusionHead):
+        super().__init__()
+        self.head = head
+        self.inputs = HEAD_INPUTS[head.config.modality]
+
+    def forward(self, *features: torch.Tensor) -> torch.Tensor:
+        named = dict(zip(self.inputs, features))
+        return self.head(named.get("audio_embedding"), named.get("visual_tokens")).logits
+
+
+FRAME_AXIS = 1  # of frames [batch, T, 3, H, W] and of visual_tokens [batch, T, S, Dv]
+
+
+def dynamic_axes(spec: Graph, frames_independent: bool = False) -> dict[str, dict[int, str]]:
+    """The axes of a graph's inputs and outputs that are not fixed: the batch, and the frame count of the visual
+    graph of a profile that encodes each frame on its own."""
+    axes = {name: {0: "batch"} for name in (*spec.inputs, *spec.outputs)}
+    if frames_independent and spec.name == VISUAL_GRAPH.name:
+        for name in (*spec.inputs, *spec.outputs):
+            axes[name][FRAME_AXIS] = "frames"
+    return axes
+
+
+def graph_modules(profile, head: FusionHead) -> dict[str, tuple[nn.Module, Graph, list[tuple[int, ...]]]]:
+    """Per graph name: the PyTorch module, its I/O names and its input shapes without the batch dimension."""
+    shape = profile.shape
+    features = {"audio_embedding": (shape.audio_dim,), "visual_tokens": shape.visual}
+    spec = head_graph(head.config.modality)
+    modules = {"audio": (profile.audio, AUDIO_GRAPH, [tuple(profile.audio_input_shape)]),
+               "visual": (profile.visual, VISUAL_GRAPH, [tuple(profile.visual_input_shape)]),
+               "head": (HeadLogits(head).eval(), spec, [features[name] for name in spec.inputs])}
+    parts = getattr(profile.audio, "stream_parts", None)
+    for name, (module, input_shape) in (parts() if parts else {}).items():
+        modules[name] = (module, STREAM_GRAPHS[name], [tuple(input_shape)])
+    return modules
+
+
+def read_spec(folder: Path) -> dict:
+    path = Path(folder) / SPEC_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no exported encoders here (run `avcil export --model DIR --format onnx`)")
+    spec = json.loads(path.read_text())
+    if spec.get("format") != SPEC_FORMAT:
+        raise InvalidInput(f"{path}: format {spec.get('format')!r}, this avcil reads {SPEC_FORMAT}")
+    return spec
