@@ -10,6 +10,11 @@ Every file is written aside, fsynced and renamed into place, and a chunk's JSON 
 arrays: the index is the commit. A crash leaves only whole committed chunks visible; the writer removes the rest
 when it reopens the store and extraction resumes with the clips that are not in it yet. Readers memory-map the
 arrays, so opening a store reads only the indexes and `load` reads only the clips asked for.
+
+Extraction spread over processes (`torchrun ... -m avcil extract`) writes one store per rank under
+ROOT/shards/rank-R-of-W/, each resumable on its own; `merge_shards` then links their committed chunks into ROOT's
+index: a linked chunk's JSON in ROOT/chunks names where its arrays lie ("arrays": "shards/.../chunks/NNNNNN"), so no
+array is copied and the store reads exactly as if one process had written it.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from avcil.fileio import atomic_file
 
 FORMAT = "avcil-feature-store/1"
 MANIFEST = "store.json"
+SHARDS = "shards"
 
 
 def write_json(path: Path, obj: dict) -> None:
@@ -56,6 +62,11 @@ def _mismatch(stored: dict, new: dict) -> str:
                        if stored.get("settings", {}).get(k) != new.get("settings", {}).get(k))
     return (f"this store holds features of {profile_label(stored)} encoders with other {', '.join(differing)} "
             f"settings")
+
+
+def _chunk_base(chunks: Path, number: int) -> Path:
+    """A chunk's files without their suffixes."""
+    return chunks / f"{number:06d}"
 
 
 def _chunk_path(chunks: Path, number: int, suffix: str) -> Path:
@@ -99,8 +110,7 @@ class FeatureStoreWriter:
         for leftover in self._chunks.iterdir():  # tmp files and arrays whose index was never written
             if leftover.name not in keep:
                 leftover.unlink()
-        self._done = {clip_id for n in committed
-                      for clip_id in json.loads(_chunk_path(self._chunks, n, "json").read_text())["ids"]}
+        self._done = stored_ids(self.root)
         self._next_chunk = committed[-1] + 1 if committed else 0
         self._buffer: list[tuple[str, str, str, np.ndarray, np.ndarray]] = []
         self._buffered_ids: set[str] = set()
@@ -156,6 +166,52 @@ def _map(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return array
 
 
+def shard_root(root: str | Path, rank: int, world: int) -> Path:
+    """The store that rank `rank` of `world` extracts into: named by the world size too, so that a rerun with
+    another number of processes starts new shards beside the old ones (which were merged) instead of mixing them."""
+    return Path(root) / SHARDS / f"rank-{rank:03d}-of-{world:03d}"
+
+
+def stored_ids(root: str | Path) -> set[str]:
+    """The ids of the clips committed in a store, from its indexes alone."""
+    chunks = Path(root) / "chunks"
+    return {clip_id for n in _committed(chunks) for clip_id in json.loads(_chunk_path(chunks, n, "json").read_text())["ids"]}
+
+
+def merge_shards(root: str | Path) -> int:
+    """Link every committed chunk of ROOT/shards/* that ROOT's index does not hold yet into it; return how many clips
+    that added. Idempotent, and crash-safe like a write (one chunk index at a time). Run it while no writer is open on
+    ROOT or its shards (the extraction's rank 0 does, between barriers)."""
+    root = Path(root)
+    manifest = _read_manifest(root)
+    chunks = root / "chunks"
+    committed = _committed(chunks)
+    linked, ids = set(), set()
+    for number in committed:
+        index = json.loads(_chunk_path(chunks, number, "json").read_text())
+        linked.add(index.get("arrays"))
+        ids.update(index["ids"])
+    number, added = (committed[-1] + 1 if committed else 0), 0
+    for shard in sorted(p for p in (root / SHARDS).glob("*") if (p / MANIFEST).is_file()):
+        shard_manifest = _read_manifest(shard)
+        if shard_manifest["shape"] != manifest["shape"] or shard_manifest["profile"] != manifest["profile"]:
+            raise InvalidInput(f"{shard}: {_mismatch(manifest['profile'], shard_manifest['profile'])}; this shard "
+                               f"does not belong to {root}: remove it")
+        for chunk in _committed(shard / "chunks"):
+            base = _chunk_base(shard / "chunks", chunk).relative_to(root).as_posix()
+            if base in linked:
+                continue
+            index = json.loads(_chunk_path(shard / "chunks", chunk, "json").read_text())
+            twice = ids.intersection(index["ids"])
+            if twice:
+                raise InvalidInput(f"{shard}: chunk {chunk:06d} holds clip(s) {sorted(twice)[:3]} that {root} already "
+                                   f"has; remove that shard and rerun to extract what is missing")
+            write_json(_chunk_path(chunks, number, "json"), {**index, "arrays": base})
+            ids.update(index["ids"])
+            number, added = number + 1, added + len(index["ids"])
+    return added
+
+
 def open_store(root: str | Path) -> "FeatureStore":
     return FeatureStore(root)
 
@@ -169,6 +225,7 @@ class FeatureStore:
         self.shape, self.profile = FeatureShape.from_dict(manifest["shape"]), manifest["profile"]
         self._chunks = self.root / "chunks"
         self._chunk_rows: dict[int, int] = {}
+        self._array_base: dict[int, Path] = {}  # where a chunk's arrays lie, without the suffix
         self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # memory maps, opened once per chunk
         ids: list[str] = []
         labels: list[str] = []
@@ -178,6 +235,8 @@ class FeatureStore:
         for number in _committed(self._chunks):
             index = json.loads(_chunk_path(self._chunks, number, "json").read_text())
             self._chunk_rows[number] = len(index["ids"])
+            self._array_base[number] = (self.root / index["arrays"] if "arrays" in index
+                                        else _chunk_base(self._chunks, number))
             self._chunk(number)  # a missing or truncated chunk file fails here, not in the middle of training
             ids += index["ids"]
             labels += index["labels"]
@@ -192,9 +251,9 @@ class FeatureStore:
     def _chunk(self, number: int) -> tuple[np.ndarray, np.ndarray]:
         """Audio and visual arrays of one chunk, memory-mapped."""
         if number not in self._arrays:
-            n = self._chunk_rows[number]
-            self._arrays[number] = (_map(_chunk_path(self._chunks, number, "audio.npy"), (n, self.shape.audio_dim)),
-                                    _map(_chunk_path(self._chunks, number, "visual.npy"), (n, *self.shape.visual)))
+            n, base = self._chunk_rows[number], self._array_base[number]
+            self._arrays[number] = (_map(base.parent / f"{base.name}.audio.npy", (n, self.shape.audio_dim)),
+                                    _map(base.parent / f"{base.name}.visual.npy", (n, *self.shape.visual)))
         return self._arrays[number]
 
     def __getstate__(self) -> dict:

@@ -134,15 +134,27 @@ class AnalyticReadout(nn.Module):
     def accumulate(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         """Add clips (readout inputs [n, in_dim], class indices [n]) to the statistics; `solve` afterwards."""
         if not bool(self.standardised) and len(x) > 1:
-            # sqrt(in_dim) keeps the standardised vector at about unit norm, as the expansion's scale expects.
-            self.shift = x.float().mean(dim=0)
-            self.spread = (x.float().std(dim=0) + 1e-6) * len(self.shift) ** 0.5
-            self.standardised = torch.tensor(True)
+            self.standardise(x.float().mean(dim=0), x.float().std(dim=0))
+        self.add(self.increments(x, labels))
+
+    def standardise(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Fix the per-input standardisation (once, from the first clips; over all ranks' clips under torchrun)."""
+        # sqrt(in_dim) keeps the standardised vector at about unit norm, as the expansion's scale expects.
+        self.shift = mean.float()
+        self.spread = (std.float() + 1e-6) * len(self.shift) ** 0.5
+        self.standardised = torch.tensor(True)
+
+    @torch.no_grad()
+    def increments(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What these clips add to each statistic (float64): sums, so that they add across processes too."""
         phi = self.expanded(x).double()
         onehot = F.one_hot(labels.long(), self.num_classes).double()
-        self.gram += (phi.T @ phi).to(self.gram.dtype)
-        self.cross += (phi.T @ onehot).to(self.cross.dtype)
-        self.count += onehot.sum(dim=0).to(self.count.dtype)
+        return {"gram": phi.T @ phi, "cross": phi.T @ onehot, "count": onehot.sum(dim=0)}
+
+    @torch.no_grad()
+    def add(self, increments: dict[str, torch.Tensor]) -> None:
+        for name, value in increments.items():
+            getattr(self, name).add_(value.to(getattr(self, name).dtype))
 
     @torch.no_grad()
     def solve(self) -> None:
@@ -177,8 +189,14 @@ class MeanReadout(nn.Module):
 
     @torch.no_grad()
     def accumulate(self, x: torch.Tensor, labels: torch.Tensor) -> None:
-        self.sums.index_add_(0, labels.long(), F.normalize(x.float(), dim=-1))
-        self.count += torch.bincount(labels.long(), minlength=self.num_classes).to(self.count.dtype)
+        self.add(self.increments(x, labels))
+
+    @torch.no_grad()
+    def increments(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        sums = torch.zeros_like(self.sums).index_add_(0, labels.long(), F.normalize(x.float(), dim=-1))
+        return {"sums": sums, "count": torch.bincount(labels.long(), minlength=self.num_classes).to(self.count.dtype)}
+
+    add = AnalyticReadout.add
 
     def solve(self) -> None:
         """Nothing to solve: the means are the sums; kept for one interface with AnalyticReadout."""

@@ -4,23 +4,39 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from avcil.train.methods import ALIASES, DEFAULT_METHOD, METHODS
 from avcil.train.options import ablation, add_training_flags
 
 
 def _train(args: argparse.Namespace) -> int:
+    from avcil.train import distributed
+
+    group = distributed.start(args.device)  # under torchrun: DDP over the ranks; else nothing changes
+    try:
+        return _train_in(args, group)
+    finally:
+        distributed.stop()
+
+
+def _train_in(args: argparse.Namespace, group) -> int:
     from avcil.train.benchmarks import load_benchmark
     from avcil.train.options import config_from_args, method_from_args, protocol_kwargs
     from avcil.train.protocol import run_protocol
     from avcil.train.run import write_run
 
-    benchmark = load_benchmark(args.data, args.avcil_release, args.steps, args.cache)
+    with group.main_first("prepare the data"):  # a built-in benchmark is built and cached once, by rank 0
+        benchmark = load_benchmark(args.data, args.avcil_release, args.steps, args.cache, progress=group.is_main)
     method = method_from_args(args, benchmark, args.method, args.without)
-    config = config_from_args(args, benchmark)
-    print(f"{method.name} on {benchmark.name}: {len(benchmark.class_names)} classes in {len(benchmark.steps)} steps, "
-          f"{config.epochs} epochs per step", file=sys.stderr)
-    outcome = run_protocol(benchmark, method, config, **protocol_kwargs(args, benchmark))
+    config = replace(config_from_args(args, benchmark), device=group.device(args.device))
+    if group.is_main:
+        print(f"{method.name} on {benchmark.name}: {len(benchmark.class_names)} classes in {len(benchmark.steps)} "
+              f"steps, {config.epochs} epochs per step" + (f", {group.world} processes" if group.active else ""),
+              file=sys.stderr)
+    outcome = run_protocol(benchmark, method, config, progress=group.is_main, **protocol_kwargs(args, benchmark))
+    if not group.is_main:  # the ranks hold the same head and results; rank 0 writes them
+        return 0
     written = write_run(args.out, benchmark, outcome)
     r = outcome.results
     print(f"step accuracy (%): {' '.join(f'{a * 100:.1f}' for a in r['step_accuracy'])}")

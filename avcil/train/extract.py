@@ -28,12 +28,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from avcil.errors import InvalidInput
+from avcil.errors import InvalidInput, StageFailed
 from avcil.data.clips import SPLITS
 from avcil.data.decode import MISSING_AUDIO_POLICIES, decode_clip
-from avcil.data.store import FeatureStoreWriter, write_json
+from avcil.data.store import FeatureStoreWriter, merge_shards, shard_root, stored_ids, write_json
 from avcil.features import Features
 from avcil.model.encoders import PROFILES, EncoderProfile, load_profile
+from avcil.train import distributed
+from avcil.train.distributed import Group
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,9 @@ VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpe
 FAILURES_FILE = "failures.json"
 # A partly filled chunk is committed at least this often, so that an interrupted slow run loses little work.
 FLUSH_EVERY_SECONDS = 120.0
+# Under torchrun each rank reports its counts in its shard this often, for rank 0's progress bar.
+PROGRESS_FILE = "progress.json"
+PROGRESS_EVERY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -148,12 +153,13 @@ def _encode_and_store(batch: list[Prepared], profile: EncoderProfile, writer: Fe
     for p, a, v in zip(good, audio, visual):
         writer.add(p.entry.clip_id, p.entry.label, p.entry.split, Features(audio=a, visual=v))
     summary["silent_audio"] += [p.entry.clip_id for p in good if p.silent_fallback]
+    summary["extracted_ids"] += [p.entry.clip_id for p in good]
     summary["extracted"] += len(good)
 
 
 def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, profile: EncoderProfile | None = None,
             batch_size: int | None = None, workers: int = 2, threads: int | None = None, device: str | None = None,
-            missing_audio: str = "error", limit: int | None = None, progress: bool = True,
+            missing_audio: str = "error", limit: int | None = None, progress: bool = True, group: Group | None = None,
             **profile_options) -> dict:
     """Extract the features of every clip under `videos` not yet in the store `out`; return a summary.
 
@@ -164,10 +170,15 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
     frame, 16 on a GPU); `workers`: decoding threads; `missing_audio`: 'error' or 'silence' (see avcil.data.decode); `limit`: extract
     at most this many new clips. The summary holds counts, `failures` {clip id: reason}, `silent_audio`
     (clips encoded with silence), `clips_per_second` and `feature_bytes_per_clip_fp16`.
+
+    `group` (from avcil.train.distributed.start, under torchrun): every rank calls this alike; rank 0 lists the
+    clips still missing and deals them out, each rank extracts its share into its own shard store, rank 0 merges
+    the shards into `out` and every rank returns the summary of all of them.
     """
     if missing_audio not in MISSING_AUDIO_POLICIES:
         raise InvalidInput(f"missing_audio must be one of {MISSING_AUDIO_POLICIES}, got {missing_audio!r}")
-    entries = list_clips(videos)
+    group = group or Group()
+    entries = list_clips(videos) if group.is_main else None
     if threads:
         torch.set_num_threads(threads)
     if profile is None:
@@ -178,33 +189,86 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
         on_gpu = next(profile.visual.parameters()).device.type != "cpu"
         batch_size = 16 if on_gpu else 2
     out = Path(out)
-    summary = {"store": str(out), "profile": profile.name, "clips_listed": len(entries), "already_done": 0,
-               "extracted": 0, "failed": 0, "failures": {}, "silent_audio": []}
     started = time.perf_counter()
-    with FeatureStoreWriter(out, profile.shape, profile.describe()) as writer:
-        done = writer.done_ids()
-        todo = [e for e in entries if e.clip_id not in done]
-        summary["already_done"] = len(entries) - len(todo)
-        todo = todo[:limit]
-        bar = tqdm(total=len(todo), unit="clip", desc=f"extract {profile.name}", disable=not progress,
+    listed, todo = group.from_main(_missing(entries, out, profile, limit, group) if group.is_main else None,
+                                   "listing the clips")
+    mine = group.part(todo)
+    summary = {"store": str(out), "profile": profile.name, "clips_listed": listed, "already_done": listed - len(todo),
+               "extracted": 0, "failed": 0, "failures": {}, "silent_audio": [], "extracted_ids": [], "processed": 0}
+    shard = shard_root(out, group.rank, group.world) if group.active else out
+    with FeatureStoreWriter(shard, profile.shape, profile.describe()) as writer:
+        bar = tqdm(total=len(todo), unit="clip", desc=f"extract {profile.name}" + (
+            f" ({group.world} processes)" if group.active else ""), disable=not (progress and group.is_main),
                    file=sys.stderr)
-        last_flush = time.perf_counter()
+        last_flush = last_report = time.perf_counter()
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            prepared = _ahead(pool, lambda e: _prepare(e, profile, missing_audio), todo, window=2 * batch_size)
+            prepared = _ahead(pool, lambda e: _prepare(e, profile, missing_audio), mine, window=2 * batch_size)
             for batch in _batches(prepared, batch_size):
                 _encode_and_store(batch, profile, writer, summary)
                 if time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
                     writer.flush()
                     last_flush = time.perf_counter()
-                bar.update(len(batch))
+                summary["processed"] += len(batch)
+                if group.active and time.perf_counter() - last_report > PROGRESS_EVERY_SECONDS:
+                    write_json(shard / PROGRESS_FILE, summary)
+                    last_report = time.perf_counter()
+                bar.update(_all_processed(out, group, summary) - bar.n)
                 bar.set_postfix(failed=len(summary["failures"]), refresh=False)
         bar.close()
+    if group.active:
+        write_json(shard / PROGRESS_FILE, summary)
+        summary = _merge(out, group, summary)
     seconds = time.perf_counter() - started
-    write_json(out / FAILURES_FILE, {"failures": summary["failures"], "silent_audio": summary["silent_audio"]})
+    if group.is_main:
+        write_json(out / FAILURES_FILE, {"failures": summary["failures"], "silent_audio": summary["silent_audio"]})
+    for internal in ("extracted_ids", "processed"):
+        summary.pop(internal)
     summary.update(failed=len(summary["failures"]), seconds=round(seconds, 3),
-                   clips_per_second=round(summary["extracted"] / seconds, 3),
+                   clips_per_second=round(summary["extracted"] / seconds, 3), processes=group.world,
                    feature_bytes_per_clip_fp16=2 * (profile.shape.audio_dim + int(np.prod(profile.shape.visual))))
     return summary
+
+
+def _missing(entries: list[ClipEntry], out: Path, profile: EncoderProfile, limit: int | None,
+             group: Group) -> tuple[int, list[ClipEntry]]:
+    """How many clips are listed and which of them the store lacks (at most `limit`). Under torchrun (rank 0) the
+    store is created first and what earlier runs left in shards is merged, so that the work is dealt out afresh."""
+    FeatureStoreWriter(out, profile.shape, profile.describe()).close()  # creates the store, or checks its profile
+    if group.active:
+        merge_shards(out)
+    done = stored_ids(out)
+    return len(entries), [e for e in entries if e.clip_id not in done][:limit]
+
+
+def _all_processed(out: Path, group: Group, summary: dict) -> int:
+    """Clips done by every rank so far, as rank 0 sees them: its own count and the others' progress files."""
+    if not (group.active and group.is_main):
+        return summary["processed"]
+    others = 0
+    for rank in range(1, group.world):
+        try:
+            others += json.loads((shard_root(out, rank, group.world) / PROGRESS_FILE).read_text()).get("processed", 0)
+        except (OSError, ValueError):  # not written yet, or being replaced
+            pass
+    return summary["processed"] + others
+
+
+def _merge(out: Path, group: Group, mine: dict) -> dict:
+    """After every rank has committed its shard: rank 0 links the shards into the store and checks that it holds
+    every clip the ranks report extracted; every rank gets the summary of all of them."""
+    group.barrier("the end of extraction (waiting for every rank to commit its shard)")
+    summaries = group.gather(mine, "collecting the ranks' summaries")
+    total = None
+    if group.is_main:
+        merge_shards(out)
+        missing = {i for s in summaries for i in s["extracted_ids"]} - stored_ids(out)
+        if missing:
+            raise StageFailed(f"{out}: rank 0 does not see {len(missing)} clip(s) the other ranks committed (is the "
+                              f"store on a file system every machine shares?); rerun to merge them")
+        total = {**mine, "extracted": sum(s["extracted"] for s in summaries),
+                 "failures": {k: v for s in summaries for k, v in s["failures"].items()},
+                 "silent_audio": sorted(i for s in summaries for i in s["silent_audio"])}
+    return group.from_main(total, "sharing the summary")
 
 
 def _summary_lines(summary: dict) -> list[str]:
@@ -228,13 +292,19 @@ def run(args: argparse.Namespace) -> int:
         options = {"audiomae": args.audiomae, "videomae": args.videomae, "random_init": args.random_init,
                    "trust_checkpoint": args.trust_checkpoint,
                    "sample_rate": args.sample_rate, "normalize": args.normalize}
-    summary = extract(args.videos, args.out, args.profile, batch_size=args.batch_size, workers=args.workers,
-                      threads=args.threads, device=args.device, missing_audio=args.missing_audio, limit=args.limit,
-                      **options)
-    print("\n".join(_summary_lines(summary)), file=sys.stderr)
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1))
-    return 1 if summary["failed"] else 0
+    group = distributed.start(args.device)  # under torchrun: this rank's share of the clips
+    try:
+        summary = extract(args.videos, args.out, args.profile, batch_size=args.batch_size, workers=args.workers,
+                          threads=args.threads, device=group.device(args.device), missing_audio=args.missing_audio,
+                          limit=args.limit, group=group, **options)
+    finally:
+        distributed.stop()
+    if group.is_main:
+        print("\n".join(_summary_lines(summary)), file=sys.stderr)
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=1))
+    # Under torchrun only rank 0 says so: a worker's non-zero exit makes torchrun stop the others.
+    return 1 if summary["failed"] and group.is_main else 0
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

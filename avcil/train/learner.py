@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler
 from tqdm import tqdm
 
 from avcil.errors import InvalidInput
@@ -22,6 +22,8 @@ from avcil.data.clips import ClipSet
 from avcil.model.head import FusionHead
 from avcil.model.losses import LossInputs
 from avcil.model.memory import ExemplarMemory
+from avcil.train import distributed
+from avcil.train.distributed import Group
 from avcil.train.precision import PRECISIONS, compute_dtype  # noqa: F401 (PRECISIONS: re-exported)
 from avcil.train.methods import Method
 
@@ -76,16 +78,33 @@ class _Batches(Dataset):
                 torch.from_numpy(np.concatenate(labels)), torch.from_numpy(np.concatenate(exemplar)))
 
 
+class _ShareOfBatches(Sampler):
+    """This rank's share of every batch: the batches are those one process draws (the same generator seed on every
+    rank), each dealt out over the ranks, so that DDP's averaged gradient is that of the whole batch. A batch smaller
+    than the world goes whole to every rank (the average of equal gradients is that gradient)."""
+
+    def __init__(self, batches: BatchSampler, group: Group):
+        self.batches, self.group = batches, group
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield batch if len(batch) < self.group.world else batch[self.group.rank::self.group.world]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 def batches(clips: ClipSet, indices: Sequence[int], batch_size: int, shuffle: bool, seed: int,
-            num_workers: int = 0, extra: ClipSet | None = None) -> DataLoader:
+            num_workers: int = 0, extra: ClipSet | None = None, group: Group | None = None) -> DataLoader:
     """Batches of (audio, visual, labels, is_exemplar) over `indices` of `clips`, and over all of `extra` (the
-    exemplars mixed in) where given."""
+    exemplars mixed in) where given; under torchrun (`group`) this rank's share of each."""
     rows = [(0, int(i)) for i in indices] + ([(1, i) for i in range(len(extra.labels))] if extra is not None else [])
     data = _Batches([clips] + ([extra] if extra is not None else []), rows)
     generator = torch.Generator().manual_seed(seed)
     base = RandomSampler(data, generator=generator) if shuffle else range(len(data))
-    return DataLoader(data, sampler=BatchSampler(base, batch_size, drop_last=False), batch_size=None,
-                      num_workers=num_workers, persistent_workers=num_workers > 0)
+    sampler = BatchSampler(base, batch_size, drop_last=False)
+    return DataLoader(data, sampler=_ShareOfBatches(sampler, group) if group is not None and group.active else sampler,
+                      batch_size=None, num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
 def _cycle(loader: DataLoader) -> Iterator:
@@ -112,9 +131,15 @@ def predict(head: FusionHead, clips: ClipSet, indices: Sequence[int], config: Tr
 
 
 def accuracy(head: FusionHead, clips: ClipSet, indices: Sequence[int], config: TrainConfig,
-             what: str = "logits") -> float:
+             what: str = "logits", group: Group | None = None) -> float:
+    """Under torchrun (`group`) each rank predicts its share and the counts are summed: every rank gets the same."""
     indices = np.asarray(indices)
-    return float((predict(head, clips, indices, config, what) == clips.labels[indices]).mean())
+    if group is None or not group.active:
+        return float((predict(head, clips, indices, config, what) == clips.labels[indices]).mean())
+    mine = np.asarray(group.part(indices))
+    correct = float((predict(head, clips, mine, config, what) == clips.labels[mine]).sum())
+    correct, total = group.sum([correct, len(mine)], "validation")
+    return correct / total
 
 
 @torch.no_grad()
@@ -122,8 +147,9 @@ def fit_readout(head: FusionHead, spec: dict, clips: ClipSet, indices: Sequence[
                 fresh: bool = False) -> None:
     """Add these clips (labels = class indices) to the head's readout and solve it; `fresh` (or no readout yet)
     starts one of `spec`'s settings from empty. Clips with NaN or Inf features are refused, by id, before any is
-    added."""
-    indices = np.asarray(indices, dtype=np.int64)
+    added. Under torchrun each rank reads its share of the clips and the readout's sums are added over the ranks."""
+    group = distributed.current()
+    indices = np.asarray(group.part(np.asarray(indices, dtype=np.int64)))
     loader = batches(clips, indices, config.eval_batch_size, False, 0, config.num_workers)
     inputs, labels, done = [], [], 0
     head.to(config.device).eval()
@@ -138,9 +164,29 @@ def fit_readout(head: FusionHead, spec: dict, clips: ClipSet, indices: Sequence[
         audio, visual = audio.to(config.device), visual.to(config.device)
         inputs.append(head.readout_inputs(audio, visual, head(audio, visual).fused))
         labels.append(batch_labels.to(config.device))
-    if inputs:
+    if group.active:
+        x = torch.cat(inputs) if inputs else torch.zeros((0, head.readout.in_dim), device=config.device)
+        y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=config.device)
+        _accumulate_over_ranks(head.readout, x, y, group)
+    elif inputs:
         head.readout.accumulate(torch.cat(inputs), torch.cat(labels))
     head.readout.solve()
+
+
+def _accumulate_over_ranks(readout, x: torch.Tensor, labels: torch.Tensor, group: Group) -> None:
+    """`readout.accumulate` over the clips of every rank: the standardisation from the moments of all of them, then
+    the sums (Gram, cross, counts; or class sums) of each rank's clips added over the ranks."""
+    if hasattr(readout, "standardise") and not bool(readout.standardised):
+        x64 = x.double()
+        moments = [torch.tensor([float(len(x))], dtype=torch.float64), x64.sum(dim=0), (x64 ** 2).sum(dim=0)]
+        group.sum_tensors(moments, "the readout's standardisation")
+        n, total, squares = float(moments[0]), moments[1], moments[2]
+        if n > 1:
+            mean = total / n
+            readout.standardise(mean, ((squares - n * mean ** 2).clamp_min(0) / (n - 1)).sqrt())
+    increments = readout.increments(x, labels)
+    group.sum_tensors(list(increments.values()), "the readout's sufficient statistics")
+    readout.add(increments)
 
 
 class Learner:
@@ -162,7 +208,9 @@ class Learner:
         if not terms:
             return StepReport(best_epoch=-1, best_val_accuracy=None, seconds=0.0, clips_per_second=0.0)
         torch.manual_seed(cfg.seed)
+        group = distributed.current()
         head.to(cfg.device)
+        model = distributed.data_parallel(head, group)  # the head itself in one process
         if teacher is not None:
             teacher.to(cfg.device).eval()
             teacher.requires_grad_(False)
@@ -174,16 +222,16 @@ class Learner:
         exemplars = memory.as_clip_set() if memory is not None else None
         mixed = exemplars is not None and self.method.batch == "mixed"
         new_loader = batches(train, train_indices, cfg.batch_size, True, cfg.seed, cfg.num_workers,
-                             extra=exemplars if mixed else None)
+                             extra=exemplars if mixed else None, group=group)
         exemplar_stream = None
         if exemplars is not None and not mixed:
             exemplar_stream = _cycle(batches(exemplars, range(len(exemplars.labels)), cfg.exemplar_batch_size,
-                                             True, cfg.seed + 1))
+                                             True, cfg.seed + 1, group=group))
         best = (-1.0, 0, copy.deepcopy(head.state_dict()))
         history, clips_seen, start = [], 0, time.perf_counter()
         bar = tqdm(range(cfg.epochs), desc=step_name, disable=not self.progress, leave=False, unit="epoch")
         for epoch in bar:
-            head.train()
+            model.train()
             sums: dict[str, float] = {}
             for audio, visual, labels, is_exemplar in new_loader:
                 if exemplar_stream is not None:
@@ -194,7 +242,7 @@ class Learner:
                 audio, visual = audio.to(cfg.device), visual.to(cfg.device)
                 labels, is_exemplar = labels.to(cfg.device), is_exemplar.to(cfg.device)
                 with autocast:
-                    out = head(audio, visual).for_losses()
+                    out = model(audio, visual).for_losses()
                     old = None
                     if run_teacher:
                         with torch.no_grad():
@@ -209,7 +257,7 @@ class Learner:
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
             # Judged by the linear classifier being trained: a readout is refitted only after the step.
-            val_acc = (accuracy(head, val, val_indices, cfg, "train_logits")
+            val_acc = (accuracy(head, val, val_indices, cfg, "train_logits", group)
                        if val is not None and len(val_indices) else None)
             history.append({"epoch": epoch, "val_accuracy": val_acc, **sums})
             score = val_acc if val_acc is not None else float(epoch)  # no validation: keep the last epoch
@@ -218,5 +266,6 @@ class Learner:
             bar.set_postfix(loss=f"{sum(sums.values()):.3f}", val=f"{val_acc:.3f}" if val_acc is not None else "-")
         head.load_state_dict(best[2])
         seconds = time.perf_counter() - start
+        clips_seen = group.sum([clips_seen], "the end of a step")[0]  # every rank's clips: the run's throughput
         return StepReport(best[1], best[0] if val is not None else None, seconds,
                           clips_per_second=clips_seen / seconds if seconds else 0.0, loss_history=history)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from avcil.errors import InvalidInput
 from avcil.data.clips import Benchmark
 from avcil.model.head import FusionHead, HeadConfig
-from avcil.train import metrics
+from avcil.train import distributed, metrics
 from avcil.train.learner import Learner, StepReport, TrainConfig, fit_readout, predict
 from avcil.model.memory import ExemplarMemory
 from avcil.train.methods import Method
@@ -65,15 +65,17 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig, memo
         head.add_classes(end - first)
         seen = list(range(end))
         train_idx = benchmark.indices("train", seen if method.joint else range(first, end))
-        report = learner.learn_step(
-            head, teacher, ranges[:step], train, train_idx, memory,
-            val, benchmark.indices("val", seen), step_name=f"step {step}")
+        with distributed.current().guard(f"training step {step}"):  # a DDP all-reduce whose peer died
+            report = learner.learn_step(
+                head, teacher, ranges[:step], train, train_idx, memory,
+                val, benchmark.indices("val", seen), step_name=f"step {step}")
         reports.append(report)
         new_idx = benchmark.indices("train", range(first, end))
         if memory is not None:
             labels = train.labels
             memory.update(train, {c: new_idx[labels[new_idx] == c] for c in range(first, end)},
                           embed=fused_embedder(head, config))
+            distributed.current().agree({c: e.ids for c, e in memory.classes.items()}, f"the exemplars of step {step}")
         update_classifier(head, method, train, new_idx, memory, config)
         test_idx = benchmark.indices("test", seen)
         predictions = predict(head, test, test_idx, config)
