@@ -13,7 +13,8 @@ from avcil.train.options import ablation, add_training_flags
 def _train(args: argparse.Namespace) -> int:
     from avcil.train import distributed
 
-    group = distributed.start(args.device)  # under torchrun: DDP over the ranks; else nothing changes
+    # Under torchrun: DDP over the ranks; else nothing changes. A run that failed starts again from its first step.
+    group = distributed.start(args.device, rerun="rerun the same command to train again")
     try:
         return _train_in(args, group)
     finally:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import inspect
 import os
 import pickle
+import re
 import signal
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -35,6 +37,7 @@ class Group:
     world: int = 1
     local_rank: int = 0
     control: object | None = field(default=None, repr=False)  # the gloo process group of the control messages
+    rerun: str = "rerun the same command"  # what the user can do after a failure, said in the error
 
     @property
     def is_main(self) -> bool:
@@ -57,7 +60,7 @@ class Group:
             if not self.active or not _is_peer_failure(e):
                 raise
             raise StageFailed(f"rank {self.rank} of {self.world}: lost another rank during {what} ({_first_line(e)});"
-                              f" rerun the same command to resume") from e
+                              f" {self.rerun}") from e
 
     def _collective(self, what: str, fn):
         with self.guard(what):
@@ -143,19 +146,26 @@ def data_parallel(module: torch.nn.Module, group: Group) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     on_gpu = next(module.parameters()).device.type == "cuda"
-    return DistributedDataParallel(module, device_ids=[group.local_rank] if on_gpu else None, broadcast_buffers=False)
+    # torch 2.13 renamed the per-forward buffer sync and warns on the old name; both leave the sync at start.
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(
+        DistributedDataParallel).parameters else {"broadcast_buffers": False})
+    return DistributedDataParallel(module, device_ids=[group.local_rank] if on_gpu else None, **no_sync)
 
 
 def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    """The gist of a backend's message: '[.../pair.cc:553] Connection closed by peer [10.0.0.2]:20873. This is ...'
+    -> 'Connection closed by peer [10.0.0.2]:20873'."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return re.sub(r"^\[[^\]]*\]\s*", "", line).split(". ")[0][:300]
 
 
 def timeout() -> datetime.timedelta:
     return datetime.timedelta(seconds=float(os.environ.get("AVCIL_DIST_TIMEOUT", DEFAULT_TIMEOUT_S)))
 
 
-def start(device: str = "cpu") -> Group:
-    """Join torchrun's process group (once per process) and return it; the single-process group without torchrun."""
+def start(device: str = "cpu", rerun: str = "rerun the same command") -> Group:
+    """Join torchrun's process group (once per process) and return it; the single-process group without torchrun.
+    `rerun`: what the errors after a failure tell the user to do."""
     global _current
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or _current.active:
@@ -171,7 +181,7 @@ def start(device: str = "cpu") -> Group:
         raise StageFailed(f"rank {rank} of {world}: could not join the process group at "
                           f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} "
                           f"({_first_line(e)})") from e
-    _current = Group(rank, world, local_rank, control)
+    _current = Group(rank, world, local_rank, control, rerun)
     signal.signal(signal.SIGTERM, _stopped_by_torchrun)
     return _current
 
@@ -180,7 +190,7 @@ def _stopped_by_torchrun(signum, frame) -> None:
     # torchrun ends the surviving workers with SIGTERM when one fails; raising here unwinds the command (the
     # extraction writer commits its chunk) and the command line prints this one line.
     raise StageFailed(f"rank {_current.rank} of {_current.world}: stopped by torchrun because another rank failed "
-                      f"(torchrun's report names it); rerun the same command to resume")
+                      f"(torchrun's report names it); {_current.rerun}")
 
 
 def stop() -> None:

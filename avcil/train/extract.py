@@ -292,7 +292,8 @@ def run(args: argparse.Namespace) -> int:
         options = {"audiomae": args.audiomae, "videomae": args.videomae, "random_init": args.random_init,
                    "trust_checkpoint": args.trust_checkpoint,
                    "sample_rate": args.sample_rate, "normalize": args.normalize}
-    group = distributed.start(args.device)  # under torchrun: this rank's share of the clips
+    # Under torchrun: this rank's share of the clips.
+    group = distributed.start(args.device, rerun="rerun the same command to resume: what each rank committed stays")
     try:
         summary = extract(args.videos, args.out, args.profile, batch_size=args.batch_size, workers=args.workers,
                           threads=args.threads, device=group.device(args.device), missing_audio=args.missing_audio,
