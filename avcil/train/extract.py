@@ -197,6 +197,7 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
                "extracted": 0, "failed": 0, "failures": {}, "silent_audio": [], "extracted_ids": [], "processed": 0}
     shard = shard_root(out, group.rank, group.world) if group.active else out
     with FeatureStoreWriter(shard, profile.shape, profile.describe()) as writer:
+        _report_progress(shard, group, summary)  # replaces what an earlier run left, before rank 0 reads it
         bar = tqdm(total=len(todo), unit="clip", desc=f"extract {profile.name}" + (
             f" ({group.world} processes)" if group.active else ""), disable=not (progress and group.is_main),
                    file=sys.stderr)
@@ -209,14 +210,14 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
                     writer.flush()
                     last_flush = time.perf_counter()
                 summary["processed"] += len(batch)
-                if group.active and time.perf_counter() - last_report > PROGRESS_EVERY_SECONDS:
-                    write_json(shard / PROGRESS_FILE, summary)
+                if time.perf_counter() - last_report > PROGRESS_EVERY_SECONDS:
+                    _report_progress(shard, group, summary)
                     last_report = time.perf_counter()
-                bar.update(_all_processed(out, group, summary) - bar.n)
+                bar.update(max(0, _all_processed(out, group, summary) - bar.n))
                 bar.set_postfix(failed=len(summary["failures"]), refresh=False)
         bar.close()
     if group.active:
-        write_json(shard / PROGRESS_FILE, summary)
+        _report_progress(shard, group, summary)
         summary = _merge(out, group, summary)
     seconds = time.perf_counter() - started
     if group.is_main:
@@ -238,6 +239,11 @@ def _missing(entries: list[ClipEntry], out: Path, profile: EncoderProfile, limit
         merge_shards(out)
     done = stored_ids(out)
     return len(entries), [e for e in entries if e.clip_id not in done][:limit]
+
+
+def _report_progress(shard: Path, group: Group, summary: dict) -> None:
+    if group.active:
+        write_json(shard / PROGRESS_FILE, {k: summary[k] for k in ("processed", "extracted")})
 
 
 def _all_processed(out: Path, group: Group, summary: dict) -> int:
