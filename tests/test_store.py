@@ -9,6 +9,7 @@ import pytest
 from avcil.data import store as store_module
 from avcil.data.clips import SPLITS
 from avcil.data.store import FeatureStoreWriter, open_store
+from avcil.errors import InvalidInput
 from avcil.features import Features, FeatureShape
 
 SHAPE = FeatureShape(audio_dim=6, time=2, positions=4, visual_dim=5)
@@ -206,3 +207,29 @@ def test_benchmark(tmp_path):
         store.clip_set("train", ["dog", "cat", "bird"])
     with pytest.raises(ValueError, match="4 classes cannot be split into 3"):
         store.benchmark(3)
+
+
+def test_shards_merged_into_a_store_read_as_one_store_and_no_array_is_copied(tmp_path):
+    root = tmp_path / "store"
+    write(root, [])
+    write(store_module.shard_root(root, 0, 2), range(0, 20, 2))
+    write(store_module.shard_root(root, 1, 2), range(1, 20, 2))
+    assert store_module.merge_shards(root) == 20
+    assert store_module.merge_shards(root) == 0  # idempotent: a rerun merges only what is new
+    assert not list((root / "chunks").glob("*.npy"))
+    assert_holds(open_store(root), range(20))
+    write(root, range(20, 23))  # one process adds to the merged store as to any other
+    assert_holds(open_store(root), range(23))
+
+
+def test_a_shard_of_other_features_or_a_clip_twice_is_refused_by_the_merge(tmp_path):
+    root = tmp_path / "store"
+    write(root, range(3))
+    write(store_module.shard_root(root, 0, 1), [2])
+    with pytest.raises(InvalidInput, match="clip002.*already has"):
+        store_module.merge_shards(root)
+    other = tmp_path / "other"
+    write(other, [])
+    write(store_module.shard_root(other, 0, 1), [0], shape=FeatureShape(7, 2, 4, 5))
+    with pytest.raises(InvalidInput, match="rank-000-of-001.*does not belong"):
+        store_module.merge_shards(other)

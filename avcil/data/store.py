@@ -195,8 +195,9 @@ def merge_shards(root: str | Path) -> int:
     for shard in sorted(p for p in (root / SHARDS).glob("*") if (p / MANIFEST).is_file()):
         shard_manifest = _read_manifest(shard)
         if shard_manifest["shape"] != manifest["shape"] or shard_manifest["profile"] != manifest["profile"]:
-            raise InvalidInput(f"{shard}: {_mismatch(manifest['profile'], shard_manifest['profile'])}; this shard "
-                               f"does not belong to {root}: remove it")
+            differs = (_mismatch(manifest["profile"], shard_manifest["profile"]) if shard_manifest["shape"] ==
+                       manifest["shape"] else f"features of shape {shard_manifest['shape']}, not {manifest['shape']}")
+            raise InvalidInput(f"{shard}: {differs}; this shard does not belong to {root}: remove it")
         for chunk in _committed(shard / "chunks"):
             base = _chunk_base(shard / "chunks", chunk).relative_to(root).as_posix()
             if base in linked:

@@ -84,7 +84,17 @@ def fingerprint(matrix: torch.Tensor) -> float:
     return float(int.from_bytes(digest[:6], "big"))
 
 
-class AnalyticReadout(nn.Module):
+class _Sums:
+    """A readout whose statistics are sums: `increments(x, labels)` is what clips add to each statistic (by
+    buffer name), so that the increments of several processes' clips can be summed before they are added."""
+
+    @torch.no_grad()
+    def add(self, increments: dict[str, torch.Tensor]) -> None:
+        for name, value in increments.items():
+            getattr(self, name).add_(value.to(getattr(self, name).dtype))
+
+
+class AnalyticReadout(_Sums, nn.Module):
     def __init__(self, spec: dict, in_dim: int, num_classes: int):
         super().__init__()
         self.spec, self.in_dim = spec, in_dim
@@ -152,11 +162,6 @@ class AnalyticReadout(nn.Module):
         return {"gram": phi.T @ phi, "cross": phi.T @ onehot, "count": onehot.sum(dim=0)}
 
     @torch.no_grad()
-    def add(self, increments: dict[str, torch.Tensor]) -> None:
-        for name, value in increments.items():
-            getattr(self, name).add_(value.to(getattr(self, name).dtype))
-
-    @torch.no_grad()
     def solve(self) -> None:
         """W = (G + γI)⁻¹ C in float64. γ > 0 keeps it regular whatever the data (one clip, repeated clips)."""
         gram = self.gram.double()
@@ -172,7 +177,7 @@ class AnalyticReadout(nn.Module):
         return self.spec["scale"] * (self.expanded(x) @ self.weight)
 
 
-class MeanReadout(nn.Module):
+class MeanReadout(_Sums, nn.Module):
     def __init__(self, spec: dict, in_dim: int, num_classes: int):
         super().__init__()
         self.spec, self.in_dim = spec, in_dim
@@ -195,8 +200,6 @@ class MeanReadout(nn.Module):
     def increments(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         sums = torch.zeros_like(self.sums).index_add_(0, labels.long(), F.normalize(x.float(), dim=-1))
         return {"sums": sums, "count": torch.bincount(labels.long(), minlength=self.num_classes).to(self.count.dtype)}
-
-    add = AnalyticReadout.add
 
     def solve(self) -> None:
         """Nothing to solve: the means are the sums; kept for one interface with AnalyticReadout."""
