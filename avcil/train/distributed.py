@@ -56,6 +56,8 @@ class Group:
         """Turns a collective that fails (a peer died or timed out) into StageFailed naming this rank and `what`."""
         try:
             yield
+        except StageFailed:  # already said (an inner collective, torchrun's SIGTERM)
+            raise
         except RuntimeError as e:  # DistBackendError, DistNetworkError and gloo's plain RuntimeError alike
             if not self.active or not _is_peer_failure(e):
                 raise

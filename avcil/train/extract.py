@@ -8,6 +8,10 @@ A clip's id is its path as listed (relative to the folder or as written in the C
 skipped, so rerunning the same command resumes. A file that fails to decode is logged, skipped and summarised at the
 end (and in STORE/failures.json); it never stops the run. Decoding and preprocessing run in threads ahead of the
 encoders, which see one batch per forward pass.
+
+Under torchrun (`torchrun --nproc-per-node N -m avcil extract ...`, on one machine or many) rank 0 lists the clips
+the store lacks and deals them out; each rank writes its own shard of the store (avcil/data/store.py) and rank 0
+merges the shards' indexes at the end, and first at every rerun, which therefore resumes whatever stopped.
 """
 
 from __future__ import annotations
@@ -190,10 +194,10 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
         batch_size = 16 if on_gpu else 2
     out = Path(out)
     started = time.perf_counter()
-    listed, todo = group.from_main(_missing(entries, out, profile, limit, group) if group.is_main else None,
-                                   "listing the clips")
+    listed, done, todo = group.from_main(_missing(entries, out, profile, limit, group) if group.is_main else None,
+                                         "listing the clips")
     mine = group.part(todo)
-    summary = {"store": str(out), "profile": profile.name, "clips_listed": listed, "already_done": listed - len(todo),
+    summary = {"store": str(out), "profile": profile.name, "clips_listed": listed, "already_done": done,
                "extracted": 0, "failed": 0, "failures": {}, "silent_audio": [], "extracted_ids": [], "processed": 0}
     shard = shard_root(out, group.rank, group.world) if group.active else out
     with FeatureStoreWriter(shard, profile.shape, profile.describe()) as writer:
@@ -231,14 +235,16 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
 
 
 def _missing(entries: list[ClipEntry], out: Path, profile: EncoderProfile, limit: int | None,
-             group: Group) -> tuple[int, list[ClipEntry]]:
-    """How many clips are listed and which of them the store lacks (at most `limit`). Under torchrun (rank 0) the
+             group: Group) -> tuple[int, int, list[ClipEntry]]:
+    """How many clips are listed, how many of them the store holds, and which it lacks (at most `limit` of them).
+    Under torchrun (rank 0) the
     store is created first and what earlier runs left in shards is merged, so that the work is dealt out afresh."""
     FeatureStoreWriter(out, profile.shape, profile.describe()).close()  # creates the store, or checks its profile
     if group.active:
         merge_shards(out)
     done = stored_ids(out)
-    return len(entries), [e for e in entries if e.clip_id not in done][:limit]
+    missing = [e for e in entries if e.clip_id not in done]
+    return len(entries), len(entries) - len(missing), missing[:limit]
 
 
 def _report_progress(shard: Path, group: Group, summary: dict) -> None:
