@@ -13,8 +13,8 @@ from avcil.train.options import ablation, add_training_flags
 def _train(args: argparse.Namespace) -> int:
     from avcil.train import distributed
 
-    # Under torchrun: DDP over the ranks; else nothing changes. A run that failed starts again from its first step.
-    group = distributed.start(args.device, rerun="rerun the same command to train again")
+    # Under torchrun: DDP over the ranks; else nothing changes.
+    group = distributed.start(args.device, rerun="rerun the same command to go on after the last finished step")
     try:
         return _train_in(args, group)
     finally:
@@ -25,7 +25,7 @@ def _train_in(args: argparse.Namespace, group) -> int:
     from avcil.train.benchmarks import load_benchmark
     from avcil.train.options import config_from_args, method_from_args, protocol_kwargs
     from avcil.train.protocol import run_protocol
-    from avcil.train.run import write_run
+    from avcil.train.run import load_checkpoint, save_checkpoint, write_run
 
     with group.main_first("prepare the data"):  # a built-in benchmark is built and cached once, by rank 0
         benchmark = load_benchmark(args.data, args.avcil_release, args.steps, args.cache, progress=group.is_main)
@@ -35,7 +35,14 @@ def _train_in(args: argparse.Namespace, group) -> int:
         print(f"{method.name} on {benchmark.name}: {len(benchmark.class_names)} classes in {len(benchmark.steps)} "
               f"steps, {config.epochs} epochs per step" + (f", {group.world} processes" if group.active else ""),
               file=sys.stderr)
-    outcome = run_protocol(benchmark, method, config, progress=group.is_main, **protocol_kwargs(args, benchmark))
+    resume = load_checkpoint(args.out)
+    # Every rank goes on from the same step, or none starts: RUN must be on a file system all machines share.
+    group.agree(None if resume is None else resume["steps_done"], f"the steps done in {args.out}/checkpoint.pt")
+    if resume is not None and group.is_main:
+        print(f"{args.out}: going on after step {resume['steps_done'] - 1} of {len(benchmark.steps)}", file=sys.stderr)
+    outcome = run_protocol(benchmark, method, config, progress=group.is_main, resume=resume,
+                           on_step=(lambda state: save_checkpoint(args.out, state)) if group.is_main else None,
+                           **protocol_kwargs(args, benchmark))
     if not group.is_main:  # the ranks hold the same head and results; rank 0 writes them
         return 0
     written = write_run(args.out, benchmark, outcome)

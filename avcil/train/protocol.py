@@ -4,8 +4,10 @@ classes seen so far, and the metrics of the accuracy matrix."""
 from __future__ import annotations
 
 import copy
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -41,7 +43,10 @@ def check_steps(benchmark: Benchmark) -> list[tuple[int, int]]:
 
 def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig, memory_budget: int,
                  fusion_dim: int | None = None, modality: str = "audio-visual", memory_precision: str = "fp16",
-                 progress: bool = True) -> ProtocolResult:
+                 progress: bool = True, resume: dict | None = None,
+                 on_step: Callable[[dict], None] | None = None) -> ProtocolResult:
+    """`on_step(state)` after every step, with what `resume=state` needs to go on from the next step exactly as
+    if the run had not stopped (each step seeds its own training; exemplar choice is seeded per class)."""
     ranges = check_steps(benchmark)
     both = [t.name for t in method.terms if getattr(t, "needs_both_modalities", False)]
     if modality != "audio-visual" and both:
@@ -58,9 +63,20 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig, memo
     matrix: list[list[float | None]] = []
     step_accuracy: list[float] = []
     reports: list[StepReport] = []
+    record = {"train": config.to_dict(), "method": method.describe(), "memory_budget": memory_budget,
+              "memory_precision": memory_precision, "fusion_dim": head.config.fusion_dim,
+              "modality": modality, "benchmark": {"name": benchmark.name, "steps": benchmark.steps,
+                                                  "classes": len(benchmark.class_names),
+                                                  "shape": benchmark.shape.to_dict()}}
+    settings = _settings_key(record)
+    done, earlier_seconds = 0, 0.0
+    if resume is not None:
+        head, memory, done, earlier_seconds = _restore(resume, settings, benchmark, matrix, step_accuracy, reports)
     start = time.perf_counter()
     for step, (first, end) in enumerate(tqdm(ranges, desc=f"{method.name} on {benchmark.name}", unit="step",
-                                             disable=not progress)):
+                                             disable=not progress, initial=done)):
+        if step < done:
+            continue
         teacher = copy.deepcopy(head) if step > 0 else None
         head.add_classes(end - first)
         seen = list(range(end))
@@ -83,6 +99,9 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig, memo
         step_accuracy.append(float((predictions == labels).mean()))
         matrix.append(metrics.task_accuracies(predictions, labels, task_of_class, step + 1)
                       + [None] * (len(ranges) - step - 1))
+        if on_step is not None:
+            on_step(_state(settings, step + 1, head, memory, matrix, step_accuracy, reports,
+                           earlier_seconds + time.perf_counter() - start))
     results = {
         "method": method.name,
         "dataset": benchmark.name,
@@ -91,14 +110,49 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig, memo
         "steps": [{"classes": list(range(s, e)), "best_epoch": r.best_epoch, "best_val_accuracy": r.best_val_accuracy,
                    "train_seconds": r.seconds, "train_clips_per_second": r.clips_per_second}
                   for (s, e), r in zip(ranges, reports)],
-        "seconds": time.perf_counter() - start,
-        "config": {"train": config.to_dict(), "method": method.describe(), "memory_budget": memory_budget,
-                   "memory_precision": memory_precision, "fusion_dim": head.config.fusion_dim,
-                   "modality": modality, "benchmark": {"name": benchmark.name, "steps": benchmark.steps,
-                                                       "classes": len(benchmark.class_names),
-                                                       "shape": benchmark.shape.to_dict()}},
+        "seconds": earlier_seconds + time.perf_counter() - start,
+        "config": record,
     }
     return ProtocolResult(head, memory, results)
+
+
+def _settings_key(record: dict) -> str:
+    """What must match for a run to go on from another's state: all settings but where they run."""
+    train = {k: v for k, v in record["train"].items() if k not in ("device", "num_workers")}
+    return json.dumps({**record, "train": train}, sort_keys=True, default=str)
+
+
+def _state(settings: str, steps_done: int, head: FusionHead, memory: ExemplarMemory | None, matrix: list,
+           step_accuracy: list, reports: list[StepReport], seconds: float) -> dict:
+    """Tensors and plain values only, so that it loads with torch.load(weights_only=True)."""
+    arrays = memory.to_arrays() if memory is not None else {}
+    return {"settings": settings, "steps_done": steps_done, "head_config": asdict(head.config),
+            "num_classes": head.num_classes, "head": head.state_dict(),
+            "memory": None if memory is None else {
+                "settings": memory.settings(), "ids": [str(i) for i in arrays.get("ids", [])],
+                **{k: torch.from_numpy(arrays[k]) for k in ("labels", "audio", "visual") if k in arrays}},
+            "matrix": matrix, "step_accuracy": step_accuracy, "reports": [asdict(r) for r in reports],
+            "seconds": seconds, "torch_rng": torch.get_rng_state()}  # the next step's new classifier rows draw from it
+
+
+def _restore(state: dict, settings: str, benchmark: Benchmark, matrix: list, step_accuracy: list,
+             reports: list) -> tuple[FusionHead, ExemplarMemory | None, int, float]:
+    if state["settings"] != settings:
+        raise InvalidInput("the run's checkpoint was made with other settings (method, data or training flags); "
+                           "rerun with those, or use another --out")
+    head = FusionHead(HeadConfig(**state["head_config"]), num_classes=state["num_classes"])
+    head.load_state_dict(state["head"])
+    memory = None
+    if state["memory"] is not None:
+        saved = state["memory"]
+        arrays = {"ids": np.asarray(saved["ids"], dtype=str),
+                  **{k: saved[k].numpy() for k in ("labels", "audio", "visual") if k in saved}}
+        memory = ExemplarMemory.from_arrays(saved["settings"], arrays, benchmark.shape)
+    matrix += state["matrix"]
+    step_accuracy += state["step_accuracy"]
+    reports += [StepReport(**r) for r in state["reports"]]
+    torch.set_rng_state(state["torch_rng"])
+    return head, memory, state["steps_done"], state["seconds"]
 
 
 def update_classifier(head: FusionHead, method: Method, new_clips, new_indices, memory: ExemplarMemory | None,
