@@ -39,7 +39,11 @@ STREAM_GRAPHS = {"audio_sfx": Graph("audio_sfx", ("sfx_spectrogram",), ("sfx_emb
 # A single-modality head takes only the features it uses (the exporter drops an unused input anyway).
 HEAD_INPUTS = {"audio-visual": ("audio_embedding", "visual_tokens"), "audio": ("audio_embedding",),
                "visual": ("visual_tokens",)}
-GRAPH_NAMES = ("audio", "visual", "head")  # every profile's; a lite export adds STREAM_GRAPHS
+# Every profile's exported graphs; a lite export adds STREAM_GRAPHS. The head is not among them: the recogniser runs
+# it in torch. Field learning changes the head on the device, where no export toolchain is installed, so an exported
+# head would be stale after the first `avcil learn`; and it is small (0.9 ms in ONNX Runtime, 2.3 ms in torch per
+# window on this CPU, against ~50 ms for the encoders: README, "On a device").
+GRAPH_NAMES = ("audio", "visual")
 
 
 def head_graph(modality: str = "audio-visual") -> Graph:
@@ -72,14 +76,16 @@ def dynamic_axes(spec: Graph, frames_independent: bool = False) -> dict[str, dic
     return axes
 
 
-def graph_modules(profile, head: FusionHead) -> dict[str, tuple[nn.Module, Graph, list[tuple[int, ...]]]]:
-    """Per graph name: the PyTorch module, its I/O names and its input shapes without the batch dimension."""
-    shape = profile.shape
-    features = {"audio_embedding": (shape.audio_dim,), "visual_tokens": shape.visual}
-    spec = head_graph(head.config.modality)
+def graph_modules(profile, head: FusionHead | None = None
+                  ) -> dict[str, tuple[nn.Module, Graph, list[tuple[int, ...]]]]:
+    """Per graph name: the PyTorch module, its I/O names and its input shapes without the batch dimension. The
+    encoders' graphs, and the head's when one is given (the latency benchmark times it in every backend)."""
     modules = {"audio": (profile.audio, AUDIO_GRAPH, [tuple(profile.audio_input_shape)]),
-               "visual": (profile.visual, VISUAL_GRAPH, [tuple(profile.visual_input_shape)]),
-               "head": (HeadLogits(head).eval(), spec, [features[name] for name in spec.inputs])}
+               "visual": (profile.visual, VISUAL_GRAPH, [tuple(profile.visual_input_shape)])}
+    if head is not None:
+        features = {"audio_embedding": (profile.shape.audio_dim,), "visual_tokens": profile.shape.visual}
+        spec = head_graph(head.config.modality)
+        modules["head"] = (HeadLogits(head).eval(), spec, [features[name] for name in spec.inputs])
     parts = getattr(profile.audio, "stream_parts", None)
     for name, (module, input_shape) in (parts() if parts else {}).items():
         modules[name] = (module, STREAM_GRAPHS[name], [tuple(input_shape)])
