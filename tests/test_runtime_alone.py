@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import train_toy_model
+from conftest import TOY_CLASSES, make_clip, train_toy_model
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (os.environ.get("CI") or os.environ.get("AVCIL_TEST_RUNTIME_ALONE")),
@@ -50,11 +50,19 @@ def _avcil(python: Path, *args, check: bool = True) -> subprocess.CompletedProce
 
 
 @pytest.fixture(scope="module")
-def exported_lite_model(tmp_path_factory, toy_clips) -> Path:
+def window_clips(tmp_path_factory) -> dict[str, list[Path]]:
+    """Toy clips as long as the lite window (3 s), so that a live window holds one whole file, as in training."""
+    root = tmp_path_factory.mktemp("window-clips")
+    return {name: [make_clip(root / f"{name}-{i}.mp4", colour, tone * (1 + 0.02 * (i - 3)), seconds=3.0)
+                   for i in range(6)] for name, (colour, tone) in TOY_CLASSES.items()}
+
+
+@pytest.fixture(scope="module")
+def exported_lite_model(tmp_path_factory, window_clips) -> Path:
     from avcil.export.command import add_parser
     from avcil.model.encoders import load_profile
 
-    root = train_toy_model(tmp_path_factory.mktemp("lite") / "model", load_profile("lite"), toy_clips,
+    root = train_toy_model(tmp_path_factory.mktemp("lite") / "model", load_profile("lite"), window_clips,
                            ["red", "blue"], method="analytic")
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
@@ -72,13 +80,14 @@ def test_the_runtime_environment_has_no_training_or_export_libraries(device_pyth
     assert all(f"    {command} " in help_text for command in ("run", "learn", "model"))
 
 
-def test_a_device_runs_learns_and_reloads_with_the_runtime_extra_alone(device_python, exported_lite_model, toy_clips,
-                                                                       tmp_path):
+def test_a_device_runs_learns_and_reloads_with_the_runtime_extra_alone(device_python, exported_lite_model,
+                                                                       window_clips, tmp_path):
+    toy_clips = window_clips
     model = exported_lite_model
     red = ",".join(str(p) for p in toy_clips["red"][:3])
     jsonl = tmp_path / "decisions.jsonl"
-    # One decision per clip: each 2 s clip gets a 3 s slot (the lite window), and the hop is the window.
-    paced = ("--quiet", "--smoothing", "1", "--threshold", "0", "--hop", "3", "--slot", "3")
+    # One decision per clip: the hop is the window, and a clip fills it.
+    paced = ("--quiet", "--smoothing", "1", "--threshold", "0", "--hop", "3")
     _avcil(device_python, "run", "--model", model, "--backend", "onnxruntime", "--camera", red, "--mic", red,
            "--jsonl", jsonl, *paced)
     decisions = [json.loads(line) for line in jsonl.read_text().splitlines()]

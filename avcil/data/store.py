@@ -24,7 +24,7 @@ import numpy as np
 from avcil.errors import InvalidInput
 from avcil.data.clips import Benchmark, BenchmarkDefaults, SPLITS, equal_steps
 from avcil.features import Features, FeatureShape
-from avcil.fileio import atomic_file
+from avcil.fileio import atomic_file, read_format_json
 
 FORMAT = "avcil-feature-store/1"
 MANIFEST = "store.json"
@@ -67,13 +67,7 @@ def _committed(chunks: Path) -> list[int]:
 
 
 def _read_manifest(root: Path) -> dict:
-    path = root / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{root}: not a feature store (no {MANIFEST})")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise InvalidInput(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
+    return read_format_json(root / MANIFEST, FORMAT, f"{root}: not a feature store (no {MANIFEST})")
 
 
 class FeatureStoreWriter:

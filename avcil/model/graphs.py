@@ -5,14 +5,13 @@ Export writes to it and every backend reads from it, so it sits below both (DESI
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from avcil.errors import InvalidInput
+from avcil.fileio import read_format_json
 from avcil.model.head import FusionHead
 
 ENCODERS_DIR, SPEC_FILE, REPORT_FILE = "encoders", "encoders.json", "export_report.json"
@@ -94,9 +93,5 @@ def graph_modules(profile, head: FusionHead | None = None
 
 def read_spec(folder: Path) -> dict:
     path = Path(folder) / SPEC_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no exported encoders here (run `avcil export --model DIR --format onnx`)")
-    spec = json.loads(path.read_text())
-    if spec.get("format") != SPEC_FORMAT:
-        raise InvalidInput(f"{path}: format {spec.get('format')!r}, this avcil reads {SPEC_FORMAT}")
-    return spec
+    return read_format_json(path, SPEC_FORMAT, f"{path}: no exported encoders here (run `avcil export --model DIR "
+                                               f"--format onnx`)")
