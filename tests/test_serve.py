@@ -26,8 +26,8 @@ from test_record import playing_tone
 ROOT = Path(__file__).resolve().parents[1]
 # Every endpoint: all answer 401 without the token.
 ENDPOINTS = [("GET", "/"), ("GET", "/static/app.js"), ("GET", "/static/style.css"), ("GET", "/video.mjpg"),
-             ("GET", "/api/status"), ("GET", "/api/decisions?after=0"), ("GET", "/api/learn"),
-             ("GET", "/api/versions"), ("POST", "/api/learn"), ("POST", "/api/rollback")]
+             ("GET", "/api/status"), ("GET", "/api/decisions?after=0"), ("GET", "/api/events"),
+             ("GET", "/api/learn"), ("GET", "/api/versions"), ("POST", "/api/learn"), ("POST", "/api/rollback")]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--window-size=1280,1100"]
@@ -164,6 +164,9 @@ def test_the_page_needs_its_token_and_refuses_changes_from_another_origin(tmp_pa
     numbers = [d["n"] for d in feed["decisions"]]
     assert status == 200 and numbers == list(range(1, len(numbers) + 1)) and len(numbers) >= 2
     assert server.api("GET", f"/api/decisions?after={numbers[-1] + 1000}", token)[1]["decisions"] == []
+    status, headers, events = server.request("GET", f"/api/events?after={numbers[-1] - 1}", token=token, read=300)
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+    assert f"id: {numbers[-1]}\nevent: decision\ndata: {{".encode() in events
     status, headers, stream = server.request("GET", "/video.mjpg", token=token, read=8000)
     assert status == 200 and headers["content-type"].startswith("multipart/x-mixed-replace")
     assert stream.startswith(b"--frame\r\nContent-Type: image/jpeg") and b"\xff\xd8" in stream
@@ -249,9 +252,22 @@ def test_a_person_watches_adds_a_class_and_rolls_back_from_the_page(tmp_path, to
             wait = WebDriverWait(browser, 60, poll_frequency=0.1)
             text = lambda element_id: browser.find_element(By.ID, element_id).text  # noqa: E731
 
+            def feed() -> list[tuple[str, str]]:
+                """The feed's rows, newest first: (label, version), read at once (rows come and go meanwhile)."""
+                return browser.execute_script("return Array.from(document.querySelectorAll('#decisions li'), "
+                                              "row => [row.dataset.label, row.textContent.split(' ').pop()])")
+
+            def versions() -> list[tuple[str, str]]:
+                """The versions table, newest first: (version, the row's text)."""
+                return browser.execute_script("return Array.from(document.querySelectorAll('#versions tbody tr'), "
+                                              "row => [row.dataset.version, row.textContent])")
+
+            def labels_of(version: str) -> list[str]:
+                return [label for label, seen in feed() if seen == version]
+
             browser.get(f"http://127.0.0.1:{server.port}/?token={token}")
             assert browser.current_url == f"http://127.0.0.1:{server.port}/"  # the token is gone from the address
-            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#decisions li")) >= 3)
+            wait.until(lambda b: len(feed()) >= 3)
             assert text("version") == "v0001" and text("classes") == "red, blue"
             assert text("label") in ("red", "blue")  # what the model says of a class it does not know yet
             assert browser.execute_script("return document.getElementById('camera').naturalWidth") > 0
@@ -276,7 +292,7 @@ def test_a_person_watches_adds_a_class_and_rolls_back_from_the_page(tmp_path, to
 
             refused = learn("red", 1, 0)
             assert "class 'red' is already in the model" in refused[-1], refused
-            assert len(browser.find_elements(By.CSS_SELECTOR, "#versions tbody tr")) == 1
+            assert [version for version, _ in versions()] == ["v0001"]
 
             shown = learn("green", 4, 1)
             assert shown[-1].startswith("'green' learnt from 4 clips") and shown[-1].endswith("v0002 is live"), shown
@@ -285,14 +301,8 @@ def test_a_person_watches_adds_a_class_and_rolls_back_from_the_page(tmp_path, to
             assert any(line.startswith("clip 1/4 in 1") for line in shown), shown
             wait.until(lambda b: text("version") == "v0002")
             assert text("classes") == "red, blue, green"
-            rows = browser.find_elements(By.CSS_SELECTOR, "#versions tbody tr")
-            assert [r.get_attribute("data-version") for r in rows] == ["v0002", "v0001"]
-            assert "learnt 'green' in the field from 4 clips" in rows[0].text
-
-            def labels_of(version: str) -> list[str]:
-                return [row.get_attribute("data-label") for row in browser.find_elements(By.CSS_SELECTOR,
-                        "#decisions li") if row.text.endswith(version)]
-
+            wait.until(lambda b: [version for version, _ in versions()] == ["v0002", "v0001"])
+            assert "learnt 'green' in the field from 4 clips" in versions()[0][1]
             wait.until(lambda b: len(labels_of("v0002")) >= 6)
             green = labels_of("v0002")
             assert green.count("green") >= 0.8 * len(green), green
@@ -305,8 +315,7 @@ def test_a_person_watches_adds_a_class_and_rolls_back_from_the_page(tmp_path, to
             assert "Make v0001 the current version?" in confirm.text
             confirm.accept()
             wait.until(lambda b: text("version") == "v0001" and text("classes") == "red, blue")
-            newest = lambda b: [r.text for r in b.find_elements(By.CSS_SELECTOR, "#decisions li")[:3]]  # noqa: E731
-            wait.until(lambda b: all(row.endswith("v0001") for row in newest(b)))
+            wait.until(lambda b: [version for _, version in feed()[:3]] == ["v0001"] * 3)
             assert text("label") in ("red", "blue")
         assert server.stop() == 0, server.stderr()
     finally:

@@ -1,6 +1,6 @@
-"""`avcil serve`: the device's web page. Live view (the camera with the current label drawn on it, the decision
-feed, per-stage latency), adding a class recorded from the device's own camera and microphone, the model's
-versions and rollback; every request behind a token.
+"""`avcil serve`: the device's web page. Live view (the camera with the current label drawn on it, as MJPEG; the
+decision feed, as server-sent events; per-stage latency), adding a class recorded from the device's own camera and
+microphone, the model's versions and rollback; every request behind a token.
 
 One camera and one microphone (a device opens each once): the server opens the pair at start (LiveInput) and
 shares it. Recognition keeps deciding while a new class is recorded: the recording reads the same frame history and
@@ -45,6 +45,7 @@ MIN_TOKEN_CHARS = 16  # a token file with less guards the device with less than 
 KEPT_DECISIONS = 600  # what /api/decisions can return: minutes of decisions at a few a second
 MJPEG_FPS = 5.0  # the live view: a few frames a second is what a person watching a label needs
 MJPEG_WIDTH = 480  # frames are scaled to this width, so that the label reads on a small camera's picture
+EVENT_POLL_S = 0.05  # how often the decision stream looks for new decisions: well under a hop, and cheap
 MAX_JSON_BYTES = 4096  # the API's requests are a name and two numbers
 MAX_CLIPS = 20
 MAX_COUNTDOWN_S = 10.0
@@ -137,7 +138,7 @@ class DeviceService:
         self.decisions = DecisionLog()
         self.job = LearnJob()
         self.recognition_error: str | None = None
-        self._stop = threading.Event()
+        self.stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     # Running -----------------------------------------------------------------------------------------------
@@ -153,14 +154,14 @@ class DeviceService:
 
         try:
             recognise_input(self.recognizer, self.live, lambda decision, window: self.decisions.add(decision),
-                            self.seconds, self.hop, stop=self._stop)
+                            self.seconds, self.hop, stop=self.stopping)
             self.live.raise_failure()
         except Exception as error:  # noqa: BLE001 - shown on the page and logged; the server keeps serving
             self.recognition_error = f"recognition stopped: {error}"
             log.exception("recognition stopped")
 
     def stop(self) -> None:
-        self._stop.set()
+        self.stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.live.close()
@@ -361,7 +362,7 @@ def build_app(service: DeviceService, token: str):
 
     async def video(request):
         async def frames():
-            while not service._stop.is_set():
+            while not service.stopping.is_set():
                 jpeg = await asyncio.to_thread(service.frame_jpeg)
                 if jpeg is not None:
                     yield (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(jpeg)).encode()
@@ -380,6 +381,24 @@ def build_app(service: DeviceService, token: str):
         except ValueError:
             return _error("after must be a decision number (an integer)")
         return JSONResponse({"decisions": service.decisions.after(after), "last": service.decisions.count})
+
+    async def events(request):
+        """Server-sent events: each decision after `Last-Event-ID` (a reconnecting EventSource) or `?after=N`."""
+        try:
+            after = int(request.headers.get("last-event-id") or request.query_params.get("after", "0"))
+        except ValueError:
+            return _error("after must be a decision number (an integer)")
+
+        async def stream():
+            seen = after
+            yield "retry: 1000\n\n"
+            while not service.stopping.is_set():
+                for decision in service.decisions.after(seen):
+                    seen = decision["n"]
+                    yield f"id: {seen}\nevent: decision\ndata: {json.dumps(decision)}\n\n"
+                await asyncio.sleep(EVENT_POLL_S)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
 
     async def learn(request):
         if request.method == "GET":
@@ -409,7 +428,7 @@ def build_app(service: DeviceService, token: str):
         return await asyncio.to_thread(answer, lambda: service.rollback(data["version"]))
 
     routes = [Route("/", page), Route("/static/{name}", static), Route("/video.mjpg", video),
-              Route("/api/status", status), Route("/api/decisions", decisions),
+              Route("/api/status", status), Route("/api/decisions", decisions), Route("/api/events", events),
               Route("/api/learn", learn, methods=["GET", "POST"]), Route("/api/versions", versions),
               Route("/api/rollback", rollback, methods=["POST"])]
     return Starlette(routes=routes, middleware=[Middleware(TokenGate, token=token)])

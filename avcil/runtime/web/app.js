@@ -1,4 +1,5 @@
-// The device's page: polls the JSON API under /api/ (the token travels in the HttpOnly cookie set by ?token=).
+// The device's page: the JSON API under /api/ and the decisions as server-sent events (the token travels in the
+// HttpOnly cookie set by ?token=).
 "use strict";
 
 const STAGES = ["audio_preprocess", "audio_encoder", "frame_preprocess", "visual_encoder", "head"];
@@ -42,11 +43,10 @@ async function refreshStatus() {
   }
 }
 
-async function refreshDecisions() {
-  try {
-    const data = await api(`/api/decisions?after=${lastDecision}`);
-    for (const decision of data.decisions) show(decision);
-  } catch (error) { /* refreshStatus says so */ }
+function followDecisions() {
+  // Server-sent events: an EventSource reconnects by itself and resumes after the last decision it saw.
+  const source = new EventSource(`/api/events?after=${lastDecision}`);
+  source.addEventListener("decision", (event) => show(JSON.parse(event.data)));
 }
 
 function show(decision) {
@@ -185,4 +185,4 @@ $("learn-form").addEventListener("submit", startLearning);
 refreshStatus();
 refreshVersions();
 setInterval(refreshStatus, 1000);
-setInterval(refreshDecisions, 400);
+followDecisions();
