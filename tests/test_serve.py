@@ -282,10 +282,11 @@ def test_a_person_watches_adds_a_class_and_rolls_back_from_the_page(tmp_path, to
                 seen = []
                 deadline = time.monotonic() + 90
                 while time.monotonic() < deadline:
-                    line = browser.find_element(By.ID, "learn-state")
-                    if not seen or seen[-1] != line.text:
-                        seen.append(line.text)
-                    if line.get_attribute("data-state") in ("live", "failed") and line.text:
+                    state, line = browser.execute_script("const line = document.getElementById('learn-state'); "
+                                                         "return [line.dataset.state, line.textContent]")
+                    if not seen or seen[-1] != line:
+                        seen.append(line)
+                    if state in ("live", "failed"):
                         return seen
                     time.sleep(0.05)
                 raise AssertionError(f"learning {label!r} did not finish: {seen}")

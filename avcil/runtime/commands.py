@@ -123,8 +123,14 @@ def _model_rollback(args: argparse.Namespace) -> int:
 
 
 def add_recognition_flags(parser: argparse.ArgumentParser) -> None:
-    """The recogniser's flags, shared by `avcil run` and `avcil serve`: backend, device, hop, threshold,
-    smoothing, top-k."""
+    """The recogniser's flags, shared by `avcil run` and `avcil serve`: model, camera, microphone, backend, device,
+    hop, threshold, smoothing, top-k."""
+    parser.add_argument("--model", required=True, metavar="DIR", help="model dir (from avcil train / avcil learn)")
+    parser.add_argument("--camera", required=True, metavar="SRC",
+                        help="camera index (0), http/rtsp URL, or video file(s), comma-separated, played in real time")
+    parser.add_argument("--mic", required=True, metavar="SRC",
+                        help="sounddevice input by index or name ('default', 'pulse'), or audio/video file(s), "
+                             "comma-separated, played in real time")
     parser.add_argument("--backend", choices=KINDS, default="torch", help="runtime of the encoders (default "
                         "torch); onnxruntime/tensorrt need `avcil export` first")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
@@ -141,12 +147,6 @@ def add_parsers(subparsers) -> None:
         description="Live recognition: clip windows from the camera and the microphone, encoders on the chosen "
                     "backend, the model's head, smoothing, a label or 'unknown'. Picks up new versions of the "
                     "model dir (avcil learn, avcil model rollback) without a restart.")
-    run.add_argument("--model", required=True, metavar="DIR", help="model dir (from avcil train / avcil learn)")
-    run.add_argument("--camera", required=True, metavar="SRC",
-                     help="camera index (0), http/rtsp URL, or video file(s), comma-separated, played in real time")
-    run.add_argument("--mic", required=True, metavar="SRC",
-                     help="sounddevice input by index or name ('default', 'pulse'), or audio/video file(s), "
-                          "comma-separated, played in real time")
     add_recognition_flags(run)
     run.add_argument("--jsonl", metavar="FILE", help="append one JSON line per decision here")
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C, "

@@ -188,7 +188,7 @@ class DeviceService:
         one), then record and learn in the background; the job's state says how it goes."""
         from avcil.runtime.field import check_new_label
 
-        check_new_label([c["name"] for c in self.model.manifest()["classes"]], label, Path(self.model.root.name))
+        check_new_label([c["name"] for c in self.model.manifest()["classes"]], label, Path("this device"))
         number = self.job.begin(label, clips)
         threading.Thread(target=self._learn, args=(label, clips, countdown_s), name=f"learn {label}",
                          daemon=True).start()
@@ -511,14 +511,10 @@ def add_parser(subparsers) -> None:
         description="Serve the device's page: the camera with the current label, the decisions and their latency, "
                     "a form that records and learns a new class from this camera and microphone, the model's "
                     "versions with rollback. Every request needs the token (printed at start, or --token-file).")
-    serve.add_argument("--model", required=True, metavar="DIR", help="model dir (from avcil train / avcil learn)")
-    serve.add_argument("--camera", required=True, metavar="SRC", help="camera index, http/rtsp URL, or video file(s)")
-    serve.add_argument("--mic", required=True, metavar="SRC", help="sounddevice input by index or name, or audio "
-                       "file(s)")
+    add_recognition_flags(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this device "
                        "only; 0.0.0.0 opens the page to the network)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--token-file", metavar="F", help="read the token from this file (default: a new random "
                        "token, printed at start)")
-    add_recognition_flags(serve)
     serve.set_defaults(func=_serve)

@@ -127,6 +127,8 @@ async function startLearning(event) {
   event.preventDefault();
   const body = {label: $("learn-label").value, clips: Number($("learn-clips").value),
                 countdown: Number($("learn-countdown").value)};
+  const clips = `${body.clips} clip${body.clips === 1 ? "" : "s"}`;
+  showJob({state: "sending", message: `asking the device to record ${clips} of '${body.label}'`});
   try {
     showJob(await api("/api/learn", body));
     pollLearning();
