@@ -81,6 +81,8 @@ class LearnJob:
     """What the page shows of adding a class: state idle | recording | learning | loading | live | failed, the
     recording step (see field.record_from), a message, the version committed."""
 
+    UNDER_WAY = ("recording", "learning", "loading")
+
     def __init__(self):
         self.lock = threading.Lock()
         self.state: dict = {"state": "idle", "id": 0}
@@ -90,9 +92,9 @@ class LearnJob:
             self.state = {**self.state, **fields, "updated": round(time.time(), 3)}
 
     def begin(self, label: str, clips: int) -> int:
-        """Start a new job, or an InvalidInput while one is under way."""
+        """Start a new job (its number), or Busy while one is under way."""
         with self.lock:
-            if self.state["state"] in ("recording", "learning", "loading"):
+            if self.state["state"] in self.UNDER_WAY:
                 raise Busy(f"class {self.state['label']!r} is being learnt; wait until it is done")
             number = self.state["id"] + 1
             self.state = {"state": "recording", "id": number, "label": label, "clips": clips, "step": None,
@@ -103,7 +105,7 @@ class LearnJob:
     @property
     def busy(self) -> bool:
         with self.lock:
-            return self.state["state"] in ("recording", "learning", "loading")
+            return self.state["state"] in self.UNDER_WAY
 
     def snapshot(self) -> dict:
         with self.lock:
