@@ -45,7 +45,7 @@ def _learn(args: argparse.Namespace) -> int:
     import torch
 
     from avcil.model.encoders import profile_from_record
-    from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, encode_files, learn_class,
+    from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, learn_class,
                                      record_clips)
     from avcil.modeldir import ModelDir
 
@@ -56,14 +56,16 @@ def _learn(args: argparse.Namespace) -> int:
     if args.refine and args.method != "analytic":
         raise InvalidInput("--refine follows an analytic update with a gradient one; it goes with --method analytic")
     model = ModelDir(args.model)
-    loaded = model.load(with_memory=False)
-    check_new_label(loaded.class_names, args.label, model.root)  # before recording or encoding anything
+    # Refusals before recording or encoding anything, from the manifest alone: the model is loaded and verified
+    # once, by learn_class, under the writer lock.
+    manifest = model.manifest()
+    check_new_label([c["name"] for c in manifest["classes"]], args.label, model.root)
     if args.method == "avcil" or args.refine:
-        check_gradient_update(loaded.manifest, model.root)
-    profile = profile_from_record(loaded.manifest["features"].get("profile"))
+        check_gradient_update(manifest, model.root)
+    profile = profile_from_record(manifest["features"].get("profile"))
     encode_started = time.perf_counter()
     if args.files:
-        audio, visual = encode_files(profile, args.files)
+        audio, visual = profile.encode_files(args.files)
     else:
         if not (args.camera and args.mic and args.clips):
             raise InvalidInput("name the clips of the new class: --files F... or --camera SRC --mic SRC --clips N")

@@ -1,6 +1,6 @@
 """Field learning: add a class to a model dir on the device, from video files or from clips recorded live.
 
-    features = encode_files(profile, ["a.mp4", ...])              # or record_clips(...) from camera + microphone
+    features = profile.encode_files(["a.mp4", ...])              # or record_clips(...) from camera + microphone
     learn_class("MODEL", "doorbell", *features)                    # -> a summary with the new version's name
 
 The default update is analytic: the class's clips are added to the sufficient statistics of the head's analytic
@@ -21,14 +21,11 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from avcil.errors import InvalidInput
 from avcil.data.clips import ArrayClipSet
-from avcil.data.decode import decode_clip
 from avcil.modeldir import ModelDir, ModelDirError
 from avcil.train.learner import Learner, fit_readout
 from avcil.train.methods import build_method
@@ -61,22 +58,6 @@ def task_ranges(classes: list[dict]) -> list[tuple[int, int]]:
     return ranges
 
 
-def encode_files(profile, paths: Sequence[str | Path], batch_size: int = 8,
-                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Audio [n, Da] and visual [n, T, S, Dv] features of video files, decoded as `avcil extract` decodes them."""
-    audio, visual = [], []
-    paths = [Path(p) for p in paths]
-    for start in tqdm(range(0, len(paths), batch_size), desc="encode clips", unit="batch", disable=not progress,
-                      file=sys.stderr):
-        clips = [decode_clip(p, profile.frame_prep.count, profile.audio_prep.sample_rate)
-                 for p in paths[start:start + batch_size]]
-        a, v = profile.encode_batch(np.stack([profile.preprocess_audio(c.waveform, c.sample_rate) for c in clips]),
-                                    np.stack([profile.preprocess_frames(c.frames) for c in clips]))
-        audio.append(a)
-        visual.append(v)
-    return np.concatenate(audio), np.concatenate(visual)
-
-
 def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np.ndarray,
                 settings: FieldSettings | None = None, progress: bool = True, method: str = "analytic",
                 log=None, refine: dict | None = None) -> dict:
@@ -94,7 +75,7 @@ def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     model = ModelDir(model_dir)
     start = refine["parent"] if refine else None
-    check_new_label(model.load(start, with_memory=False).class_names, label, model.root)
+    check_new_label([c["name"] for c in model.manifest(start)["classes"]], label, model.root)  # before the lock
     if len(audio) == 0 or len(audio) != len(visual):
         raise InvalidInput(f"learning {label!r} needs clips: got {len(audio)} audio and {len(visual)} visual rows")
     if len(audio) == 1:
@@ -237,7 +218,8 @@ def record_from(live, count: int, profile, countdown_s: float = 3.0, pause_s: fl
         if not np.any(np.abs(window.waveform) > SILENT_PEAK):
             raise SourceError(f"microphone {live.microphone_name!r} recorded only silence during clip {n}/{count}; "
                               f"is it muted, or the wrong input?")
-        audio_inputs.append(profile.preprocess_audio(window.waveform, window.rate))
-        visual_inputs.append(profile.preprocess_frames(window.frames))
+        audio_input, visual_input = profile.clip_inputs(window.waveform, window.rate, window.frames)
+        audio_inputs.append(audio_input)
+        visual_inputs.append(visual_input)
         time.sleep(pause_s)
     return profile.encode_batch(np.stack(audio_inputs), np.stack(visual_inputs))

@@ -73,7 +73,7 @@ class Recognizer:
                                 f"elsewhere), so live sources cannot be encoded for it")
         self.audio_prep = audio_preprocess_from_settings(record["settings"]["audio"])
         self.frame_prep = frame_preprocess_from_settings(record["settings"]["visual"])
-        encoders = model_backends(model_dir, backend, device, profile=profile)
+        encoders = model_backends(model_dir, backend, device, profile=profile, manifest=loaded.manifest)
         self.audio_encoder, self.visual_encoder = encoders["audio"], encoders["visual"]
         self.frame_tokens = (FrameTokens(self.visual_encoder, self.frame_prep)
                              if FrameTokens.supports(self.visual_encoder) else None)
