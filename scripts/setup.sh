@@ -10,7 +10,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   ffmpeg espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav \
-  pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 >/dev/null
+  pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 chromium chromium-driver >/dev/null
 
 PIP="python3 -m pip install --disable-pip-version-check -q"
 # torch first and pinned: 2.13.0 is a local CPU wheel here; anything looser pulls the CUDA build.

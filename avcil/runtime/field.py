@@ -172,46 +172,54 @@ def _gradient_update(head, classes, clips, memory, settings, progress, label, lo
 def record_clips(camera: str, microphone: str, count: int, profile, countdown_s: float = 3.0,
                  pause_s: float = 1.0, out=None) -> tuple[np.ndarray, np.ndarray]:
     """Record `count` clips of the profile's window length from live sources, with a countdown before each and
-    a progress line, and encode them. A clip without a new camera frame or with only silence is an error (a
-    stalled stream or a muted input would otherwise teach the class a still picture or silence)."""
-    from avcil.runtime.sources import FrameHistory, SourceError, open_camera, open_microphone
-    from avcil.runtime.windows import WindowAssembler, history_settings, window_seconds
+    a progress line, and encode them (see `record_from`)."""
+    from avcil.runtime.live import LiveInput
+    from avcil.runtime.windows import window_seconds
 
     out = out or sys.stderr  # looked up now, so that a redirected stderr gets the lines
     seconds = window_seconds(profile.audio_prep)
-    history_s, min_interval = history_settings(seconds, seconds, profile.frame_prep)
-    frames = FrameHistory(history_s, min_interval)
-    video = open_camera(camera, frames)
-    audio = open_microphone(microphone, profile.audio_prep.sample_rate, history_s)
-    video.start()
-    audio.start()
-    try:
-        if hasattr(audio, "wait_started"):
-            audio.wait_started()
-        if hasattr(video, "wait_opened"):
-            video.wait_opened()
-        assemble = WindowAssembler(audio.ring, frames, seconds, profile.frame_prep)
-        audio_inputs, visual_inputs = [], []
-        for n in range(count):
-            for left in range(math.ceil(countdown_s), 0, -1):
-                print(f"clip {n + 1}/{count} in {left} ...", file=out, flush=True)
-                time.sleep(min(1.0, countdown_s - (left - 1)))  # a fractional countdown shortens its first second
-            print(f"clip {n + 1}/{count}: recording {seconds:.1f} s", file=out, flush=True)
-            end = time.monotonic() + seconds
-            time.sleep(seconds)
-            window = assemble(end)
-            newest = frames.latest()
-            if newest is None or newest[0] < window.start:
-                raise SourceError(f"camera {camera!r} delivered no frame during clip {n + 1}/{count}; "
-                                  f"did the stream stop?")
-            if not np.any(np.abs(window.waveform) > SILENT_PEAK):
-                raise SourceError(f"microphone {microphone!r} recorded only silence during clip {n + 1}/{count}; "
-                                  f"is it muted, or the wrong input?")
-            audio_input, visual_input = profile.clip_inputs(window.waveform, window.rate, window.frames)
-            audio_inputs.append(audio_input)
-            visual_inputs.append(visual_input)
-            time.sleep(pause_s)
-    finally:
-        video.stop()
-        audio.stop()
+    with LiveInput(camera, microphone, profile.audio_prep.sample_rate, seconds, seconds, profile.frame_prep) as live:
+        return record_from(live, count, profile, countdown_s, pause_s,
+                           on_step=lambda step: print(step_line(step), file=out, flush=True))
+
+
+def step_line(step: dict) -> str:
+    """The progress line of a recording step (see `record_from`)."""
+    if "countdown" in step:
+        return f"clip {step['clip']}/{step['of']} in {step['countdown']} ..."
+    return f"clip {step['clip']}/{step['of']}: recording {step['recording_s']:.1f} s"
+
+
+def record_from(live, count: int, profile, countdown_s: float = 3.0, pause_s: float = 1.0,
+                on_step=lambda step: None) -> tuple[np.ndarray, np.ndarray]:
+    """Record `count` clips of the profile's window length from an open LiveInput (avcil.runtime.live), which
+    may be deciding meanwhile, and encode them. Before each clip, `on_step` gets {"clip", "of", "countdown": s}
+    once a second, then {"clip", "of", "recording_s"} as the clip starts. A clip without a new camera frame or
+    with only silence is an error (a stalled stream or a muted input would otherwise teach the class a still
+    picture or silence)."""
+    from avcil.runtime.sources import SourceError
+    from avcil.runtime.windows import WindowAssembler, window_seconds
+
+    seconds = window_seconds(profile.audio_prep)
+    assemble = WindowAssembler(live.audio.ring, live.frames, seconds, profile.frame_prep)
+    audio_inputs, visual_inputs = [], []
+    for n in range(1, count + 1):
+        for left in range(math.ceil(countdown_s), 0, -1):
+            on_step({"clip": n, "of": count, "countdown": left})
+            time.sleep(min(1.0, countdown_s - (left - 1)))  # a fractional countdown shortens its first second
+        on_step({"clip": n, "of": count, "recording_s": seconds})
+        end = time.monotonic() + seconds
+        time.sleep(seconds)
+        window = assemble(end)
+        newest = live.frames.latest()
+        if newest is None or newest[0] < window.start:
+            raise SourceError(f"camera {live.camera_name!r} delivered no frame during clip {n}/{count}; "
+                              f"did the stream stop?")
+        if not np.any(np.abs(window.waveform) > SILENT_PEAK):
+            raise SourceError(f"microphone {live.microphone_name!r} recorded only silence during clip {n}/{count}; "
+                              f"is it muted, or the wrong input?")
+        audio_input, visual_input = profile.clip_inputs(window.waveform, window.rate, window.frames)
+        audio_inputs.append(audio_input)
+        visual_inputs.append(visual_input)
+        time.sleep(pause_s)
     return profile.encode_batch(np.stack(audio_inputs), np.stack(visual_inputs))
