@@ -6,5 +6,8 @@ import os
 # took 3.6 s in torch beside CPU-bound work, 0.17 s with passive waiting (benchmarks/results/live-latency-*.md).
 # Set before torch is imported; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenCV's FFmpeg prints its own complaints about a damaged file ("moov atom not found") straight to stderr, beside the
+# one line avcil reports for it (avcil.data.decode names the file and the cause).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 __version__ = "0.1.0"

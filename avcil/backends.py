@@ -371,39 +371,39 @@ def checked_file(folder: Path, listed: dict, name: str, suffix: str) -> Path:
     return path
 
 
-def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profile=None,
+def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profile=None, manifest: dict | None = None,
                    **options) -> dict[str, Backend]:
-    """The audio encoder, visual encoder and head of a model dir, all on one runtime, and the audio encoder's
-    stream parts where the profile has them (lite: 'audio_sfx', 'speech_window').
+    """The audio and visual encoders of a model dir, on one runtime, and the audio encoder's stream parts where the
+    profile has them (lite: 'audio_sfx', 'speech_window'). The head is the model's own, in torch (see GRAPH_NAMES).
 
-    onnxruntime/tensorrt run MODEL/encoders/{audio,visual,head}.{onnx,engine}; torch runs the encoder profile
-    (`profile`, or rebuilt from the model's manifest) and the head of the current version."""
-    from avcil.model.graphs import GRAPH_NAMES, dynamic_axes, graph_modules, read_spec
+    onnxruntime/tensorrt run MODEL/encoders/{audio,visual,...}.{onnx,engine}; torch runs the encoder profile
+    (`profile`, or rebuilt from the manifest). `manifest`: the model's, when the caller has loaded it already."""
     from avcil.model.encoders import profile_from_record
+    from avcil.model.graphs import GRAPH_NAMES, dynamic_axes, graph_modules, read_spec
     from avcil.modeldir import ModelDir
 
     model_dir = Path(model_dir)
     if kind in ("onnxruntime", "tensorrt"):
         folder = model_dir / "encoders"
         spec = read_spec(folder)  # a clear error when nothing was exported
-        record = ModelDir(model_dir).manifest()["features"].get("profile")
+        record = (manifest or ModelDir(model_dir).manifest())["features"].get("profile")
         if record:
             check_same_profile(record, spec["profile"], f"{model_dir}", f"its exported encoders ({folder})",
                                f"export them again: avcil export --model {model_dir} --format onnx")
         suffix = ".onnx" if kind == "onnxruntime" else ".engine"
         listed = spec["graphs"] if kind == "onnxruntime" else spec["engines"]
-        names = [n for n in listed if n not in GRAPH_NAMES]
+        # An export from before the head was left out lists it too: it is not loaded.
+        names = [n for n in listed if n not in GRAPH_NAMES and n != "head"]
         return {name: load_backend(checked_file(folder, listed, name, suffix), kind, device, **options)
                 for name in (*GRAPH_NAMES, *names)}
-    loaded = ModelDir(model_dir).load(with_memory=False)
-    record = loaded.manifest["features"].get("profile")
+    record = (manifest or ModelDir(model_dir).manifest())["features"].get("profile")
     if profile is None:
         profile = profile_from_record(record, where=str(model_dir))
     elif record:
         check_same_profile(record, profile.describe(), f"{model_dir}", "the encoders given",
                            "use the profile the model was trained with (leave profile= out to rebuild it)")
     backends = {}
-    for name, (module, graph, shapes) in graph_modules(profile, loaded.head).items():
+    for name, (module, graph, shapes) in graph_modules(profile).items():
         free = dynamic_axes(graph, profile.frames_independent)[graph.inputs[0]]
         shapes[0] = tuple(None if axis + 1 in free else d for axis, d in enumerate(shapes[0]))
         backends[name] = load_backend(module, kind, device, input_names=graph.inputs, output_names=graph.outputs,

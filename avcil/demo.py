@@ -92,10 +92,10 @@ def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 12,
     from avcil.data.avdigits import build_av_digits
     from avcil.train.benchmarks import av_digits_benchmark, default_cache
     from avcil.model.encoders import profile_from_record
-    from avcil.runtime.field import FieldSettings, encode_files, learn_class
+    from avcil.runtime.field import FieldSettings, learn_class
     from avcil.runtime.recognizer import DecisionWriter, Recognizer
     from avcil.runtime.windows import window_seconds
-    from avcil.train.learner import TrainConfig
+    from avcil.train.config import given, protocol_settings, train_config
     from avcil.train.methods import DEFAULT_METHOD, build_method
     from avcil.train.protocol import run_protocol
     from avcil.train.run import write_run
@@ -111,9 +111,10 @@ def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 12,
     files = clip_files(build_av_digits(cache / "av-digits"))
     old = first_classes(benchmark, len(OLD_DIGITS), train_clips)
     say(f"    training a lite model ({method}) on digits {OLD_DIGITS[0]}-{OLD_DIGITS[-1]} ({train_clips} clips each) ...")
-    outcome = run_protocol(old, build_method(method, instance_weight=0.5),
-                           TrainConfig(epochs=epochs, batch_size=64, exemplar_batch_size=64, precision="auto"),
-                           memory_budget=100, fusion_dim=256, progress=False)
+    # AV-Digits' own settings (memory, loss weights, batch sizes), with the demo's epochs, in bf16 where native.
+    outcome = run_protocol(old, build_method(method, **given({"instance_weight": old.defaults.instance_weight})),
+                           train_config(old.defaults, epochs=epochs, precision="auto"),
+                           **protocol_settings(old.defaults), progress=False)
     model_dir = write_run(out / "train", old, outcome)["model"]
     base_version = ModelDir(model_dir).current()
     base_accuracy = split_accuracy(model_dir, base_version, benchmark, OLD_DIGITS)
@@ -133,7 +134,7 @@ def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 12,
         say(f"3/4 learning digit {NEW_DIGIT} in the field from {train_clips} of its training clip files, as "
             f"`avcil learn --files` does (the recognizer stays up) ...")
         encode_started = time.perf_counter()
-        features = encode_files(profile, files[("train", NEW_DIGIT)][:train_clips])
+        features = profile.encode_files(files[("train", NEW_DIGIT)][:train_clips])
         encode_seconds = time.perf_counter() - encode_started
         learnt = learn_class(model_dir, NEW_DIGIT, *features, FieldSettings(), progress=False, log=say)
         say(f"    learnt in {learnt['seconds']:.2f} s after {encode_seconds:.1f} s of encoding "

@@ -7,6 +7,7 @@ the directory (the rename itself is durable only once the directory is synced).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,3 +60,15 @@ def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
 def atomic_write(path: str | Path, data: bytes) -> None:
     with atomic_file(path) as f:
         f.write(data)
+
+
+def read_format_json(path: Path, expected_format, missing: str) -> dict:
+    """A JSON record with a "format" field that this avcil reads; FileNotFoundError(`missing`) when absent."""
+    from avcil.errors import InvalidInput
+
+    if not path.is_file():
+        raise FileNotFoundError(missing)
+    record = json.loads(path.read_text())
+    if record.get("format") != expected_format:
+        raise InvalidInput(f"{path}: format {record.get('format')!r}, this avcil reads {expected_format!r}")
+    return record

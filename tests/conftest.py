@@ -69,7 +69,6 @@ def train_toy_model(model_dir: Path, profile, clips: dict[str, list[Path]], name
                     memory_budget: int = 12, method: str = "avcil") -> Path:
     """A model dir with the tiny profile's features of `names` learnt in one step by `method`."""
     from avcil.data.clips import ArrayClipSet, Benchmark
-    from avcil.runtime.field import encode_files
     from avcil.modeldir import ModelDir
     from avcil.train.learner import TrainConfig
     from avcil.train.methods import build_method
@@ -77,7 +76,7 @@ def train_toy_model(model_dir: Path, profile, clips: dict[str, list[Path]], name
 
     paths = [p for n in names for p in clips[n]]
     labels = np.array([i for i, n in enumerate(names) for _ in clips[n]])
-    audio, visual = encode_files(profile, paths, progress=False)
+    audio, visual = profile.encode_files(paths, progress=False)
     data = ArrayClipSet([str(p) for p in paths], labels, audio, visual)
     # No validation clips: the learner then keeps the last epoch, not the first that fits the training clips.
     no_val = ArrayClipSet([], np.zeros(0), audio[:0], visual[:0])

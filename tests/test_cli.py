@@ -28,3 +28,10 @@ def test_device_commands_import_neither_training_plotting_transformers_nor_data_
     unwanted = {"matplotlib", "transformers", "avcil.train.learner", "avcil.train.protocol", "avcil.model.losses",
                 "avcil.data.avdigits", "avcil.train.plots", "avcil.bench.accuracy"}
     assert not unwanted & modules, unwanted & modules
+
+
+def test_listing_a_model_imports_neither_training_plotting_transformers_nor_data_builders(toy_model):
+    modules = imported("model", "list", "--model", str(toy_model), "--json")
+    unwanted = {"matplotlib", "transformers", "sklearn", "avcil.train.learner", "avcil.train.protocol",
+                "avcil.model.losses", "avcil.data.avdigits", "avcil.train.plots", "avcil.model.encoders.paper"}
+    assert "avcil.modeldir" in modules and not unwanted & modules, unwanted & modules

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from avcil.runtime.field import FieldSettings, encode_files, learn_class, task_ranges
+from avcil.runtime.field import FieldSettings, learn_class, task_ranges
 from avcil.modeldir import ModelDir, ModelDirError
 from conftest import avcil
 from test_modeldir import FEATURES, small_model
@@ -28,7 +28,7 @@ def predict(model_dir, audio, visual) -> list[str]:
 @pytest.mark.parametrize("method", ["analytic", "avcil"])
 def test_learning_a_class_from_files_adds_it_and_keeps_the_old_ones(toy_model, tiny_profile, toy_clips, method):
     # The toy model was trained by gradient (no readout): the analytic update builds its readout from the exemplars.
-    green = encode_files(tiny_profile, toy_clips["green"][:4], progress=False)
+    green = tiny_profile.encode_files(toy_clips["green"][:4], progress=False)
     summary = learn_class(toy_model, "green", *green, QUICK, progress=False, method=method)
     assert summary["method"] == method
     assert summary.get("readout_built_from_exemplars") == (12 if method == "analytic" else None)  # 6 + 6
@@ -42,7 +42,7 @@ def test_learning_a_class_from_files_adds_it_and_keeps_the_old_ones(toy_model, t
     assert all(i.startswith("field/green/") for i in loaded.memory.classes[2].ids)
     # Held-out clips of every class, the new one included, are recognised.
     for name in ("red", "blue", "green"):
-        audio, visual = encode_files(tiny_profile, toy_clips[name][4:], progress=False)
+        audio, visual = tiny_profile.encode_files(toy_clips[name][4:], progress=False)
         assert predict(toy_model, audio, visual) == [name, name]
 
 
@@ -59,11 +59,11 @@ def test_an_analytic_field_update_equals_training_on_all_classes_at_once(tmp_pat
     from test_readout import joint_solution
 
     model = shutil.copytree(analytic_toy_model_template, tmp_path / "model")
-    learn_class(model, "green", *encode_files(tiny_profile, toy_clips["green"], progress=False), progress=False)
+    learn_class(model, "green", *tiny_profile.encode_files(toy_clips["green"], progress=False), progress=False)
     head = ModelDir(model).load(with_memory=False).head
     names = ["red", "blue", "green"]
     audio, visual = (torch.from_numpy(x) for x in
-                     encode_files(tiny_profile, [p for n in names for p in toy_clips[n]], progress=False))
+                     tiny_profile.encode_files([p for n in names for p in toy_clips[n]], progress=False))
     labels = np.repeat(np.arange(3), 6)
     with torch.no_grad():
         inputs = head.readout_inputs(audio, visual, head(audio, visual).fused)
@@ -75,14 +75,14 @@ def test_an_analytic_field_update_equals_training_on_all_classes_at_once(tmp_pat
 
 def test_a_class_from_one_clip_is_learnt_with_a_warning(toy_model, tiny_profile, toy_clips):
     lines = []
-    one = encode_files(tiny_profile, toy_clips["green"][:1], progress=False)
+    one = tiny_profile.encode_files(toy_clips["green"][:1], progress=False)
     summary = learn_class(toy_model, "green", *one, progress=False, log=lines.append)
     assert summary["clips"] == 1 and "single clip" in lines[0]
     assert torch.isfinite(ModelDir(toy_model).load().head.readout.weight).all()
 
 
 def test_features_with_nan_are_refused_naming_the_clip(toy_model, tiny_profile, toy_clips):
-    audio, visual = encode_files(tiny_profile, toy_clips["green"][:3], progress=False)
+    audio, visual = tiny_profile.encode_files(toy_clips["green"][:3], progress=False)
     audio[1, 0] = np.nan
     with pytest.raises(ValueError, match="field/green/1 hold NaN or Inf"):
         learn_class(toy_model, "green", audio, visual, progress=False)

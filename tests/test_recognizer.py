@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from avcil.runtime.field import FieldSettings, encode_files, learn_class
+from avcil.runtime.field import FieldSettings, learn_class
 from avcil.runtime.recognizer import UNKNOWN, Recognizer, run_live
 from avcil.runtime.windows import Window
 
@@ -59,7 +59,7 @@ def test_a_new_version_is_picked_up_while_recognising(toy_model, tiny_profile, t
     worker.start()
     try:
         time.sleep(2.0)
-        features = encode_files(tiny_profile, toy_clips["green"][:4], progress=False)
+        features = tiny_profile.encode_files(toy_clips["green"][:4], progress=False)
         learn_class(toy_model, "green", *features, FieldSettings(epochs=40, batch_size=16, exemplar_batch_size=16),
                     progress=False)
         deadline = time.monotonic() + 10

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from avcil.cli import main
-from avcil.runtime.field import encode_files, record_clips
+from avcil.runtime.field import record_clips
 from avcil.modeldir import ModelDir
 from conftest import TOY_CLASSES, TOY_RATE, avcil, free_port, make_wav
 
@@ -97,7 +97,7 @@ def test_recorded_clips_hold_what_the_camera_showed_and_the_microphone_heard(tmp
         np.stack([profile.preprocess_frames(black)] * len(sounds)))
     audio_of = dict(zip(sounds, known_audio))
     visual_of = {"black": black_visual[0]}
-    _, file_visual = encode_files(profile, [toy_clips[name][0] for name in TOY_CLASSES], progress=False)
+    _, file_visual = profile.encode_files([toy_clips[name][0] for name in TOY_CLASSES], progress=False)
     visual_of.update(zip(TOY_CLASSES, file_visual))
     for clip in range(2):
         assert nearest(audio[clip], audio_of) == "red tone"

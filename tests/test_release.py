@@ -77,7 +77,7 @@ def test_reads_release(tmp_path, bench, visual_format, classes, steps, defaults)
     encode = load_dict(root / "category_encode_dict.npy")
     assert benchmark.name == bench and len(benchmark.class_names) == classes
     assert [encode[name] for name in benchmark.class_names] == list(range(classes))
-    assert benchmark.steps == equal_steps(classes, steps) and benchmark.defaults == defaults
+    assert benchmark.steps == equal_steps(classes, steps) and benchmark.defaults.given() == defaults
     assert benchmark.shape.visual == (8, 196, 768) and benchmark.shape.audio_dim == 768
 
     splits = load_dict(root / "all_id_category_dict.npy")
@@ -105,7 +105,7 @@ def test_unrecognised_benchmark_needs_steps(tmp_path):
     with pytest.raises(ValueError, match="29 classes.*num_steps"):
         load_release(mine)
     bench = load_release(mine, num_steps=29)
-    assert bench.name == "mine" and bench.defaults == {} and bench.class_names[-1] == "Tabla"
+    assert bench.name == "mine" and bench.defaults.given() == {} and bench.class_names[-1] == "Tabla"
 
 
 def test_conversion_is_cached(tmp_path, monkeypatch):

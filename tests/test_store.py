@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from avcil.data import store as store_module
-from avcil.data.clips import SPLITS
+from avcil.data.clips import SPLITS, BenchmarkDefaults
 from avcil.data.store import FeatureStoreWriter, open_store
 from avcil.errors import InvalidInput
 from avcil.features import Features, FeatureShape
@@ -189,9 +189,9 @@ def test_benchmark(tmp_path):
     store = open_store(root)
     assert store.class_names() == sorted(LABELS)
 
-    bench = store.benchmark(2, defaults={"memory_budget": 10})
+    bench = store.benchmark(2, defaults=BenchmarkDefaults(memory_budget=10))
     assert bench.name == "s" and bench.class_names == sorted(LABELS)
-    assert bench.steps == [[0, 1], [2, 3]] and bench.defaults == {"memory_budget": 10}
+    assert bench.steps == [[0, 1], [2, 3]] and bench.defaults.given() == {"memory_budget": 10}
     assert bench.shape == SHAPE and bench.profile == PROFILE
     for split in SPLITS:
         clips = [clip(i) for i in range(24) if clip(i)[2] == split]

@@ -53,7 +53,8 @@ def row_name(entry: tuple) -> str:
 def run(args: argparse.Namespace) -> int:
     benchmark = load_benchmark(args.data, args.avcil_release, args.steps, args.cache)
     rows, runs = [], {}
-    seeds = list(range(args.seed, args.seed + args.seeds))
+    first = config_from_args(args, benchmark).seed
+    seeds = list(range(first, first + args.seeds))
     if args.append:
         rows, runs = _earlier(args, benchmark.name)
     chosen = plan(args)

@@ -85,7 +85,6 @@ def measure(args: argparse.Namespace) -> list[dict]:
 def measure_method(args: argparse.Namespace, work: Path, benchmark, files: dict, method: str) -> dict:
     from avcil.model.encoders import profile_from_record
     from avcil.demo import accuracy_on_test_split, old_clips_taken
-    from avcil.runtime.field import encode_files
     from avcil.runtime.recognizer import Recognizer, run_live
 
     model_dir = work / "model"
@@ -93,7 +92,7 @@ def measure_method(args: argparse.Namespace, work: Path, benchmark, files: dict,
     profile = profile_from_record(benchmark.profile)
     features = work / "digit9.npz"
     encode_start = time.perf_counter()
-    audio, visual = encode_files(profile, files[("train", "9")])
+    audio, visual = profile.encode_files(files[("train", "9")])
     encode_seconds = time.perf_counter() - encode_start
     np.savez(features, audio=audio, visual=visual)
 

@@ -6,7 +6,7 @@ the project's feature store, the public feature release); the learner only calls
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -50,6 +50,23 @@ class ArrayClipSet:
         return self.audio[idx].astype(np.float32), self.visual[idx].astype(np.float32)
 
 
+@dataclass(frozen=True)
+class BenchmarkDefaults:
+    """The settings a benchmark sets instead of the paper's; None keeps the paper's, whose one source is the object
+    that owns each setting (`TrainConfig` for the loop, `DEFAULT_MEMORY_BUDGET` in the protocol, `build_method`'s
+    arguments for the loss weights)."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    exemplar_batch_size: int | None = None
+    memory_budget: int | None = None
+    instance_weight: float | None = None
+    fusion_dim: int | None = None
+
+    def given(self) -> dict:
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+
 @dataclass
 class Benchmark:
     """A class-incremental benchmark: classes in order, which classes arrive at each step, the splits."""
@@ -60,7 +77,7 @@ class Benchmark:
     splits: dict[str, ClipSet]
     shape: FeatureShape
     # Protocol settings that belong to the benchmark (memory budget, instance weight, epochs, ...).
-    defaults: dict = field(default_factory=dict)
+    defaults: BenchmarkDefaults = field(default_factory=BenchmarkDefaults)
     # The encoder profile and preprocessing settings the features came from (None for synthetic features).
     profile: dict | None = None
 

@@ -24,7 +24,7 @@ from numpy.lib import format as npy_format
 from tqdm import tqdm
 
 from avcil.errors import InvalidInput
-from avcil.data.clips import SPLITS, Benchmark, equal_steps
+from avcil.data.clips import Benchmark, BenchmarkDefaults, SPLITS, equal_steps
 from avcil.data.store import write_json
 from avcil.data.safe_pickle import check_global, load_npy
 from avcil.fileio import atomic_file
@@ -45,9 +45,9 @@ VISUAL_NPY_CACHE = "visual_pretrained_feature/avcil_cache"  # its conversion, un
 
 # The paper's protocol per benchmark (REFERENCE.md §6): classes, steps, settings that go with the benchmark.
 PROTOCOLS = {
-    "AVE": (28, 4, {"memory_budget": 340, "instance_weight": 0.5}),
-    "kinetics-sounds": (30, 5, {"memory_budget": 500, "instance_weight": 0.1}),
-    "VGGSound_100": (100, 10, {"memory_budget": 1500, "instance_weight": 0.1}),
+    "AVE": (28, 4, BenchmarkDefaults(memory_budget=340, instance_weight=0.5)),
+    "kinetics-sounds": (30, 5, BenchmarkDefaults(memory_budget=500, instance_weight=0.1)),
+    "VGGSound_100": (100, 10, BenchmarkDefaults(memory_budget=1500, instance_weight=0.1)),
 }
 
 
@@ -73,14 +73,14 @@ def load_release(root: str | Path, num_steps: int | None = None, name: str | Non
     protocol = _recognise(root, len(class_names))
     if num_steps is None and protocol is None:
         raise InvalidInput(f"{root}: {len(class_names)} classes match none of {list(PROTOCOLS)}; give num_steps")
-    _, protocol_steps, defaults = PROTOCOLS.get(protocol, (0, None, {}))
+    _, protocol_steps, defaults = PROTOCOLS.get(protocol, (0, None, BenchmarkDefaults()))
     splits = {}
     for split, (ids, labels) in split_clips.items():
         split_audio = np.array([audio[i] for i in ids], np.float32).reshape(len(ids), SHAPE.audio_dim)
         splits[split] = ReleaseClipSet(ids, labels, split_audio, visual)
     return Benchmark(name=name or protocol or root.name, class_names=class_names,
                      steps=equal_steps(len(class_names), num_steps or protocol_steps), splits=splits, shape=SHAPE,
-                     defaults=dict(defaults))
+                     defaults=defaults)
 
 
 def _recognise(root: Path, num_classes: int) -> str | None:

@@ -27,9 +27,9 @@ from typing import Sequence
 import numpy as np
 
 from avcil.errors import InvalidInput
-from avcil.data.clips import SPLITS, Benchmark, equal_steps
+from avcil.data.clips import Benchmark, BenchmarkDefaults, SPLITS, equal_steps
 from avcil.features import Features, FeatureShape
-from avcil.fileio import atomic_file
+from avcil.fileio import atomic_file, read_format_json
 
 FORMAT = "avcil-feature-store/1"
 MANIFEST = "store.json"
@@ -78,13 +78,7 @@ def _committed(chunks: Path) -> list[int]:
 
 
 def _read_manifest(root: Path) -> dict:
-    path = root / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(f"{root}: not a feature store (no {MANIFEST})")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise InvalidInput(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
+    return read_format_json(root / MANIFEST, FORMAT, f"{root}: not a feature store (no {MANIFEST})")
 
 
 class FeatureStoreWriter:
@@ -277,11 +271,11 @@ class FeatureStore:
                             shape=self.shape, store=self, chunk_of=self._chunk_of[where], row_of=self._row_of[where])
 
     def benchmark(self, num_steps: int, class_order: list[str] | None = None, name: str | None = None,
-                  defaults: dict | None = None) -> Benchmark:
+                  defaults: BenchmarkDefaults | None = None) -> Benchmark:
         order = list(class_order) if class_order is not None else self.class_names()
         return Benchmark(name=name or self.root.name, class_names=order, steps=equal_steps(len(order), num_steps),
                          splits={split: self.clip_set(split, order) for split in SPLITS}, shape=self.shape,
-                         defaults=dict(defaults or {}), profile=self.profile)
+                         defaults=defaults or BenchmarkDefaults(), profile=self.profile)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from avcil.errors import InvalidInput
-from avcil.data.clips import ArrayClipSet, Benchmark, equal_steps
+from avcil.data.clips import ArrayClipSet, Benchmark, BenchmarkDefaults, equal_steps
 from avcil.features import FeatureShape
 
 
@@ -116,6 +116,6 @@ def synthetic_benchmark(spec: SyntheticSpec = SyntheticSpec()) -> Benchmark:
         splits=splits,
         shape=spec.shape,
         # Small clips, so fewer epochs than the paper's 200 reach the plateau; budget ~10 % of the training clips.
-        defaults={"memory_budget": 160, "instance_weight": 0.1, "epochs": 40, "fusion_dim": 64,
-                  "batch_size": 64, "exemplar_batch_size": 64},
+        defaults=BenchmarkDefaults(memory_budget=160, instance_weight=0.1, epochs=40, fusion_dim=64, batch_size=64,
+                                   exemplar_batch_size=64),
     )

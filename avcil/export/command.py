@@ -49,33 +49,26 @@ def builtin_real_clip(profile) -> tuple[tuple[np.ndarray, np.ndarray] | None, st
     images = [getattr(photos, name)() for name in PHOTOS]
     count = profile.frame_prep.count
     frames = [images[i * len(images) // count] for i in range(count)]
-    real = (profile.preprocess_audio(np.concatenate(pieces), rate), profile.preprocess_frames(frames))
+    real = profile.clip_inputs(np.concatenate(pieces), rate, frames)
     return real, f"spoken digits {Path(recordings[0]).parent} + photos {', '.join(PHOTOS)}"
 
 
 def sample_clip(profile, path: str) -> tuple[tuple[np.ndarray, np.ndarray], str]:
-    from avcil.data.decode import decode_clip
-
-    clip = decode_clip(path, profile.frame_prep.count, profile.audio_prep.sample_rate)
-    return (profile.preprocess_audio(clip.waveform, clip.sample_rate), profile.preprocess_frames(clip.frames)), path
+    return profile.file_inputs(path)[:2], path
 
 
 def calibration_batches(profile, modules: dict, files: list[str], batch_size: int) -> dict[str, list[dict]]:
     """int8 calibration batches per graph (`graph_modules`) from real clips: preprocessed inputs for the
-    encoders, their PyTorch features for the head. Clips that do not fill a last batch are left out (TensorRT
+    encoders and the audio encoder's stream parts. Clips that do not fill a last batch are left out (TensorRT
     calibrates at one shape, the profile's opt batch)."""
-    from avcil.data.decode import decode_clip
-
     if len(files) < batch_size:
         raise InvalidInput(f"int8 calibration needs at least {batch_size} clips (the opt batch), got {len(files)}")
     batches: dict[str, list[dict]] = {name: [] for name in modules}
     usable = len(files) - len(files) % batch_size
     for start in range(0, usable, batch_size):
-        clips = [decode_clip(f, profile.frame_prep.count, profile.audio_prep.sample_rate)
-                 for f in files[start:start + batch_size]]
-        audio = np.stack([profile.preprocess_audio(c.waveform, c.sample_rate) for c in clips])
-        frames = np.stack([profile.preprocess_frames(c.frames) for c in clips])
-        inputs = onnx_export.graph_inputs(profile, audio, frames, modules["head"][1].inputs)
+        inputs = [profile.file_inputs(f)[:2] for f in files[start:start + batch_size]]
+        audio, frames = (np.stack(part) for part in zip(*inputs))
+        inputs = onnx_export.graph_inputs(profile, audio, frames)
         for name, (_, spec, _) in modules.items():
             batches[name].append(dict(zip(spec.inputs, inputs[name])))
     return batches
@@ -90,16 +83,14 @@ def export_engines(model_dir: Path, profile, precision: str, batch: engines.Batc
 
     from avcil.backends import TensorRTBackend
     from avcil.fileio import sha256_file
-    from avcil.modeldir import ModelDir
 
     folder = Path(model_dir) / graphs.ENCODERS_DIR
-    modules = graphs.graph_modules(profile, ModelDir(model_dir).load(with_memory=False).head)
+    modules = graphs.graph_modules(profile)
     # Without clips an int8 build reuses the calibration caches of an earlier build (build_engine checks).
     calibration = (calibration_batches(profile, modules, calibration_files, batch.opt)
                    if precision == "int8" and calibration_files else {})
     rng = np.random.default_rng(0)
-    real_inputs = (onnx_export.graph_inputs(profile, real[0][None], real[1][None], modules["head"][1].inputs)
-                   if real else {})
+    real_inputs = onnx_export.graph_inputs(profile, real[0][None], real[1][None]) if real else {}
     spec = graphs.read_spec(folder)
     staged, report = {}, {}
     try:
@@ -134,14 +125,13 @@ def export_engines(model_dir: Path, profile, precision: str, batch: engines.Batc
     return full_report["engines"]
 
 
-def _onnx_is_current(model_dir: Path) -> bool:
-    from avcil.modeldir import ModelDir
-
+def _onnx_is_current(model_dir: Path, profile) -> bool:
+    """An ONNX export holds for every version of the model (the head is not in it) while the profile is the same."""
     try:
         spec = graphs.read_spec(Path(model_dir) / graphs.ENCODERS_DIR)
     except FileNotFoundError:
         return False
-    return spec["head_version"] == ModelDir(model_dir).current()
+    return json.loads(json.dumps(spec["profile"])) == json.loads(json.dumps(profile.describe()))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     real, source = sample_clip(profile, args.sample) if args.sample else builtin_real_clip(profile)
     if real is None:
         print(f"avcil export: {source}", file=sys.stderr)
-    if args.format == "onnx" or not _onnx_is_current(model_dir):
+    if args.format == "onnx" or not _onnx_is_current(model_dir, profile):
         report = onnx_export.export_onnx(model_dir, profile, real, source, args.opset, args.tolerance or
                                          onnx_export.TOLERANCE)
         _print_errors("onnx (onnxruntime vs torch)", report["models"])

@@ -119,14 +119,11 @@ def torch_outputs(module: nn.Module, inputs: Sequence[np.ndarray]) -> list[np.nd
     return [r.float().numpy() for r in (result if isinstance(result, (tuple, list)) else [result])]
 
 
-def graph_inputs(profile, audio: np.ndarray, frames: np.ndarray,
-                 head_inputs: Sequence[str]) -> dict[str, list[np.ndarray]]:
-    """Per graph, its inputs for a batch of preprocessed clips: the encoders take audio and frames, the head takes
-    their PyTorch features."""
+def graph_inputs(profile, audio: np.ndarray, frames: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """Per graph, its inputs for a batch of preprocessed clips: the encoders take audio and frames, the audio
+    encoder's stream parts what the audio encoder would give them."""
     audio, frames = (np.ascontiguousarray(x, dtype=np.float32) for x in (audio, frames))
-    features = {"audio_embedding": torch_outputs(profile.audio, [audio])[0],
-                "visual_tokens": torch_outputs(profile.visual, [frames])[0]}
-    inputs = {"audio": [audio], "visual": [frames], "head": [features[name] for name in head_inputs]}
+    inputs = {"audio": [audio], "visual": [frames]}
     if hasattr(profile.audio, "stream_inputs"):
         inputs.update({name: [x] for name, x in profile.audio.stream_inputs(audio).items()})
     return inputs
@@ -173,24 +170,24 @@ def replace_folder(staging: Path, target: Path) -> None:
 
 def export_onnx(model_dir: Path, profile, real: tuple[np.ndarray, np.ndarray] | None = None, real_source: str = "",
                 opset: int = OPSET, tolerance: float = TOLERANCE, progress: bool = True, seed: int = 0) -> dict:
-    """Export the profile's encoders and the current head of `model_dir` into MODEL/encoders/, validate each
-    graph in ONNX Runtime (CPU) against PyTorch on random inputs at batch 1 and 4 and on the `real` clip
-    (preprocessed audio and frames, no batch dimension) and return the report. Raises ExportError, leaving the
-    previous export in place, when a graph is off by more than `tolerance`."""
+    """Export the profile's encoders for `model_dir` into MODEL/encoders/, validate each graph in ONNX Runtime (CPU)
+    against PyTorch on random inputs at batch 1 and 4 and on the `real` clip (preprocessed audio and frames, no
+    batch dimension) and return the report. Raises ExportError, leaving the previous export in place, when a graph
+    is off by more than `tolerance`. The head is not exported (see GRAPH_NAMES), so an export holds for every
+    version of the model."""
     from tqdm import tqdm
 
     from avcil.backends import load_backend
     from avcil.modeldir import ModelDir
 
     model_dir = Path(model_dir)
-    loaded = ModelDir(model_dir).load(with_memory=False)
-    recorded = loaded.manifest["features"]["shape"]
+    recorded = ModelDir(model_dir).manifest()["features"]["shape"]
     if profile.shape.to_dict() != recorded:
         raise InvalidInput(f"{model_dir}: the head takes features {recorded}, the {profile.name} encoders make "
-                         f"{profile.shape.to_dict()}")
-    modules = graph_modules(profile, loaded.head)
+                           f"{profile.shape.to_dict()}")
+    modules = graph_modules(profile)
     rng = np.random.default_rng(seed)
-    real_inputs = graph_inputs(profile, real[0][None], real[1][None], modules["head"][1].inputs) if real else {}
+    real_inputs = graph_inputs(profile, real[0][None], real[1][None]) if real else {}
 
     staging = Path(tempfile.mkdtemp(prefix=f".{ENCODERS_DIR}-", dir=model_dir))
     try:
@@ -213,10 +210,10 @@ def export_onnx(model_dir: Path, profile, real: tuple[np.ndarray, np.ndarray] | 
             graphs[spec.name] = {"file": spec.file, "sha256": sha256_file(path), **io_record(path)}
         check_tolerance(models, tolerance, "the ONNX export")
         report = {"format": "onnx", "precision": "fp32", "opset": opset, "tolerance": {"relative": tolerance},
-                  "error_definition": ERROR_DEFINITION, "runtime": _versions(), "head_version": loaded.version,
+                  "error_definition": ERROR_DEFINITION, "runtime": _versions(),
                   "real_input": real_source if real is not None else None, "models": models, "engines": {}}
         spec_record = {"format": SPEC_FORMAT, "profile": profile.describe(), "opset": opset, "precision": "fp32",
-                       "head_version": loaded.version, "classes": loaded.class_names, "graphs": graphs,
+                       "graphs": graphs,
                        "engines": {}, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **_versions()}
         write_synced(staging / SPEC_FILE, json.dumps(spec_record, indent=2).encode())
         write_synced(staging / REPORT_FILE, json.dumps(report, indent=2).encode())

@@ -46,7 +46,7 @@ class HeadConfig:
 
 @dataclass
 class HeadOutput:
-    logits: torch.Tensor  # [B, classes]: what decides (the readout's scores where the head has one)
+    logits: torch.Tensor | None  # [B, classes]: what decides (the readout's scores where the head has one)
     fused: torch.Tensor  # h = ha + hv (or the single branch) [B, D]: the feature NME classifiers use
     audio_embed: torch.Tensor | None  # normalize(ha) [B, D]
     visual_embed: torch.Tensor | None  # normalize(hv) [B, D]
@@ -131,7 +131,9 @@ class FusionHead(nn.Module):
         return readout_inputs(self.config.readout["features"], audio if uses_audio else None,
                               visual if uses_visual else None, fused)
 
-    def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> HeadOutput:
+    def features(self, audio: torch.Tensor, visual: torch.Tensor) -> HeadOutput:
+        """The fusion part alone: the fused feature, the embeddings and the attention maps, no classifier or
+        readout (`logits` is None). What herding ranks exemplars by and NME classifies."""
         modality = self.config.modality
         spatial = temporal = audio_hidden = visual_hidden = None
         if modality == "audio-visual":
@@ -144,18 +146,24 @@ class FusionHead(nn.Module):
             audio_hidden = F.relu(self.audio_proj(audio))
         if self.visual_proj is not None:
             visual_hidden = F.relu(self.visual_proj(pooled))
-        fused = sum(h for h in (audio_hidden, visual_hidden) if h is not None)
-        logits = self.classifier(fused)
-        decided = None if self.readout is None else self.readout(self.readout_inputs(audio, visual, fused))
         return HeadOutput(
-            logits=logits if decided is None else decided,
-            fused=fused,
+            logits=None,
+            fused=sum(h for h in (audio_hidden, visual_hidden) if h is not None),
             audio_embed=F.normalize(audio_hidden, dim=-1) if audio_hidden is not None else None,
             visual_embed=F.normalize(visual_hidden, dim=-1) if visual_hidden is not None else None,
             spatial_attn=spatial,
             temporal_attn=temporal,
-            classifier_logits=None if decided is None else logits,
         )
+
+    def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> HeadOutput:
+        """The features, then what decides: the readout's scores where the head has one (the linear classifier's
+        logits kept beside them for gradient training), else the linear classifier's."""
+        out = self.features(audio, visual)
+        out.logits = self.classifier(out.fused)
+        if self.readout is not None:
+            out.classifier_logits = out.logits
+            out.logits = self.readout(self.readout_inputs(audio, visual, out.fused))
+        return out
 
 
 def _linear(inputs: int, outputs: int) -> nn.Linear:
@@ -163,14 +171,3 @@ def _linear(inputs: int, outputs: int) -> nn.Linear:
         # A head starts with no classes; torch warns that initialising an empty weight does nothing.
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
         return nn.Linear(inputs, outputs)
-
-
-class LogitsOnly(nn.Module):
-    """Inference wrapper: (audio, visual) -> logits, for export and runtimes that need one tensor out."""
-
-    def __init__(self, head: FusionHead):
-        super().__init__()
-        self.head = head
-
-    def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        return self.head(audio, visual).logits

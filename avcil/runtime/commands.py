@@ -45,7 +45,7 @@ def _learn(args: argparse.Namespace) -> int:
     import torch
 
     from avcil.model.encoders import profile_from_record
-    from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, encode_files, learn_class,
+    from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, learn_class,
                                      record_clips)
     from avcil.modeldir import ModelDir
 
@@ -56,14 +56,16 @@ def _learn(args: argparse.Namespace) -> int:
     if args.refine and args.method != "analytic":
         raise InvalidInput("--refine follows an analytic update with a gradient one; it goes with --method analytic")
     model = ModelDir(args.model)
-    loaded = model.load(with_memory=False)
-    check_new_label(loaded.class_names, args.label, model.root)  # before recording or encoding anything
+    # Refusals before recording or encoding anything, from the manifest alone: the model is loaded and verified
+    # once, by learn_class, under the writer lock.
+    manifest = model.manifest()
+    check_new_label([c["name"] for c in manifest["classes"]], args.label, model.root)
     if args.method == "avcil" or args.refine:
-        check_gradient_update(loaded.manifest, model.root)
-    profile = profile_from_record(loaded.manifest["features"].get("profile"))
+        check_gradient_update(manifest, model.root)
+    profile = profile_from_record(manifest["features"].get("profile"))
     encode_started = time.perf_counter()
     if args.files:
-        audio, visual = encode_files(profile, args.files)
+        audio, visual = profile.encode_files(args.files)
     else:
         if not (args.camera and args.mic and args.clips):
             raise InvalidInput("name the clips of the new class: --files F... or --camera SRC --mic SRC --clips N")
@@ -122,29 +124,35 @@ def _model_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_recognition_flags(parser: argparse.ArgumentParser) -> None:
+    """The recogniser's flags, shared by `avcil run` and `avcil serve`: model, camera, microphone, backend, device,
+    hop, threshold, smoothing, top-k."""
+    parser.add_argument("--model", required=True, metavar="DIR", help="model dir (from avcil train / avcil learn)")
+    parser.add_argument("--camera", required=True, metavar="SRC",
+                        help="camera index (0), http/rtsp URL, or video file(s), comma-separated, played in real time")
+    parser.add_argument("--mic", required=True, metavar="SRC",
+                        help="sounddevice input by index or name ('default', 'pulse'), or audio/video file(s), "
+                             "comma-separated, played in real time")
+    parser.add_argument("--backend", choices=KINDS, default="torch", help="runtime of the encoders (default "
+                        "torch); onnxruntime/tensorrt need `avcil export` first")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--hop", type=float, metavar="S", help="seconds between decisions (default: a third of the "
+                        "profile's window)")
+    parser.add_argument("--threshold", type=float, default=0.5, help="below this smoothed probability: 'unknown'")
+    parser.add_argument("--smoothing", type=int, default=3, help="average the probabilities of this many windows")
+    parser.add_argument("--top-k", type=int, default=3)
+
+
 def add_parsers(subparsers) -> None:
     run = subparsers.add_parser(
         "run", help="recognise live from a camera and a microphone (or paced files); one JSON line per decision",
         description="Live recognition: clip windows from the camera and the microphone, encoders on the chosen "
                     "backend, the model's head, smoothing, a label or 'unknown'. Picks up new versions of the "
                     "model dir (avcil learn, avcil model rollback) without a restart.")
-    run.add_argument("--model", required=True, metavar="DIR", help="model dir (from avcil train / avcil learn)")
-    run.add_argument("--camera", required=True, metavar="SRC",
-                     help="camera index (0), http/rtsp URL, or video file(s), comma-separated, played in real time")
-    run.add_argument("--mic", required=True, metavar="SRC",
-                     help="sounddevice input by index or name ('default', 'pulse'), or audio/video file(s), "
-                          "comma-separated, played in real time")
-    run.add_argument("--backend", choices=KINDS, default="torch", help="runtime of the encoders (default torch); "
-                     "onnxruntime/tensorrt need `avcil export` first")
-    run.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    add_recognition_flags(run)
     run.add_argument("--jsonl", metavar="FILE", help="append one JSON line per decision here")
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C, "
                      "or until file sources end)")
-    run.add_argument("--hop", type=float, metavar="S", help="seconds between decisions (default: a third of the "
-                     "profile's window)")
-    run.add_argument("--threshold", type=float, default=0.5, help="below this smoothed probability: 'unknown'")
-    run.add_argument("--smoothing", type=int, default=3, help="average the probabilities of this many windows")
-    run.add_argument("--top-k", type=int, default=3)
     run.add_argument("--loop", action="store_true", help="file sources: play again from the start when done")
     run.add_argument("--slot", type=float, default=0.0, metavar="S",
                      help="file sources: give each file at least S seconds (silence, last frame held)")

@@ -1,6 +1,6 @@
 """Field learning: add a class to a model dir on the device, from video files or from clips recorded live.
 
-    features = encode_files(profile, ["a.mp4", ...])              # or record_clips(...) from camera + microphone
+    features = profile.encode_files(["a.mp4", ...])              # or record_clips(...) from camera + microphone
     learn_class("MODEL", "doorbell", *features)                    # -> a summary with the new version's name
 
 The default update is analytic: the class's clips are added to the sufficient statistics of the head's analytic
@@ -21,14 +21,11 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from avcil.errors import InvalidInput
 from avcil.data.clips import ArrayClipSet
-from avcil.data.decode import decode_clip
 from avcil.modeldir import ModelDir, ModelDirError
 from avcil.train.learner import Learner, fit_readout
 from avcil.train.methods import build_method
@@ -61,22 +58,6 @@ def task_ranges(classes: list[dict]) -> list[tuple[int, int]]:
     return ranges
 
 
-def encode_files(profile, paths: Sequence[str | Path], batch_size: int = 8,
-                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Audio [n, Da] and visual [n, T, S, Dv] features of video files, decoded as `avcil extract` decodes them."""
-    audio, visual = [], []
-    paths = [Path(p) for p in paths]
-    for start in tqdm(range(0, len(paths), batch_size), desc="encode clips", unit="batch", disable=not progress,
-                      file=sys.stderr):
-        clips = [decode_clip(p, profile.frame_prep.count, profile.audio_prep.sample_rate)
-                 for p in paths[start:start + batch_size]]
-        a, v = profile.encode_batch(np.stack([profile.preprocess_audio(c.waveform, c.sample_rate) for c in clips]),
-                                    np.stack([profile.preprocess_frames(c.frames) for c in clips]))
-        audio.append(a)
-        visual.append(v)
-    return np.concatenate(audio), np.concatenate(visual)
-
-
 def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np.ndarray,
                 settings: FieldSettings | None = None, progress: bool = True, method: str = "analytic",
                 log=None, refine: dict | None = None) -> dict:
@@ -94,7 +75,7 @@ def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     model = ModelDir(model_dir)
     start = refine["parent"] if refine else None
-    check_new_label(model.load(start, with_memory=False).class_names, label, model.root)
+    check_new_label([c["name"] for c in model.manifest(start)["classes"]], label, model.root)  # before the lock
     if len(audio) == 0 or len(audio) != len(visual):
         raise InvalidInput(f"learning {label!r} needs clips: got {len(audio)} audio and {len(visual)} visual rows")
     if len(audio) == 1:
@@ -191,45 +172,54 @@ def _gradient_update(head, classes, clips, memory, settings, progress, label, lo
 def record_clips(camera: str, microphone: str, count: int, profile, countdown_s: float = 3.0,
                  pause_s: float = 1.0, out=None) -> tuple[np.ndarray, np.ndarray]:
     """Record `count` clips of the profile's window length from live sources, with a countdown before each and
-    a progress line, and encode them. A clip without a new camera frame or with only silence is an error (a
-    stalled stream or a muted input would otherwise teach the class a still picture or silence)."""
-    from avcil.runtime.sources import FrameHistory, SourceError, open_camera, open_microphone
-    from avcil.runtime.windows import WindowAssembler, history_settings, window_seconds
+    a progress line, and encode them (see `record_from`)."""
+    from avcil.runtime.live import LiveInput
+    from avcil.runtime.windows import window_seconds
 
     out = out or sys.stderr  # looked up now, so that a redirected stderr gets the lines
     seconds = window_seconds(profile.audio_prep)
-    history_s, min_interval = history_settings(seconds, seconds, profile.frame_prep)
-    frames = FrameHistory(history_s, min_interval)
-    video = open_camera(camera, frames)
-    audio = open_microphone(microphone, profile.audio_prep.sample_rate, history_s)
-    video.start()
-    audio.start()
-    try:
-        if hasattr(audio, "wait_started"):
-            audio.wait_started()
-        if hasattr(video, "wait_opened"):
-            video.wait_opened()
-        assemble = WindowAssembler(audio.ring, frames, seconds, profile.frame_prep)
-        audio_inputs, visual_inputs = [], []
-        for n in range(count):
-            for left in range(math.ceil(countdown_s), 0, -1):
-                print(f"clip {n + 1}/{count} in {left} ...", file=out, flush=True)
-                time.sleep(min(1.0, countdown_s - (left - 1)))  # a fractional countdown shortens its first second
-            print(f"clip {n + 1}/{count}: recording {seconds:.1f} s", file=out, flush=True)
-            end = time.monotonic() + seconds
-            time.sleep(seconds)
-            window = assemble(end)
-            newest = frames.latest()
-            if newest is None or newest[0] < window.start:
-                raise SourceError(f"camera {camera!r} delivered no frame during clip {n + 1}/{count}; "
-                                  f"did the stream stop?")
-            if not np.any(np.abs(window.waveform) > SILENT_PEAK):
-                raise SourceError(f"microphone {microphone!r} recorded only silence during clip {n + 1}/{count}; "
-                                  f"is it muted, or the wrong input?")
-            audio_inputs.append(profile.preprocess_audio(window.waveform, window.rate))
-            visual_inputs.append(profile.preprocess_frames(window.frames))
-            time.sleep(pause_s)
-    finally:
-        video.stop()
-        audio.stop()
+    with LiveInput(camera, microphone, profile.audio_prep.sample_rate, seconds, seconds, profile.frame_prep) as live:
+        return record_from(live, count, profile, countdown_s, pause_s,
+                           on_step=lambda step: print(step_line(step), file=out, flush=True))
+
+
+def step_line(step: dict) -> str:
+    """The progress line of a recording step (see `record_from`)."""
+    if "countdown" in step:
+        return f"clip {step['clip']}/{step['of']} in {step['countdown']} ..."
+    return f"clip {step['clip']}/{step['of']}: recording {step['recording_s']:.1f} s"
+
+
+def record_from(live, count: int, profile, countdown_s: float = 3.0, pause_s: float = 1.0,
+                on_step=lambda step: None) -> tuple[np.ndarray, np.ndarray]:
+    """Record `count` clips of the profile's window length from an open LiveInput (avcil.runtime.live), which
+    may be deciding meanwhile, and encode them. Before each clip, `on_step` gets {"clip", "of", "countdown": s}
+    once a second, then {"clip", "of", "recording_s"} as the clip starts. A clip without a new camera frame or
+    with only silence is an error (a stalled stream or a muted input would otherwise teach the class a still
+    picture or silence)."""
+    from avcil.runtime.sources import SourceError
+    from avcil.runtime.windows import WindowAssembler, window_seconds
+
+    seconds = window_seconds(profile.audio_prep)
+    assemble = WindowAssembler(live.audio.ring, live.frames, seconds, profile.frame_prep)
+    audio_inputs, visual_inputs = [], []
+    for n in range(1, count + 1):
+        for left in range(math.ceil(countdown_s), 0, -1):
+            on_step({"clip": n, "of": count, "countdown": left})
+            time.sleep(min(1.0, countdown_s - (left - 1)))  # a fractional countdown shortens its first second
+        on_step({"clip": n, "of": count, "recording_s": seconds})
+        end = time.monotonic() + seconds
+        time.sleep(seconds)
+        window = assemble(end)
+        newest = live.frames.latest()
+        if newest is None or newest[0] < window.start:
+            raise SourceError(f"camera {live.camera_name!r} delivered no frame during clip {n}/{count}; "
+                              f"did the stream stop?")
+        if not np.any(np.abs(window.waveform) > SILENT_PEAK):
+            raise SourceError(f"microphone {live.microphone_name!r} recorded only silence during clip {n}/{count}; "
+                              f"is it muted, or the wrong input?")
+        audio_input, visual_input = profile.clip_inputs(window.waveform, window.rate, window.frames)
+        audio_inputs.append(audio_input)
+        visual_inputs.append(visual_input)
+        time.sleep(pause_s)
     return profile.encode_batch(np.stack(audio_inputs), np.stack(visual_inputs))

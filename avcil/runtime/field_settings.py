@@ -3,16 +3,19 @@ defaults without importing the learner."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+from avcil.train.config import TrainConfig
 
 FIELD_METHODS = ("analytic", "avcil")
 
 
 @dataclass
-class FieldSettings:
-    """The gradient update's training settings (`method="avcil"`; the analytic update has none to set): the paper's
-    optimiser with few epochs, since one class of a few dozen clips converges quickly and the update should finish
-    within a minute on a CPU.
+class FieldSettings(TrainConfig):
+    """The gradient update's training settings (`method="avcil"`; the analytic update has none to set): the
+    paper's optimiser (`TrainConfig`) with few epochs, since one class of a few dozen clips converges quickly and
+    the update should finish within a minute on a CPU.
 
     A batch holds a quarter new clips and three quarters exemplars (the paper draws half and half, but its steps
     bring several classes). With one new class, half-and-half batches make its logit swamp the old ones: on
@@ -22,18 +25,11 @@ class FieldSettings:
     """
 
     epochs: int = 6
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
     batch_size: int = 16
     exemplar_batch_size: int = 48
-    instance_weight: float = 0.5
-    seed: int = 42
-    device: str = "cpu"
-    precision: str = "auto"  # bf16 where the hardware has it natively (see avcil.train.learner.compute_dtype)
+    precision: str = "auto"  # bf16 where the hardware has it natively (see avcil.train.precision.compute_dtype)
+    instance_weight: float = 0.5  # λ_I of D-AVSC instance (AVE's)
 
-    def train_config(self):
-        from avcil.train.learner import TrainConfig
-
-        return TrainConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
-                           batch_size=self.batch_size, exemplar_batch_size=self.exemplar_batch_size, seed=self.seed,
-                           device=self.device, precision=self.precision)
+    def train_config(self) -> TrainConfig:
+        own = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{name: value for name, value in dataclasses.asdict(self).items() if name in own})

@@ -26,7 +26,6 @@ from typing import Callable, TextIO
 import numpy as np
 import torch
 
-from avcil.errors import StageFailed
 from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
 from avcil.runtime.frame_tokens import FrameTokens
 from avcil.runtime.speech_stream import SpeechStream, snap_hop
@@ -74,7 +73,7 @@ class Recognizer:
                                 f"elsewhere), so live sources cannot be encoded for it")
         self.audio_prep = audio_preprocess_from_settings(record["settings"]["audio"])
         self.frame_prep = frame_preprocess_from_settings(record["settings"]["visual"])
-        encoders = model_backends(model_dir, backend, device, profile=profile)
+        encoders = model_backends(model_dir, backend, device, profile=profile, manifest=loaded.manifest)
         self.audio_encoder, self.visual_encoder = encoders["audio"], encoders["visual"]
         self.frame_tokens = (FrameTokens(self.visual_encoder, self.frame_prep)
                              if FrameTokens.supports(self.visual_encoder) else None)
@@ -209,6 +208,21 @@ class Recognizer:
                 stop.wait(min(end - now, poll))
 
 
+def labelled_frame(frame_rgb: np.ndarray, decision: dict | None, width: int | None = None) -> np.ndarray:
+    """A BGR copy of the frame (scaled to `width`, keeping its aspect) with the decision's label and score
+    written on it, white on a black outline so that it reads on any picture."""
+    import cv2
+
+    image = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
+    if width and image.shape[1] != width:
+        image = cv2.resize(image, (width, max(1, round(image.shape[0] * width / image.shape[1]))))
+    if decision is not None:
+        text = f"{decision['label']} {decision['score']:.2f}"
+        cv2.putText(image, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(image, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
+    return image
+
+
 class DecisionWriter:
     """Where decisions go: JSON lines (a file, flushed per line), a console line, and optionally an annotated
     video (the window's last frame with the decision written on it, one frame per decision)."""
@@ -235,16 +249,12 @@ class DecisionWriter:
     def _annotate(self, decision: dict, frame_rgb: np.ndarray) -> None:
         import cv2
 
-        image = cv2.cvtColor(frame_rgb, cv2.COLOR_RGB2BGR)
+        image = labelled_frame(frame_rgb, decision)
         if self.video is None:
             self.video_size = (image.shape[1], image.shape[0])
             self.video = cv2.VideoWriter(str(self.video_path), cv2.VideoWriter_fourcc(*"mp4v"), self.video_fps,
                                          self.video_size)
-        image = cv2.resize(image, self.video_size)  # a reconnected stream may come back at another size
-        text = f"{decision['label']} {decision['score']:.2f}"
-        cv2.putText(image, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(image, text, (8, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (255, 255, 255), 1, cv2.LINE_AA)
-        self.video.write(image)
+        self.video.write(cv2.resize(image, self.video_size))  # a reconnected stream may come back at another size
 
     def close(self) -> None:
         if self.jsonl is not None:
@@ -281,44 +291,44 @@ def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Sche
     return count
 
 
-def run_live(recognizer: Recognizer, camera: str, microphone: str, on_decision: Callable[[dict, Window], None],
-             hop: float | None = None, duration: float | None = None, loop: bool = False, slot_s: float = 0.0,
-             stop: threading.Event | None = None) -> dict:
-    """Open the sources (see avcil.runtime.sources.open_camera / open_microphone), then decide every window until
-    `duration` seconds have passed, `stop` is set, or file sources have played out. File sources start together
-    on the clock, each file taking at least `slot_s` seconds. Returns counts of decisions and dropped windows."""
-    from avcil.runtime.sources import CameraSource, FrameHistory, Microphone, clock, open_camera, open_microphone
-    from avcil.runtime.windows import HOP_SHARE, history_settings, window_seconds
+def live_timing(recognizer: Recognizer, hop: float | None = None) -> tuple[float, float]:
+    """The window length of the recogniser's profile and the hop between decisions (default: a third of the
+    window; for the lite speech embedding snapped so that consecutive windows share speech windows)."""
+    from avcil.runtime.windows import HOP_SHARE, window_seconds
 
     seconds = window_seconds(recognizer.audio_prep)
     if not hop:
         hop = seconds * HOP_SHARE
         if recognizer.speech is not None:
             hop = snap_hop(hop, recognizer.audio_prep)  # 1 s -> 0.96 s: consecutive windows share speech windows
-    history_s, min_interval = history_settings(seconds, hop, recognizer.frame_prep)
-    frames = FrameHistory(history_s, min_interval)
-    start = clock() + 0.2  # both file sources begin at this clock time, in step
-    video = open_camera(camera, frames, start, loop, slot_s)
-    audio = open_microphone(microphone, recognizer.audio_prep.sample_rate, history_s, start, loop, slot_s)
-    live_audio = isinstance(audio, Microphone)
-    video.start()
-    audio.start()
-    try:
-        if live_audio:
-            audio.wait_started()
-            start = clock()
-        if isinstance(video, CameraSource):
-            video.wait_opened()
-        schedule = Schedule(first_end=start + seconds, hop=hop)
-        assembler = WindowAssembler(audio.ring, frames, seconds, recognizer.frame_prep)
-        decisions = recognise(recognizer, assembler, schedule, on_decision,
-                              until=start + duration if duration else None, audio_live=live_audio, stop=stop,
-                              sources_done=lambda: video.finished and audio.finished)
-    finally:
-        video.stop()
-        audio.stop()
-    for source in (video, audio):
-        if getattr(source, "error", None) is not None:
-            raise StageFailed(f"{source.name} failed: {source.error}")
+    return seconds, hop
+
+
+def run_live(recognizer: Recognizer, camera: str, microphone: str, on_decision: Callable[[dict, Window], None],
+             hop: float | None = None, duration: float | None = None, loop: bool = False, slot_s: float = 0.0,
+             stop: threading.Event | None = None) -> dict:
+    """Open the sources (see avcil.runtime.sources.open_camera / open_microphone), then decide every window until
+    `duration` seconds have passed, `stop` is set, or file sources have played out. File sources start together
+    on the clock, each file taking at least `slot_s` seconds. Returns counts of decisions and dropped windows."""
+    from avcil.runtime.live import LiveInput
+
+    seconds, hop = live_timing(recognizer, hop)
+    with LiveInput(camera, microphone, recognizer.audio_prep.sample_rate, seconds, hop, recognizer.frame_prep, loop,
+                   slot_s) as live:
+        decisions, schedule = recognise_input(recognizer, live, on_decision, seconds, hop, duration, stop)
+    live.raise_failure()
     return {"decisions": decisions, "dropped_windows": schedule.dropped, "window_s": seconds, "hop_s": hop,
-            "camera_reconnects": getattr(video, "reconnects", 0), "frames_received": frames.received}
+            "camera_reconnects": getattr(live.video, "reconnects", 0), "frames_received": live.frames.received}
+
+
+def recognise_input(recognizer: Recognizer, live, on_decision: Callable[[dict, Window], None], seconds: float,
+                    hop: float, duration: float | None = None,
+                    stop: threading.Event | None = None) -> tuple[int, Schedule]:
+    """Decide every window of an open LiveInput (avcil.runtime.live) from its start, as `recognise` does; returns
+    the number of decisions and the schedule (its `dropped` count)."""
+    schedule = Schedule(first_end=live.start + seconds, hop=hop)
+    assembler = WindowAssembler(live.audio.ring, live.frames, seconds, recognizer.frame_prep)
+    decisions = recognise(recognizer, assembler, schedule, on_decision,
+                          until=live.start + duration if duration else None, audio_live=live.live_audio, stop=stop,
+                          sources_done=lambda: live.finished)
+    return decisions, schedule

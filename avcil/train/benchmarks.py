@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from avcil.errors import InvalidInput
-from avcil.data.clips import Benchmark
+from avcil.data.clips import Benchmark, BenchmarkDefaults
 
 BUILT_IN = ("synthetic", "av-digits")
 
@@ -29,8 +29,8 @@ def av_digits_benchmark(cache: Path, progress: bool = True) -> Benchmark:
     extract(csv, store, "lite", progress=progress)
     opened = open_store(store)
     benchmark = opened.benchmark(AV_DIGITS_STEPS, class_order=list(AV_DIGITS_CLASSES), name="av-digits",
-                                       defaults={"memory_budget": 100, "instance_weight": 0.5, "epochs": 60,
-                                                 "fusion_dim": 256, "batch_size": 64, "exemplar_batch_size": 64})
+                                 defaults=BenchmarkDefaults(memory_budget=100, instance_weight=0.5, epochs=60,
+                                                            fusion_dim=256, batch_size=64, exemplar_batch_size=64))
     benchmark.profile = opened.profile
     return benchmark
 

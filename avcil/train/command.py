@@ -12,9 +12,11 @@ from avcil.train.options import ablation, add_training_flags
 
 def _train(args: argparse.Namespace) -> int:
     from avcil.train import distributed
+    from avcil.train.config import TrainConfig
 
     # Under torchrun: DDP over the ranks; else nothing changes.
-    group = distributed.start(args.device, rerun="rerun the same command to go on after the last finished step")
+    group = distributed.start(args.device or TrainConfig().device,
+                              rerun="rerun the same command to go on after the last finished step")
     try:
         return _train_in(args, group)
     finally:
@@ -30,7 +32,8 @@ def _train_in(args: argparse.Namespace, group) -> int:
     with group.main_first("prepare the data"):  # a built-in benchmark is built and cached once, by rank 0
         benchmark = load_benchmark(args.data, args.avcil_release, args.steps, args.cache, progress=group.is_main)
     method = method_from_args(args, benchmark, args.method, args.without)
-    config = replace(config_from_args(args, benchmark), device=group.device(args.device))
+    config = config_from_args(args, benchmark)
+    config = replace(config, device=group.device(config.device))
     if group.is_main:
         print(f"{method.name} on {benchmark.name}: {len(benchmark.class_names)} classes in {len(benchmark.steps)} "
               f"steps, {config.epochs} epochs per step" + (f", {group.world} processes" if group.active else ""),

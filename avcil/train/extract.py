@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from avcil.errors import InvalidInput, StageFailed
 from avcil.data.clips import SPLITS
-from avcil.data.decode import MISSING_AUDIO_POLICIES, decode_clip
+from avcil.data.decode import MISSING_AUDIO_POLICIES
 from avcil.data.store import FeatureStoreWriter, merge_shards, shard_root, stored_ids, write_json
 from avcil.features import Features
 from avcil.model.encoders import PROFILES, EncoderProfile, load_profile
@@ -114,9 +114,8 @@ class Prepared:
 
 def _prepare(entry: ClipEntry, profile: EncoderProfile, missing_audio: str) -> Prepared:
     try:
-        clip = decode_clip(entry.path, profile.frame_prep.count, profile.audio_prep.sample_rate, missing_audio)
-        return Prepared(entry, profile.preprocess_audio(clip.waveform, clip.sample_rate),
-                        profile.preprocess_frames(clip.frames), silent_fallback=clip.silent_fallback)
+        audio, visual, silent = profile.file_inputs(entry.path, missing_audio)
+        return Prepared(entry, audio, visual, silent_fallback=silent)
     except Exception as error:  # noqa: BLE001 - one bad file must not end the run; the reason is recorded
         return Prepared(entry, error=f"{type(error).__name__}: {error}")
 

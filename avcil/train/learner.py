@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -23,26 +23,10 @@ from avcil.model.head import FusionHead
 from avcil.model.losses import LossInputs
 from avcil.model.memory import ExemplarMemory
 from avcil.train import distributed
+from avcil.train.config import TrainConfig  # noqa: F401 (the loop's settings; callers import it from here too)
 from avcil.train.distributed import Group
-from avcil.train.precision import PRECISIONS, compute_dtype  # noqa: F401 (PRECISIONS: re-exported)
+from avcil.train.precision import compute_dtype
 from avcil.train.methods import Method
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 200
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    batch_size: int = 128  # new-class clips per batch
-    exemplar_batch_size: int = 128  # exemplars drawn beside them
-    eval_batch_size: int = 256
-    seed: int = 42
-    num_workers: int = 0  # feature-loading processes; >0 helps for stores on disk
-    device: str = "cpu"
-    precision: str = "fp32"  # of the training forward: fp32 | bf16 | auto (see compute_dtype)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -162,7 +146,7 @@ def fit_readout(head: FusionHead, spec: dict, clips: ClipSet, indices: Sequence[
             raise InvalidInput(f"features of clip(s) {', '.join(names[:5])} hold NaN or Inf; re-extract them")
         done += len(finite)
         audio, visual = audio.to(config.device), visual.to(config.device)
-        inputs.append(head.readout_inputs(audio, visual, head(audio, visual).fused))
+        inputs.append(head.readout_inputs(audio, visual, head.features(audio, visual).fused))
         labels.append(batch_labels.to(config.device))
     if group.active:
         x = torch.cat(inputs) if inputs else torch.zeros((0, head.readout.in_dim), device=config.device)

@@ -18,6 +18,7 @@ from avcil.data.clips import Benchmark
 from avcil.model.head import FusionHead, HeadConfig
 from avcil.train import distributed, metrics
 from avcil.train.learner import Learner, StepReport, TrainConfig, fit_readout, predict
+from avcil.train.config import DEFAULT_MEMORY_BUDGET
 from avcil.model.memory import ExemplarMemory
 from avcil.train.methods import Method
 
@@ -41,8 +42,9 @@ def check_steps(benchmark: Benchmark) -> list[tuple[int, int]]:
     return ranges
 
 
-def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig, memory_budget: int,
-                 fusion_dim: int | None = None, modality: str = "audio-visual", memory_precision: str = "fp16",
+def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET, fusion_dim: int | None = None,
+                 modality: str = "audio-visual", memory_precision: str = "fp16",
                  progress: bool = True, resume: dict | None = None,
                  on_step: Callable[[dict], None] | None = None) -> ProtocolResult:
     """`on_step(state)` after every step, with what `resume=state` needs to go on from the next step exactly as
@@ -175,5 +177,5 @@ def fused_embedder(head: FusionHead, config: TrainConfig | None = None):
     @torch.no_grad()
     def embed(audio: np.ndarray, visual: np.ndarray) -> np.ndarray:
         head.eval()
-        return head(torch.from_numpy(audio).to(device), torch.from_numpy(visual).to(device)).fused.cpu().numpy()
+        return head.features(torch.from_numpy(audio).to(device), torch.from_numpy(visual).to(device)).fused.cpu().numpy()
     return embed

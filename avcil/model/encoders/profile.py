@@ -25,6 +25,7 @@ def recorded_version(record: dict) -> int:
     """The profile version a manifest or store records; records from before versions existed are version 1."""
     return int(record.get("version", 1))
 
+
 # The paper's extraction: 11,430 Hz and no AudioMAE input normalisation (REFERENCE §2). AudioMAE's own recipe is
 # 16,000 Hz with normalisation; both are settings of load_profile('paper', ...). Here rather than in paper.py, so
 # that the command line can name the defaults without importing transformers.
@@ -102,6 +103,38 @@ class EncoderProfile:
         """RGB uint8 frames [H, W, 3], already sampled (`frame_prep.count` of them) -> float32 `visual_input_shape`."""
         return self.frame_prep(frames)
 
+    def clip_inputs(self, waveform: np.ndarray, sample_rate: int,
+                    frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """A decoded file or a recorded window (waveform at any rate, `frame_prep.count` RGB frames) -> the
+        encoders' inputs (audio, visual)."""
+        return self.preprocess_audio(waveform, sample_rate), self.preprocess_frames(frames)
+
+    def file_inputs(self, path: str | Path, missing_audio: str = "error") -> tuple[np.ndarray, np.ndarray, bool]:
+        """A media file -> the encoders' inputs and whether a missing audio track was replaced by silence. The one
+        way from a file to encoder inputs: extraction, field learning, export validation and int8 calibration all
+        decode through here, so they see the same frames and samples."""
+        from avcil.data.decode import decode_clip
+
+        clip = decode_clip(path, self.frame_prep.count, self.audio_prep.sample_rate, missing_audio)
+        return (*self.clip_inputs(clip.waveform, clip.sample_rate, clip.frames), clip.silent_fallback)
+
+    def encode_files(self, paths: Sequence[str | Path], batch_size: int = 8,
+                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Audio [n, Da] and visual [n, T, S, Dv] features of media files, `batch_size` clips per forward."""
+        import sys
+
+        from tqdm import tqdm
+
+        audio, visual = [], []
+        paths = [Path(p) for p in paths]
+        for start in tqdm(range(0, len(paths), batch_size), desc="encode clips", unit="batch", disable=not progress,
+                          file=sys.stderr):
+            inputs = [self.file_inputs(path)[:2] for path in paths[start:start + batch_size]]
+            a, v = self.encode_batch(*(np.stack(part) for part in zip(*inputs)))
+            audio.append(a)
+            visual.append(v)
+        return np.concatenate(audio), np.concatenate(visual)
+
     def to(self, device: str | torch.device) -> "EncoderProfile":
         """Move both encoders (e.g. to 'cuda' for extraction); encode_batch follows them."""
         self.audio.to(device)
@@ -120,6 +153,5 @@ class EncoderProfile:
 
     def encode(self, waveform: np.ndarray, sample_rate: int, frames: Sequence[np.ndarray]) -> Features:
         """One clip, end to end."""
-        audio, visual = self.encode_batch(self.preprocess_audio(waveform, sample_rate)[None],
-                                          self.preprocess_frames(frames)[None])
+        audio, visual = self.encode_batch(*(x[None] for x in self.clip_inputs(waveform, sample_rate, frames)))
         return Features(audio=audio[0], visual=visual[0])

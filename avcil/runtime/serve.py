@@ -1,0 +1,522 @@
+"""`avcil serve`: the device's web page. Live view (the camera with the current label drawn on it, as MJPEG; the
+decision feed, as server-sent events; per-stage latency), adding a class recorded from the device's own camera and
+microphone, the model's versions and rollback; every request behind a token.
+
+One camera and one microphone (a device opens each once): the server opens the pair at start (LiveInput) and
+shares it. Recognition keeps deciding while a new class is recorded: the recording reads the same frame history and
+audio ring (field.record_from), so the page goes on showing the live view and its labels through the countdown,
+and the new class is live from the recogniser's next reload of the model dir (Recognizer's watcher, within a
+decision or two of the commit).
+
+Security: binds 127.0.0.1 unless --host says otherwise; a random token (secrets.token_urlsafe) printed at start or
+read from --token-file, compared in constant time (hmac.compare_digest), required on every request: the header
+`Authorization: Bearer T`, or `?token=T` once, which sets an HttpOnly, SameSite=Strict cookie and redirects to the
+same address without the token. State changes are POSTs; one that carries an Origin must come from this server's
+own, and one authenticated by the cookie alone must carry it (a cross-site form cannot then ride on the cookie).
+What is served is the page's own files, held in memory by name, and JSON: nothing of the model dir or the file
+system. The JSON API under /api/ is what the page itself uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from importlib import resources
+from pathlib import Path
+from urllib.parse import urlencode
+
+from avcil.errors import AvcilError, InvalidInput
+from avcil.runtime.commands import add_recognition_flags
+
+log = logging.getLogger(__name__)
+
+TOKEN_COOKIE = "avcil_token"
+MIN_TOKEN_CHARS = 16  # a token file with less guards the device with less than ~96 bits
+KEPT_DECISIONS = 600  # what /api/decisions can return: minutes of decisions at a few a second
+MJPEG_FPS = 5.0  # the live view: a few frames a second is what a person watching a label needs
+MJPEG_WIDTH = 480  # frames are scaled to this width, so that the label reads on a small camera's picture
+EVENT_POLL_S = 0.05  # how often the decision stream looks for new decisions: well under a hop, and cheap
+MAX_JSON_BYTES = 4096  # the API's requests are a name and two numbers
+MAX_CLIPS = 20
+MAX_COUNTDOWN_S = 10.0
+RELOAD_WAIT_S = 10.0  # how long a learning job waits for the recogniser to pick up the version it committed
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+                ".css": "text/css; charset=utf-8"}
+
+
+# Decisions and learning ------------------------------------------------------------------------------------------
+class DecisionLog:
+    """The recent decisions, numbered from 1 in the order they were made."""
+
+    def __init__(self, keep: int = KEPT_DECISIONS):
+        self.kept: deque[dict] = deque(maxlen=keep)
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def add(self, decision: dict) -> None:
+        with self.lock:
+            self.count += 1
+            self.kept.append({"n": self.count, **decision})
+
+    def after(self, n: int, limit: int = 200) -> list[dict]:
+        with self.lock:
+            return [d for d in self.kept if d["n"] > n][-limit:]
+
+    def latest(self) -> dict | None:
+        with self.lock:
+            return self.kept[-1] if self.kept else None
+
+
+class LearnJob:
+    """What the page shows of adding a class: state idle | recording | learning | loading | live | failed, the
+    recording step (see field.record_from), a message, the version committed."""
+
+    UNDER_WAY = ("recording", "learning", "loading")
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.state: dict = {"state": "idle", "id": 0}
+
+    def update(self, **fields) -> None:
+        with self.lock:
+            self.state = {**self.state, **fields, "updated": round(time.time(), 3)}
+
+    def begin(self, label: str, clips: int) -> int:
+        """Start a new job (its number), or Busy while one is under way."""
+        with self.lock:
+            if self.state["state"] in self.UNDER_WAY:
+                raise Busy(f"class {self.state['label']!r} is being learnt; wait until it is done")
+            number = self.state["id"] + 1
+            self.state = {"state": "recording", "id": number, "label": label, "clips": clips, "step": None,
+                          "message": f"recording {clips} clips of {label!r}", "version": None,
+                          "updated": round(time.time(), 3)}
+            return number
+
+    @property
+    def busy(self) -> bool:
+        with self.lock:
+            return self.state["state"] in self.UNDER_WAY
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return dict(self.state)
+
+
+class Busy(InvalidInput):
+    """A request that conflicts with work under way (answered 409)."""
+
+
+class DeviceService:
+    """The model dir, the recogniser, the one camera/microphone pair, the decisions and the learning job."""
+
+    def __init__(self, model_dir: str | Path, camera: str, microphone: str, backend: str = "torch",
+                 device: str = "cpu", hop: float | None = None, threshold: float = 0.5, smoothing: int = 3,
+                 top_k: int = 3):
+        from avcil.model.encoders import profile_from_record
+        from avcil.modeldir import ModelDir
+        from avcil.runtime.live import LiveInput
+        from avcil.runtime.recognizer import Recognizer, live_timing
+
+        self.model_dir, self.backend = Path(model_dir), backend
+        self.model = ModelDir(model_dir)
+        record = self.model.manifest()["features"].get("profile")
+        # The torch profile encodes the recorded clips; on the torch backend the recogniser shares it.
+        self.profile = profile_from_record(record, where=str(model_dir))
+        self.recognizer = Recognizer(model_dir, backend, device, profile=self.profile if backend == "torch" else None,
+                                     threshold=threshold, smoothing=smoothing, top_k=top_k)
+        self.seconds, self.hop = live_timing(self.recognizer, hop)
+        self.live = LiveInput(camera, microphone, self.recognizer.audio_prep.sample_rate, self.seconds, self.hop,
+                              self.recognizer.frame_prep)
+        self.decisions = DecisionLog()
+        self.job = LearnJob()
+        self.recognition_error: str | None = None
+        self.stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # Running -----------------------------------------------------------------------------------------------
+    def start(self) -> "DeviceService":
+        """Open the sources (a SourceError naming one that delivers nothing) and start deciding."""
+        self.live.open()
+        self._thread = threading.Thread(target=self._recognise, name="recognition", daemon=True)
+        self._thread.start()
+        return self
+
+    def _recognise(self) -> None:
+        from avcil.runtime.recognizer import recognise_input
+
+        try:
+            recognise_input(self.recognizer, self.live, lambda decision, window: self.decisions.add(decision),
+                            self.seconds, self.hop, stop=self.stopping)
+            self.live.raise_failure()
+        except Exception as error:  # noqa: BLE001 - shown on the page and logged; the server keeps serving
+            self.recognition_error = f"recognition stopped: {error}"
+            log.exception("recognition stopped")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.live.close()
+        self.recognizer.close()
+
+    # What the API answers ----------------------------------------------------------------------------------
+    def status(self) -> dict:
+        return {"version": self.recognizer.version, "classes": self.recognizer.class_names,
+                "decisions": self.decisions.count, "backend": self.backend, "latest": self.decisions.latest(),
+                "window_s": self.seconds, "hop_s": self.hop, "learning": self.job.snapshot(),
+                "recognition_error": self.recognition_error}
+
+    def versions(self) -> list[dict]:
+        return self.model.describe_versions()
+
+    def rollback(self, version: str) -> dict:
+        if self.job.busy:
+            raise Busy("a class is being learnt; roll back when it is done")
+        before = self.model.current()
+        return {"before": before, "after": self.model.rollback(version)}
+
+    def learn(self, label: str, clips: int, countdown_s: float) -> dict:
+        """Check the name against the current version's classes (an InvalidInput, nothing recorded, for a known
+        one), then record and learn in the background; the job's state says how it goes."""
+        from avcil.runtime.field import check_new_label
+
+        check_new_label([c["name"] for c in self.model.manifest()["classes"]], label, Path("this device"))
+        number = self.job.begin(label, clips)
+        threading.Thread(target=self._learn, args=(label, clips, countdown_s), name=f"learn {label}",
+                         daemon=True).start()
+        return {"id": number, **self.job.snapshot()}
+
+    def _learn(self, label: str, clips: int, countdown_s: float) -> None:
+        from avcil.runtime.field import learn_class, record_from, step_line
+
+        def step(event: dict) -> None:
+            self.job.update(step=event, message=step_line(event))
+
+        try:
+            audio, visual = record_from(self.live, clips, self.profile, countdown_s, pause_s=0.5, on_step=step)
+            self.job.update(state="learning", step=None, message=f"learning {label!r} from {clips} clips")
+            notes = []
+            summary = learn_class(self.model_dir, label, audio, visual, progress=False, log=notes.append)
+            version = summary["version"]
+            self.job.update(state="loading", version=version, message=f"committed {version}; loading it")
+            deadline = time.monotonic() + RELOAD_WAIT_S
+            while self.recognizer.version != version and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.recognizer.version != version:
+                raise AvcilError(f"{version} was committed but the recogniser still uses {self.recognizer.version}")
+            self.job.update(state="live", message=f"{label!r} learnt from {clips} clips in "
+                                                  f"{summary['seconds'] * 1000:.0f} ms: {version} is live",
+                            notes=notes)
+        except AvcilError as error:
+            self.job.update(state="failed", step=None, message=str(error))
+        except Exception as error:  # noqa: BLE001 - a bug; the page says so, the log keeps the traceback
+            log.exception("learning %r failed", label)
+            self.job.update(state="failed", step=None, message=f"learning {label!r} failed: {error}")
+
+    def frame_jpeg(self) -> bytes | None:
+        """The newest camera frame with the latest decision on it, as JPEG."""
+        import cv2
+
+        from avcil.runtime.recognizer import labelled_frame
+
+        newest = self.live.frames.latest()
+        if newest is None:
+            return None
+        ok, data = cv2.imencode(".jpg", labelled_frame(newest[1], self.decisions.latest(), MJPEG_WIDTH),
+                                [cv2.IMWRITE_JPEG_QUALITY, 80])
+        return data.tobytes() if ok else None
+
+
+# The web application ---------------------------------------------------------------------------------------------
+def page_files() -> dict[str, tuple[bytes, str]]:
+    """The page's files by name (avcil/runtime/web/, package data), read once: what /static/ can serve."""
+    folder = resources.files("avcil.runtime") / "web"
+    return {entry.name: (entry.read_bytes(), STATIC_TYPES[Path(entry.name).suffix])
+            for entry in folder.iterdir() if Path(entry.name).suffix in STATIC_TYPES}
+
+
+class TokenGate:
+    """ASGI middleware: the token on every request (see the module's docstring); 401 without it, 403 for a
+    state change from another origin."""
+
+    def __init__(self, app, token: str):
+        self.app, self.token = app, token.encode()
+
+    def valid(self, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), self.token)
+
+    async def __call__(self, scope, receive, send) -> None:
+        from starlette.requests import Request
+        from starlette.responses import PlainTextResponse, RedirectResponse
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        if "token" in request.query_params:
+            if not self.valid(request.query_params["token"]):
+                await _unauthorised()(scope, receive, send)
+                return
+            rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
+            response = RedirectResponse(request.url.path + (f"?{rest}" if rest else ""), status_code=303)
+            response.set_cookie(TOKEN_COOKIE, self.token.decode(), httponly=True, samesite="strict", path="/")
+            await response(scope, receive, send)
+            return
+        header = request.headers.get("authorization", "")
+        bearer = header[7:] if header[:7].lower() == "bearer " else None
+        by_header = self.valid(bearer)
+        if not by_header and not self.valid(request.cookies.get(TOKEN_COOKIE)):
+            await _unauthorised()(scope, receive, send)
+            return
+        if request.method not in ("GET", "HEAD"):
+            origin = request.headers.get("origin")
+            own = f"{request.url.scheme}://{request.headers.get('host', '')}"
+            if (origin is not None and origin != own) or (origin is None and not by_header):
+                await PlainTextResponse(f"refused: a change must come from this page ({own}), not from "
+                                        f"{origin or 'a request without an Origin'}\n", 403)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _unauthorised():
+    from starlette.responses import PlainTextResponse
+
+    return PlainTextResponse("this device's page needs its token: open the address `avcil serve` printed "
+                             "(http://HOST:PORT/?token=...), or send `Authorization: Bearer TOKEN`\n", 401,
+                             headers={"WWW-Authenticate": "Bearer"})
+
+
+def _error(message: str, status: int = 400):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status)
+
+
+async def _json_body(request) -> dict:
+    body = await request.body()
+    if len(body) > MAX_JSON_BYTES:
+        raise InvalidInput(f"the request body is {len(body)} bytes; at most {MAX_JSON_BYTES} are expected")
+    try:
+        data = json.loads(body or b"{}")
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidInput("the request body is not JSON") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("the request body must be a JSON object")
+    return data
+
+
+def _number(data: dict, key: str, default, kind, low, high):
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise InvalidInput(f"{key} must be a{'n integer' if kind is int else ' number'} from {low} to {high}, "
+                           f"got {value!r}")
+    if not low <= value <= high:
+        raise InvalidInput(f"{key} must be from {low} to {high}, got {value}")
+    return kind(value)
+
+
+def _label(data: dict) -> str:
+    label = data.get("label")
+    if not isinstance(label, str) or not label.strip():
+        raise InvalidInput("the new class needs a name")
+    label = label.strip()
+    if len(label) > 64 or not label.isprintable():
+        raise InvalidInput("a class name is at most 64 printable characters")
+    return label
+
+
+def build_app(service: DeviceService, token: str):
+    """The Starlette application: the page, the live view, the JSON API, behind TokenGate."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.routing import Route
+
+    files = page_files()
+
+    def answer(work):
+        try:
+            return JSONResponse(work())
+        except Busy as error:
+            return _error(str(error), 409)
+        except AvcilError as error:
+            return _error(str(error))
+
+    async def page(request):
+        return Response(files["index.html"][0], media_type=files["index.html"][1],
+                        headers={"Cache-Control": "no-store"})
+
+    async def static(request):
+        found = files.get(request.path_params["name"])
+        if found is None:
+            return Response("no such file\n", 404, media_type="text/plain")
+        return Response(found[0], media_type=found[1], headers={"Cache-Control": "no-store"})
+
+    async def video(request):
+        async def frames():
+            while not service.stopping.is_set():
+                jpeg = await asyncio.to_thread(service.frame_jpeg)
+                if jpeg is not None:
+                    yield (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " + str(len(jpeg)).encode()
+                           + b"\r\n\r\n" + jpeg + b"\r\n")
+                await asyncio.sleep(1 / MJPEG_FPS)
+
+        return StreamingResponse(frames(), media_type="multipart/x-mixed-replace; boundary=frame",
+                                 headers={"Cache-Control": "no-store"})
+
+    async def status(request):
+        return JSONResponse(service.status())
+
+    async def decisions(request):
+        try:
+            after = int(request.query_params.get("after", "0"))
+        except ValueError:
+            return _error("after must be a decision number (an integer)")
+        return JSONResponse({"decisions": service.decisions.after(after), "last": service.decisions.count})
+
+    async def events(request):
+        """Server-sent events: each decision after `Last-Event-ID` (a reconnecting EventSource) or `?after=N`."""
+        try:
+            after = int(request.headers.get("last-event-id") or request.query_params.get("after", "0"))
+        except ValueError:
+            return _error("after must be a decision number (an integer)")
+
+        async def stream():
+            seen = after
+            yield "retry: 1000\n\n"
+            while not service.stopping.is_set():
+                for decision in service.decisions.after(seen):
+                    seen = decision["n"]
+                    yield f"id: {seen}\nevent: decision\ndata: {json.dumps(decision)}\n\n"
+                await asyncio.sleep(EVENT_POLL_S)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+
+    async def learn(request):
+        if request.method == "GET":
+            return JSONResponse(service.job.snapshot())
+        try:
+            data = await _json_body(request)
+            label = _label(data)
+            clips = _number(data, "clips", 3, int, 1, MAX_CLIPS)
+            countdown = _number(data, "countdown", 3.0, float, 0, MAX_COUNTDOWN_S)
+        except InvalidInput as error:
+            return _error(str(error))
+        response = answer(lambda: service.learn(label, clips, countdown))
+        if response.status_code == 200:
+            response.status_code = 202
+        return response
+
+    async def versions(request):
+        return answer(lambda: {"versions": service.versions(), "current": service.model.current()})
+
+    async def rollback(request):
+        try:
+            data = await _json_body(request)
+        except InvalidInput as error:
+            return _error(str(error))
+        if not isinstance(data.get("version"), str):
+            return _error("name the version to roll back to, e.g. {\"version\": \"v0001\"}")
+        return await asyncio.to_thread(answer, lambda: service.rollback(data["version"]))
+
+    routes = [Route("/", page), Route("/static/{name}", static), Route("/video.mjpg", video),
+              Route("/api/status", status), Route("/api/decisions", decisions), Route("/api/events", events),
+              Route("/api/learn", learn, methods=["GET", "POST"]), Route("/api/versions", versions),
+              Route("/api/rollback", rollback, methods=["POST"])]
+    return Starlette(routes=routes, middleware=[Middleware(TokenGate, token=token)])
+
+
+# The command -----------------------------------------------------------------------------------------------------
+def read_token(path: str | None) -> str:
+    """The token of --token-file (its first line), or a new random one."""
+    if path is None:
+        return secrets.token_urlsafe(24)
+    token = Path(path).read_text().strip()
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise InvalidInput(f"token file {path}: expected one line of at least {MIN_TOKEN_CHARS} characters "
+                           f"without spaces")
+    return token
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    token = read_token(args.token_file)
+    listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((args.host, args.port))  # before the model loads: a port in use is one line at once
+        listener.listen(128)  # requests that come before uvicorn runs wait in the queue
+    except OSError as error:
+        listener.close()
+        raise InvalidInput(f"cannot listen on {args.host}:{args.port}: {error.strerror}") from None
+    port = listener.getsockname()[1]
+    try:
+        service = DeviceService(args.model, args.camera, args.mic, args.backend, args.device, hop=args.hop,
+                                threshold=args.threshold, smoothing=args.smoothing, top_k=args.top_k)
+        try:
+            service.start()
+            _announce(service, args, port, token)
+            config = uvicorn.Config(build_app(service, token), log_level="warning", timeout_graceful_shutdown=2,
+                                    access_log=False)
+            # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: as an exception here,
+            # so that the sources are closed before the process ends.
+            previous = signal.signal(signal.SIGTERM, _terminated)
+            try:
+                uvicorn.Server(config).run(sockets=[listener])
+            except (KeyboardInterrupt, Terminated):
+                pass
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+        finally:
+            service.stop()
+    finally:
+        listener.close()
+    return 0
+
+
+class Terminated(Exception):
+    """SIGTERM, once uvicorn has shut down."""
+
+
+def _terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _announce(service: DeviceService, args: argparse.Namespace, port: int, token: str) -> None:
+    """The model on stderr; the page's address (with the token unless it came from a file) on stdout."""
+    print(f"model {service.recognizer.version} ({len(service.recognizer.class_names)} classes), encoders on "
+          f"{args.backend}", file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}: the page is reachable from the network, over plain HTTP",
+              file=sys.stderr)
+    where = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{port}/"
+    if args.token_file:
+        print(f"open {where} with the token of {args.token_file} ({where}?token=...)", flush=True)
+    else:
+        print(f"open {where}?token={token}", flush=True)
+
+
+def add_parser(subparsers) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="the device's web page: live view, add a class, versions and rollback, behind a token",
+        description="Serve the device's page: the camera with the current label, the decisions and their latency, "
+                    "a form that records and learns a new class from this camera and microphone, the model's "
+                    "versions with rollback. Every request needs the token (printed at start, or --token-file).")
+    add_recognition_flags(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this device "
+                       "only; 0.0.0.0 opens the page to the network)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--token-file", metavar="F", help="read the token from this file (default: a new random "
+                       "token, printed at start)")
+    serve.set_defaults(func=_serve)

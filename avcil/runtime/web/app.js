@@ -1,0 +1,190 @@
+// The device's page: the JSON API under /api/ and the decisions as server-sent events (the token travels in the
+// HttpOnly cookie set by ?token=).
+"use strict";
+
+const STAGES = ["audio_preprocess", "audio_encoder", "frame_preprocess", "visual_encoder", "head"];
+const COLOURS = ["#8fb4e8", "#2f6fc4", "#f2b880", "#d9731a", "#5aa469"];
+const SHOWN_DECISIONS = 40;  // rows kept in the feed
+const CHARTED_DECISIONS = 60;  // bars in the latency chart
+let lastDecision = 0;
+const recent = [];
+let learnPolling = null;
+let shownJob = null;
+
+const $ = (id) => document.getElementById(id);
+
+async function api(path, body) {
+  const options = body === undefined ? {} : {
+    method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)};
+  const response = await fetch(path, options);
+  let data = null;
+  try { data = await response.json(); } catch (e) { data = {error: `${response.status} ${response.statusText}`}; }
+  if (!response.ok) throw new Error(data.error || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+function alertLine(text) {
+  $("alert").hidden = !text;
+  $("alert").textContent = text || "";
+}
+
+async function refreshStatus() {
+  try {
+    const status = await api("/api/status");
+    $("version").textContent = status.version;
+    $("backend").textContent = `encoders on ${status.backend}`;
+    $("classes").textContent = status.classes.join(", ");
+    $("count").textContent = `(${status.decisions})`;
+    alertLine(status.recognition_error);
+    if (status.learning && status.learning.id && !learnPolling &&
+        ["recording", "learning", "loading"].includes(status.learning.state)) pollLearning();
+  } catch (error) {
+    alertLine(`the device does not answer: ${error.message}`);
+  }
+}
+
+function followDecisions() {
+  // Server-sent events: an EventSource reconnects by itself and resumes after the last decision it saw.
+  const source = new EventSource(`/api/events?after=${lastDecision}`);
+  source.addEventListener("decision", (event) => show(JSON.parse(event.data)));
+}
+
+function show(decision) {
+  lastDecision = decision.n;
+  $("label").textContent = decision.label;
+  $("label").dataset.version = decision.model_version;
+  $("score").textContent = decision.score.toFixed(2);
+  const top = decision.top_k.map((t) => `${t.label} ${t.score.toFixed(2)}`).join(", ");
+  const row = document.createElement("li");
+  row.value = decision.n;
+  row.className = "decision";
+  row.dataset.label = decision.label;
+  const when = new Date(decision.time * 1000).toLocaleTimeString();
+  row.textContent = `${when} ${decision.label} ${decision.score.toFixed(2)} [${top}] ` +
+    `${Math.round(decision.latency_ms.total)} ms ${decision.model_version}`;
+  $("decisions").prepend(row);
+  while ($("decisions").children.length > SHOWN_DECISIONS) $("decisions").lastChild.remove();
+  recent.push(decision.latency_ms);
+  if (recent.length > CHARTED_DECISIONS) recent.shift();
+  drawLatency();
+}
+
+function drawLatency() {
+  const canvas = $("latency");
+  const context = canvas.getContext("2d");
+  const {width, height} = canvas;
+  context.clearRect(0, 0, width, height);
+  const top = Math.max(10, ...recent.map((l) => l.total || 0));
+  const bar = width / CHARTED_DECISIONS;
+  recent.forEach((latency, i) => {
+    let y = height;
+    STAGES.forEach((stage, s) => {
+      const h = (latency[stage] || 0) / top * (height - 14);
+      context.fillStyle = COLOURS[s];
+      context.fillRect(i * bar, y - h, bar - 1, h);
+      y -= h;
+    });
+    context.fillStyle = "#1d2330";  // the whole latency, from the window's end to the decision
+    context.fillRect(i * bar, height - (latency.total || 0) / top * (height - 14) - 1, bar - 1, 2);
+  });
+  context.fillStyle = "#1d2330";
+  context.font = "11px sans-serif";
+  context.fillText(`${Math.round(top)} ms`, 2, 11);
+}
+
+function legend() {
+  const parts = STAGES.map((stage, s) => `<span><i style="background:${COLOURS[s]}"></i>${stage}</span>`);
+  parts.push('<span><i style="background:#1d2330;height:2px"></i>total</span>');
+  $("legend").innerHTML = parts.join("");
+}
+
+function showJob(job) {
+  const line = $("learn-state");
+  line.dataset.state = job.state;
+  line.textContent = job.message || "";
+  shownJob = job;
+  $("learn-start").disabled = ["recording", "learning", "loading"].includes(job.state);
+}
+
+async function pollLearning() {
+  clearTimeout(learnPolling);
+  try {
+    const job = await api("/api/learn");
+    showJob(job);
+    if (["live", "failed"].includes(job.state)) {
+      learnPolling = null;
+      refreshVersions();
+      refreshStatus();
+      return;
+    }
+  } catch (error) {
+    showJob({state: "failed", message: error.message});
+  }
+  learnPolling = setTimeout(pollLearning, 250);
+}
+
+async function startLearning(event) {
+  event.preventDefault();
+  const body = {label: $("learn-label").value, clips: Number($("learn-clips").value),
+                countdown: Number($("learn-countdown").value)};
+  const clips = `${body.clips} clip${body.clips === 1 ? "" : "s"}`;
+  showJob({state: "sending", message: `asking the device to record ${clips} of '${body.label}'`});
+  try {
+    showJob(await api("/api/learn", body));
+    pollLearning();
+  } catch (error) {
+    showJob({state: "failed", message: error.message});
+  }
+}
+
+async function refreshVersions() {
+  try {
+    const data = await api("/api/versions");
+    const body = $("versions").querySelector("tbody");
+    body.replaceChildren();
+    for (const row of data.versions.slice().reverse()) {
+      const tr = document.createElement("tr");
+      tr.className = row.current ? "current" : "";
+      tr.dataset.version = row.version;
+      const cells = [row.version + (row.current ? " (current)" : ""), row.created || "",
+                     row.classes ? row.classes.join(", ") : "corrupt", row.note || ""];
+      for (const text of cells) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.append(td);
+      }
+      const action = document.createElement("td");
+      if (!row.current && row.ok) {
+        const button = document.createElement("button");
+        button.className = "rollback";
+        button.textContent = "roll back to this";
+        button.addEventListener("click", () => rollback(row.version));
+        action.append(button);
+      }
+      tr.append(action);
+      body.append(tr);
+    }
+  } catch (error) {
+    alertLine(`versions: ${error.message}`);
+  }
+}
+
+async function rollback(version) {
+  if (!confirm(`Make ${version} the current version? The classes learnt after it stop being recognised ` +
+               `(nothing is deleted: you can roll forward again).`)) return;
+  try {
+    await api("/api/rollback", {version});
+    showJob({state: "idle", message: `rolled back to ${version}`});
+  } catch (error) {
+    alertLine(`rollback: ${error.message}`);
+  }
+  refreshVersions();
+  refreshStatus();
+}
+
+legend();
+$("learn-form").addEventListener("submit", startLearning);
+refreshStatus();
+refreshVersions();
+setInterval(refreshStatus, 1000);
+followDecisions();
