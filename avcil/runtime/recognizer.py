@@ -32,6 +32,7 @@ from avcil.runtime.frame_tokens import FrameTokens
 from avcil.runtime.speech_stream import SpeechStream, snap_hop
 from avcil.modeldir import LoadedModel, ModelDir, ModelDirError
 from avcil.runtime.sources import clock
+from avcil.runtime.threads import RuntimeThreads
 from avcil.runtime.windows import Schedule, Window, WindowAssembler
 
 log = logging.getLogger(__name__)
@@ -39,15 +40,6 @@ log = logging.getLogger(__name__)
 UNKNOWN = "unknown"
 WATCH_INTERVAL_S = 0.5
 FRAME_POLL_S = 0.02  # while waiting for a window's end: how often to look for frames ready to encode
-
-
-def one_blas_thread() -> None:
-    """Keep numpy's BLAS to one thread in this process. OpenBLAS threads spin for a while after each call; right
-    after the preprocessing's mel matmul they take the cores the encoders need, which doubled the lite audio
-    encoder's time (30 -> 60 ms on two cores). The runtime's own numpy work is small."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1, user_api="blas")
 
 
 @dataclass
@@ -59,13 +51,15 @@ class _Head:
 
 class Recognizer:
     """Decides one window at a time. `backend`: torch | onnxruntime | tensorrt for the encoders; `profile`: an
-    already built encoder profile for the torch backend (default: rebuilt from the manifest)."""
+    already built encoder profile for the torch backend (default: rebuilt from the manifest); `threads`: the
+    thread counts to run with (avcil.runtime.threads; recorded in each decision)."""
 
     def __init__(self, model_dir: str | Path, backend: str = "torch", device: str = "cpu", profile=None,
-                 threshold: float = 0.5, smoothing: int = 3, top_k: int = 3, watch: bool = True):
+                 threshold: float = 0.5, smoothing: int = 3, top_k: int = 3, watch: bool = True,
+                 threads: RuntimeThreads | None = None):
         from avcil.backends import model_backends
 
-        one_blas_thread()
+        self.threads = (threads or RuntimeThreads()).apply()
         self.model = ModelDir(model_dir)
         loaded = self.model.load(with_memory=False)
         record = loaded.manifest["features"].get("profile")
@@ -74,7 +68,8 @@ class Recognizer:
                                 f"elsewhere), so live sources cannot be encoded for it")
         self.audio_prep = audio_preprocess_from_settings(record["settings"]["audio"])
         self.frame_prep = frame_preprocess_from_settings(record["settings"]["visual"])
-        encoders = model_backends(model_dir, backend, device, profile=profile)
+        options = {"threads": self.threads["onnxruntime_intra_op"]} if backend == "onnxruntime" else {}
+        encoders = model_backends(model_dir, backend, device, profile=profile, **options)
         self.audio_encoder, self.visual_encoder = encoders["audio"], encoders["visual"]
         self.frame_tokens = (FrameTokens(self.visual_encoder, self.frame_prep)
                              if FrameTokens.supports(self.visual_encoder) else None)
@@ -190,7 +185,7 @@ class Recognizer:
                 "latency_ms": {k: round(v, 2) for k, v in latency.items()},
                 "frames_encoded_after_end": frames_encoded,
                 "speech_windows_after_end": speech_after_end,
-                "model_version": current.version}
+                "model_version": current.version, "backend": self.backend, "threads": self.threads}
 
     def wait_for_end(self, end: float, assembler: WindowAssembler, stop: threading.Event) -> None:
         """Sleep until the window ending at clock time `end` has ended (or `stop`); meanwhile, for a frame-by-frame
