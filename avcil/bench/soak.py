@@ -113,7 +113,7 @@ def analyse(decisions: list[dict], samples: list[dict], learns: list[dict], relo
         label, version = learn["label"], learn.get("version")
         after = np.array([t == label and version is not None and d["model_version"] >= version
                           for d, t in zip(decisions, truths)])
-        accuracy = float(correct[after].mean()) if after.any() else None
+        accuracy = round(float(correct[after].mean()), 3) if after.any() else None
         result["field_classes"].append({"label": label, "version": version, "windows_after": int(after.sum()),
                                         "accuracy_after": accuracy,
                                         "recognised": accuracy is not None
@@ -255,7 +255,7 @@ def report(payload: dict, out_dir: Path, name: str) -> dict:
                                      ("dropped_windows", "dropped"), ("largest_gap_hops", "largest gap (hops)"),
                                      ("accuracy", "accuracy")])
     rss = payload.get("rss") or {}
-    field = "; ".join(f"{c['label']} ({c['version']}): {c['accuracy_after'] if c['accuracy_after'] is None else round(c['accuracy_after'], 3)} on {c['windows_after']} windows"
+    field = "; ".join(f"{c['label']} ({c['version']}): accuracy {c['accuracy_after']} on {c['windows_after']} windows"
                       for c in payload.get("field_classes", []))
     loads = [s["load_average"][0] for s in payload["samples"]]
     text = (f"{'Complete' if payload['complete'] else 'PARTIAL (the run was still going or was cut short)'}: "
@@ -263,7 +263,8 @@ def report(payload: dict, out_dir: Path, name: str) -> dict:
             f"{payload['decisions']} decisions, backend {payload['settings']['backend']}, threads "
             f"{payload['threads']}.\n\n{table}\n"
             f"- RSS: {rss.get('after_warmup_mb')} MB after {rss.get('warmup_s', 0) / 60:.1f} min, max after "
-            f"{rss.get('max_after_mb')} MB, growth {rss.get('growth')} (target <= {TARGETS['rss_growth_after_warmup']})\n"
+            f"{rss.get('max_after_mb')} MB, growth {rss.get('growth')} (target <= "
+            f"{TARGETS['rss_growth_after_warmup']})\n"
             f"- open file descriptors: {payload.get('open_fds')}\n"
             f"- windows dropped: {payload.get('dropped_windows')} (target 0 on a quiet machine)\n"
             f"- largest gap between decisions: {payload.get('largest_gap_hops')} hops, "
