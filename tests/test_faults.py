@@ -173,3 +173,55 @@ def test_killing_learn_export_and_rollback_at_random_moments_never_loses_a_repor
             assert model.load(version, with_memory=False).class_names == names
     assert len(reported) > 1, "no learn finished: the sweep never reached a commit"
     assert min(kills.values()) >= 3, kills
+
+
+# The microphone's stream ending ------------------------------------------------------------------------------------
+def null_sink_module(env: dict) -> str:
+    listing = subprocess.run(["pactl", "list", "short", "modules"], env=env, capture_output=True, text=True,
+                             check=True).stdout
+    return next(line.split()[0] for line in listing.splitlines() if "sink_name=vmic" in line)
+
+
+def test_a_microphone_that_ends_mid_run_is_said_in_one_line_and_recognition_goes_on_with_audio_marked_missing(
+        tmp_path, toy_model, toy_clips, pulse_env, mjpeg_camera):
+    from conftest import TOY_CLASSES, TOY_RATE, make_wav
+
+    camera = mjpeg_camera(toy_clips["red"][0])
+    tone = make_wav(tmp_path / "red.wav", TOY_CLASSES["red"][1], seconds=60, rate=TOY_RATE)
+    env = {**os.environ, **pulse_env}
+    jsonl = tmp_path / "decisions.jsonl"
+    player = subprocess.Popen(["paplay", "--device=vmic", str(tone)], env=env)
+    run = subprocess.Popen([sys.executable, "-m", "avcil.cli", "run", "--model", str(toy_model), "--camera",
+                            camera.url, "--mic", "pulse", "--duration", "60", "--hop", "0.5", "--smoothing", "1",
+                            "--threshold", "0", "--jsonl", str(jsonl), "--quiet"], env=env, stderr=subprocess.PIPE,
+                           text=True)
+
+    def decisions() -> list[dict]:
+        return [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
+
+    try:
+        deadline = time.monotonic() + 90
+        while len(decisions()) < 4 and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.1)
+        heard = len(decisions())
+        subprocess.run(["pactl", "unload-module", null_sink_module(env)], env=env, check=True)
+        while len(decisions()) < heard + 12 and time.monotonic() < deadline and run.poll() is None:
+            time.sleep(0.1)
+        assert run.poll() is None, run.stderr.read()  # still running
+    finally:
+        run.terminate()
+        _, err = run.communicate(timeout=30)
+        player.kill()
+        player.wait()
+        subprocess.run(["pactl", "load-module", "module-null-sink", "sink_name=vmic", f"rate={TOY_RATE}",
+                        "channels=1"], env=env, check=True, capture_output=True)
+        subprocess.run(["pactl", "set-default-source", "vmic.monitor"], env=env, check=True)
+    made = decisions()
+    assert len(made) >= heard + 12  # decisions went on after the stream ended
+    assert not any(d["audio_missing"] for d in made[:heard])
+    missing = [d for d in made[heard:] if d["audio_missing"]]
+    assert missing, [d["audio_missing"] for d in made]
+    assert all(d["label"] in ("red", "blue") for d in missing)  # decided on video, not skipped
+    said = [line for line in err.splitlines() if "no audio since" in line]
+    assert len(said) == 1 and "microphone 'pulse'" in said[0] and "deciding on video alone" in said[0], err
+    assert "Traceback" not in err

@@ -6,6 +6,13 @@ recognizer waits for it to end (avcil.runtime.frame_tokens), so that after the e
 likewise the lite audio's speech-embedding windows as their audio arrives (avcil.runtime.speech_stream), so that
 after the end aiSFX and the newest speech window or two are left.
 
+A live microphone whose stream ends mid-run (unplugged, its sound server's source removed) does not stop the
+run: its windows are decided on video with silence for the audio, each such decision is marked
+`"audio_missing": true`, and one line on stderr says when the audio went missing and one when it is back
+(avcil.runtime.windows.AudioPresence). A device keeps recognising what it sees rather than going dark; the
+decisions say which ones heard nothing. (PulseAudio moves a stream whose source went away to its fallback source
+after about 2 s, so the audio usually comes back, silent, from there.)
+
 The head always runs in torch from the model dir's current version (it is small, and it is the part field learning
 changes): a watcher thread notices a new version (`avcil learn`, `avcil model rollback`), loads and verifies it
 off the recognition path, and swaps it in between two decisions, so recognition never pauses for an update.
@@ -33,7 +40,7 @@ from avcil.runtime.speech_stream import SpeechStream, snap_hop
 from avcil.modeldir import LoadedModel, ModelDir, ModelDirError
 from avcil.runtime.sources import clock
 from avcil.runtime.threads import RuntimeThreads
-from avcil.runtime.windows import Schedule, Window, WindowAssembler
+from avcil.runtime.windows import AudioPresence, Schedule, Window, WindowAssembler
 
 log = logging.getLogger(__name__)
 
@@ -251,12 +258,15 @@ class DecisionWriter:
 def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Schedule,
               on_decision: Callable[[dict, Window], None], until: float | None = None,
               audio_live: bool = True, stop: threading.Event | None = None,
-              sources_done: Callable[[], bool] = lambda: False) -> int:
+              sources_done: Callable[[], bool] = lambda: False, audio_name: str = "microphone") -> int:
     """Decide every scheduled window until clock time `until`, `stop` is set, or the sources have finished;
     returns the number of decisions. Each decision gains `time` (wall clock), `window` (its clock span),
-    `dropped_windows` (so far) and `latency_ms.total` (from the window's end to the decision)."""
+    `dropped_windows` (so far), `latency_ms.total` (from the window's end to the decision) and `audio_missing`
+    (a live microphone's audio did not reach the window's end: the stream ended or the device went away; the
+    decision is made on video with silence for the audio, and one line says so when it starts and ends)."""
     count = 0
     stop = stop or threading.Event()
+    presence = AudioPresence(audio_name)
     while not stop.is_set():
         end = schedule.next_end()
         if until is not None and end > until:
@@ -267,8 +277,9 @@ def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Sche
         window = assembler(end, audio_live)
         decision = recognizer.decide(window)
         decision["latency_ms"]["total"] = round((time.monotonic() - end) * 1000, 2)
+        presence.update(window)
         decision = {"time": round(time.time(), 3), "window": [round(window.start, 3), round(window.end, 3)],
-                    **decision, "dropped_windows": schedule.dropped}
+                    **decision, "dropped_windows": schedule.dropped, "audio_missing": window.audio_missing}
         on_decision(decision, window)
         count += 1
         if sources_done():
@@ -308,7 +319,8 @@ def run_live(recognizer: Recognizer, camera: str, microphone: str, on_decision: 
         assembler = WindowAssembler(audio.ring, frames, seconds, recognizer.frame_prep)
         decisions = recognise(recognizer, assembler, schedule, on_decision,
                               until=start + duration if duration else None, audio_live=live_audio, stop=stop,
-                              sources_done=lambda: video.finished and audio.finished)
+                              sources_done=lambda: video.finished and audio.finished,
+                              audio_name=f"microphone {microphone!r}")
     finally:
         video.stop()
         audio.stop()
