@@ -109,3 +109,4 @@ def test_each_decision_records_the_thread_settings_and_the_backend(tmp_path, toy
         assert decision["threads"]["torch_intra_op"] == 1 and decision["threads"]["torch_inter_op"] == 1
         assert decision["threads"]["blas"] == 1 and decision["threads"]["onnxruntime_spinning"] is False
         assert decision["audio_missing"] is False  # file sources are never missing
+

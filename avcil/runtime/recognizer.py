@@ -36,6 +36,7 @@ import torch
 from avcil.errors import StageFailed
 from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
 from avcil.runtime.frame_tokens import FrameTokens
+from avcil.runtime.heap import trim_heap
 from avcil.runtime.speech_stream import SpeechStream, snap_hop
 from avcil.modeldir import LoadedModel, ModelDir, ModelDirError
 from avcil.runtime.sources import clock
@@ -132,6 +133,7 @@ class Recognizer:
                              "refused": loaded.refused})
         self._current = self._wrap(loaded)  # one reference assignment: a decision sees the old or the new head
         log.info("now using model %s (%d classes)", loaded.version, len(loaded.class_names))
+        trim_heap()  # the old head's memory, else kept by this thread's arena (avcil.runtime.heap)
         return True
 
     def close(self) -> None:
