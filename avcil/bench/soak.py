@@ -224,8 +224,10 @@ class Soak:
                           self.field_digits, self.started)}
 
     def write_partial(self) -> None:
+        from avcil.fileio import atomic_write
+
         path = self.args.out_dir / f"{name_of(self.args)}-partial.json"
-        path.write_text(json.dumps(self.payload(complete=False), indent=2))
+        atomic_write(path, json.dumps(self.payload(complete=False), indent=2).encode())  # whole, for a reader
 
 
 def snap_hop_of(recognizer) -> float:
