@@ -248,11 +248,19 @@ def settings_of(args: argparse.Namespace, hop: float) -> dict:
             "threads capped)"}
 
 
+def bucket_load(payload: dict, bucket: dict) -> float | None:
+    """The machine's mean 1-minute load average over a bucket's samples (other work shares the machine)."""
+    inside = [s["load_average"][0] for s in payload["samples"]
+              if bucket["from_min"] <= (s["time"] - payload["started"]) / 60 < bucket["to_min"]]
+    return round(float(np.mean(inside)), 2) if inside else None
+
+
 def report(payload: dict, out_dir: Path, name: str) -> dict:
     from avcil.train.plots import plt
 
-    buckets = payload.get("buckets", [])
-    table = markdown_table(buckets, [("from_min", "from (min)"), ("to_min", "to (min)"), ("decisions", "decisions"),
+    buckets = [{**b, "load": bucket_load(payload, b)} for b in payload.get("buckets", [])]
+    table = markdown_table(buckets, [("from_min", "from (min)"), ("to_min", "to (min)"), ("load", "1-min load"),
+                                     ("decisions", "decisions"),
                                      ("p50_ms", "p50 (ms)"), ("p95_ms", "p95 (ms)"), ("p99_ms", "p99 (ms)"),
                                      ("dropped_windows", "dropped"), ("largest_gap_hops", "largest gap (hops)"),
                                      ("accuracy", "accuracy")])
