@@ -10,7 +10,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from avcil.bench import accuracy, distributed, head_speed, latency, update
+    from avcil.bench import accuracy, distributed, head_speed, latency, load, soak, update
     from avcil.train.options import add_training_flags
 
     bench = subparsers.add_parser("bench", help="benchmarks that write JSON, a markdown table and a plot")
@@ -23,7 +23,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             ("head", head_speed, "training throughput of the head (default: the paper's dimensions)"),
             ("latency", latency, "per-stage latency of encoders and head for each backend and profile"),
             ("update", update, "field learning, both methods: time to learn a class, accuracy, decision gaps"),
-            ("distributed", distributed, "clips/s of extraction and training with 1 and N processes (torchrun)")):
+            ("distributed", distributed, "clips/s of extraction and training with 1 and N processes (torchrun)"),
+            ("load", load, "decision latency quiet and beside 1 and 2 CPU-bound competitor processes"),
+            ("soak", soak, "live recognition for N minutes with field learning: RSS, fds, latency, gaps")):
         parser = kinds.add_parser(name, help=text)
         module.add_flags(parser)
         parser.set_defaults(func=_bench, bench_func=module.run)

@@ -58,6 +58,11 @@ def measure(backend: str, clips: list[Path]) -> dict:
             summary = run_live(recognizer, paths, paths, lambda d, w: decisions.append(d))
         finally:
             recognizer.close()
+    return summarise(backend, decisions, summary, load_before)
+
+
+def summarise(backend: str, decisions: list[dict], summary: dict, load_before: tuple) -> dict:
+    """Percentiles of each stage and of the total over a run's decisions, with its counts and load averages."""
     stages = sorted({k for d in decisions for k in d["latency_ms"]})
     return {"backend": backend, "decisions": len(decisions), "dropped_windows": summary["dropped_windows"],
             "hop_s": summary["hop_s"], "window_s": summary["window_s"],

@@ -54,16 +54,16 @@ print(json.dumps(summary))
 """
 
 
-def build_model(model_dir: Path, benchmark, method: str, epochs: int) -> None:
-    """A model dir with digits 0-8 of AV-Digits (lite features), trained by `method` in one step, and a
-    340-clip-budget memory."""
+def build_model(model_dir: Path, benchmark, method: str, epochs: int, digits: int = OLD_DIGITS) -> None:
+    """A model dir with the first `digits` digits of AV-Digits (lite features; default 0-8), trained by `method`
+    in one step, and a 340-clip-budget memory."""
     from avcil.demo import first_classes
     from avcil.train.learner import TrainConfig
     from avcil.train.methods import build_method
     from avcil.train.protocol import run_protocol
     from avcil.train.run import write_run
 
-    old = first_classes(benchmark, OLD_DIGITS, train_clips=40)
+    old = first_classes(benchmark, digits, train_clips=40)
     config = TrainConfig(epochs=epochs, batch_size=64, exemplar_batch_size=64, precision="auto")
     outcome = run_protocol(old, build_method(method), config, MEMORY_BUDGET, fusion_dim=256, progress=False)
     write_run(model_dir.parent, old, outcome)

@@ -15,6 +15,7 @@ import time
 from avcil.errors import InvalidInput
 from avcil.backends import KINDS
 from avcil.runtime.field_settings import FIELD_METHODS, FieldSettings
+from avcil.runtime.threads import LEARNER_THREADS, RuntimeThreads
 from avcil.train.precision import PRECISIONS
 
 
@@ -22,7 +23,7 @@ def _run(args: argparse.Namespace) -> int:
     from avcil.runtime.recognizer import DecisionWriter, Recognizer, run_live
 
     recognizer = Recognizer(args.model, args.backend, args.device, threshold=args.threshold,
-                            smoothing=args.smoothing, top_k=args.top_k)
+                            smoothing=args.smoothing, top_k=args.top_k, threads=RuntimeThreads(args.threads, backend=args.backend))
     writer = DecisionWriter(args.jsonl, None if args.quiet else sys.stdout, args.video_out,
                             video_fps=1.0 / args.hop if args.hop else 1.0)
     print(f"model {recognizer.version} ({len(recognizer.class_names)} classes), encoders on {args.backend}",
@@ -42,8 +43,6 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    import torch
-
     from avcil.model.encoders import profile_from_record
     from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, learn_class,
                                      record_clips)
@@ -52,7 +51,7 @@ def _learn(args: argparse.Namespace) -> int:
     if args.nice:
         os.nice(args.nice)  # before torch starts its threads: they inherit it
     if args.threads:
-        torch.set_num_threads(args.threads)
+        RuntimeThreads(args.threads, blas=args.threads).apply()
     if args.refine and args.method != "analytic":
         raise InvalidInput("--refine follows an analytic update with a gradient one; it goes with --method analytic")
     model = ModelDir(args.model)
@@ -158,6 +157,8 @@ def add_parsers(subparsers) -> None:
                      help="file sources: give each file at least S seconds (silence, last frame held)")
     run.add_argument("--video-out", metavar="FILE", help="write an annotated video (one frame per decision)")
     run.add_argument("--quiet", action="store_true", help="no console line per decision")
+    run.add_argument("--threads", type=int, default=0, metavar="N", help="torch and onnxruntime intra-op threads "
+                     "(default: 1 for torch, 2 for onnxruntime, or fewer cores; recorded in each decision's JSON)")
     run.set_defaults(func=_run)
 
     learn = subparsers.add_parser(
@@ -190,7 +191,8 @@ def add_parsers(subparsers) -> None:
                        f"{defaults.instance_weight})")
     learn.add_argument("--precision", choices=PRECISIONS, help="of the update's forward pass (default auto: bf16 "
                        "where the CPU or GPU computes it natively, about twice as fast; else fp32)")
-    learn.add_argument("--threads", type=int, help="torch threads for the update (default: all cores)")
+    learn.add_argument("--threads", type=int, default=LEARNER_THREADS, help="torch threads for encoding and the "
+                       f"update (default {LEARNER_THREADS}: a running `avcil run` keeps the other cores; 0: all cores)")
     learn.add_argument("--nice", type=int, default=10, help="lower the update's CPU priority by this much, so a "
                        "running `avcil run` keeps its decision latency (default 10; 0 to keep it)")
     learn.set_defaults(func=_learn)

@@ -107,13 +107,18 @@ def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np
             memory.update(clips, {new_index: np.arange(len(audio))}, embed=fused_embedder(head))
         step = max(c["step"] for c in classes) + 1 if classes else 0
         seconds = time.perf_counter() - started
-        version = model.commit(
-            head, memory, classes + [{"name": label, "step": step}], manifest["features"],
-            extra={"parent": loaded.version, "note": f"learnt {label!r} in the field from {len(audio)} clips "
-                                                     f"({method}{', refining ' + refine['version'] if refine else ''})",
-                   "training": manifest.get("training"),
-                   "field_learning": {"label": label, "clips": len(audio), "method": method,
-                                      "seconds": round(seconds, 3), "settings": asdict(settings), **details}})
+        how = f"{method}{', refining ' + refine['version'] if refine else ''}"
+        try:
+            version = model.commit(
+                head, memory, classes + [{"name": label, "step": step}], manifest["features"],
+                extra={"parent": loaded.version, "note": f"learnt {label!r} in the field from {len(audio)} clips "
+                                                         f"({how})",
+                       "training": manifest.get("training"),
+                       "field_learning": {"label": label, "clips": len(audio), "method": method,
+                                          "seconds": round(seconds, 3), "settings": asdict(settings), **details}})
+        except OSError as error:  # a full disk, a read-only mount: the commit left nothing a loader sees
+            raise ModelDirError(f"{model.root}: class {label!r} not learnt: writing the new version failed "
+                                f"({error.strerror or error}); {loaded.version} stays current") from None
     return {"version": version, "parent": loaded.version, "label": label, "clips": len(audio), "method": method,
             "memory_clips": len(memory) if memory is not None else 0, "seconds": seconds, **details}
 

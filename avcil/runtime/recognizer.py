@@ -6,6 +6,13 @@ recognizer waits for it to end (avcil.runtime.frame_tokens), so that after the e
 likewise the lite audio's speech-embedding windows as their audio arrives (avcil.runtime.speech_stream), so that
 after the end aiSFX and the newest speech window or two are left.
 
+A live microphone whose stream ends mid-run (unplugged, its sound server's source removed) does not stop the
+run: its windows are decided on video with silence for the audio, each such decision is marked
+`"audio_missing": true`, and one line on stderr says when the audio went missing and one when it is back
+(avcil.runtime.windows.AudioPresence). A device keeps recognising what it sees rather than going dark; the
+decisions say which ones heard nothing. (PulseAudio moves a stream whose source went away to its fallback source
+after about 2 s, so the audio usually comes back, silent, from there.)
+
 The head always runs in torch from the model dir's current version (it is small, and it is the part field learning
 changes): a watcher thread notices a new version (`avcil learn`, `avcil model rollback`), loads and verifies it
 off the recognition path, and swaps it in between two decisions, so recognition never pauses for an update.
@@ -28,25 +35,18 @@ import torch
 
 from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
 from avcil.runtime.frame_tokens import FrameTokens
+from avcil.runtime.heap import trim_heap
 from avcil.runtime.speech_stream import SpeechStream, snap_hop
 from avcil.modeldir import LoadedModel, ModelDir, ModelDirError
 from avcil.runtime.sources import clock
-from avcil.runtime.windows import Schedule, Window, WindowAssembler
+from avcil.runtime.threads import RuntimeThreads
+from avcil.runtime.windows import AudioPresence, Schedule, Window, WindowAssembler
 
 log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 WATCH_INTERVAL_S = 0.5
 FRAME_POLL_S = 0.02  # while waiting for a window's end: how often to look for frames ready to encode
-
-
-def one_blas_thread() -> None:
-    """Keep numpy's BLAS to one thread in this process. OpenBLAS threads spin for a while after each call; right
-    after the preprocessing's mel matmul they take the cores the encoders need, which doubled the lite audio
-    encoder's time (30 -> 60 ms on two cores). The runtime's own numpy work is small."""
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1, user_api="blas")
 
 
 @dataclass
@@ -58,13 +58,15 @@ class _Head:
 
 class Recognizer:
     """Decides one window at a time. `backend`: torch | onnxruntime | tensorrt for the encoders; `profile`: an
-    already built encoder profile for the torch backend (default: rebuilt from the manifest)."""
+    already built encoder profile for the torch backend (default: rebuilt from the manifest); `threads`: the
+    thread counts to run with (avcil.runtime.threads; recorded in each decision)."""
 
     def __init__(self, model_dir: str | Path, backend: str = "torch", device: str = "cpu", profile=None,
-                 threshold: float = 0.5, smoothing: int = 3, top_k: int = 3, watch: bool = True):
+                 threshold: float = 0.5, smoothing: int = 3, top_k: int = 3, watch: bool = True,
+                 threads: RuntimeThreads | None = None):
         from avcil.backends import model_backends
 
-        one_blas_thread()
+        self.threads = (threads or RuntimeThreads(backend=backend)).apply()
         self.model = ModelDir(model_dir)
         loaded = self.model.load(with_memory=False)
         record = loaded.manifest["features"].get("profile")
@@ -73,7 +75,9 @@ class Recognizer:
                                 f"elsewhere), so live sources cannot be encoded for it")
         self.audio_prep = audio_preprocess_from_settings(record["settings"]["audio"])
         self.frame_prep = frame_preprocess_from_settings(record["settings"]["visual"])
-        encoders = model_backends(model_dir, backend, device, profile=profile, manifest=loaded.manifest)
+        options = {"threads": self.threads["onnxruntime_intra_op"]} if backend == "onnxruntime" else {}
+        encoders = model_backends(model_dir, backend, device, profile=profile, manifest=loaded.manifest,
+                                  **options)
         self.audio_encoder, self.visual_encoder = encoders["audio"], encoders["visual"]
         self.frame_tokens = (FrameTokens(self.visual_encoder, self.frame_prep)
                              if FrameTokens.supports(self.visual_encoder) else None)
@@ -129,6 +133,7 @@ class Recognizer:
                              "refused": loaded.refused})
         self._current = self._wrap(loaded)  # one reference assignment: a decision sees the old or the new head
         log.info("now using model %s (%d classes)", loaded.version, len(loaded.class_names))
+        trim_heap()  # the old head's memory, else kept by this thread's arena (avcil.runtime.heap)
         return True
 
     def close(self) -> None:
@@ -189,7 +194,7 @@ class Recognizer:
                 "latency_ms": {k: round(v, 2) for k, v in latency.items()},
                 "frames_encoded_after_end": frames_encoded,
                 "speech_windows_after_end": speech_after_end,
-                "model_version": current.version}
+                "model_version": current.version, "backend": self.backend, "threads": self.threads}
 
     def wait_for_end(self, end: float, assembler: WindowAssembler, stop: threading.Event) -> None:
         """Sleep until the window ending at clock time `end` has ended (or `stop`); meanwhile, for a frame-by-frame
@@ -266,12 +271,15 @@ class DecisionWriter:
 def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Schedule,
               on_decision: Callable[[dict, Window], None], until: float | None = None,
               audio_live: bool = True, stop: threading.Event | None = None,
-              sources_done: Callable[[], bool] = lambda: False) -> int:
+              sources_done: Callable[[], bool] = lambda: False, audio_name: str = "microphone") -> int:
     """Decide every scheduled window until clock time `until`, `stop` is set, or the sources have finished;
     returns the number of decisions. Each decision gains `time` (wall clock), `window` (its clock span),
-    `dropped_windows` (so far) and `latency_ms.total` (from the window's end to the decision)."""
+    `dropped_windows` (so far), `latency_ms.total` (from the window's end to the decision) and `audio_missing`
+    (a live microphone's audio did not reach the window's end: the stream ended or the device went away; the
+    decision is made on video with silence for the audio, and one line says so when it starts and ends)."""
     count = 0
     stop = stop or threading.Event()
+    presence = AudioPresence(audio_name)
     while not stop.is_set():
         end = schedule.next_end()
         if until is not None and end > until:
@@ -282,8 +290,9 @@ def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Sche
         window = assembler(end, audio_live)
         decision = recognizer.decide(window)
         decision["latency_ms"]["total"] = round((time.monotonic() - end) * 1000, 2)
+        presence.update(window)
         decision = {"time": round(time.time(), 3), "window": [round(window.start, 3), round(window.end, 3)],
-                    **decision, "dropped_windows": schedule.dropped}
+                    **decision, "dropped_windows": schedule.dropped, "audio_missing": window.audio_missing}
         on_decision(decision, window)
         count += 1
         if sources_done():
@@ -330,5 +339,5 @@ def recognise_input(recognizer: Recognizer, live, on_decision: Callable[[dict, W
     assembler = WindowAssembler(live.audio.ring, live.frames, seconds, recognizer.frame_prep)
     decisions = recognise(recognizer, assembler, schedule, on_decision,
                           until=live.start + duration if duration else None, audio_live=live.live_audio, stop=stop,
-                          sources_done=lambda: live.finished)
+                          sources_done=lambda: live.finished, audio_name=f"microphone {live.microphone_name!r}")
     return decisions, schedule

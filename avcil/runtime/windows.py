@@ -5,8 +5,10 @@ when recognition falls behind, the windows it has no time for are dropped and co
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
+from typing import TextIO
 
 import numpy as np
 
@@ -16,6 +18,9 @@ from avcil.runtime.sources import AudioRing, FrameHistory, clock
 
 HOP_SHARE = 1 / 3  # default hop as a share of the window: a decision every third of a clip
 AUDIO_WAIT_S = 0.25  # longest wait for a live source's audio to reach the window's end
+# A live microphone hands over a block every 20 ms: newest audio this old means its stream has stopped, and a
+# window does not wait for it (each decision would otherwise come AUDIO_WAIT_S late).
+AUDIO_STALE_S = 1.0
 
 
 def window_seconds(audio_prep: KaldiFbank | SfxMel) -> float:
@@ -33,6 +38,7 @@ class Window:
     rate: int
     frames: list[np.ndarray] | None  # `count` RGB frames, None while the camera has delivered nothing
     frame_stamps: list[float] | None = None  # each frame's clock time: the same stamp is the same frame
+    audio_missing: bool = False  # a live microphone's audio did not reach the window's end (zeros stand in)
 
 
 class WindowAssembler:
@@ -45,17 +51,41 @@ class WindowAssembler:
         """The window [end - seconds, end]. With `audio_live`, waits (at most AUDIO_WAIT_S) for audio up to `end`
         to arrive, since a sound card hands it over in blocks."""
         deadline = clock() + AUDIO_WAIT_S
-        while audio_live and not self.ring.covers(end) and clock() < deadline:
+        while audio_live and not self.ring.covers(end) and clock() < deadline and not self.audio_stale():
             time.sleep(0.005)
         stamped = self.frames.sample_stamped(self.frame_times(end))
         return Window(end - self.seconds, end, self.ring.window(end, self.seconds), self.ring.rate,
                       None if stamped is None else [frame for _, frame in stamped],
-                      None if stamped is None else [stamp for stamp, _ in stamped])
+                      None if stamped is None else [stamp for stamp, _ in stamped],
+                      audio_missing=audio_live and not self.ring.covers(end))
+
+    def audio_stale(self) -> bool:
+        newest = self.ring.newest_time
+        return newest is not None and clock() - newest > AUDIO_STALE_S
 
     def frame_times(self, end: float) -> np.ndarray:
         """The clock times at which the window ending at `end` samples its frames (first and last included)."""
         start = end - self.seconds
         return np.linspace(start, end, self.count) if self.count > 1 else np.array([start + self.seconds / 2])
+
+
+class AudioPresence:
+    """Says in one line when a live microphone's audio stops reaching the windows (its stream ended, the device
+    was unplugged), and in one line when it is back; recognition goes on meanwhile, on video alone."""
+
+    def __init__(self, name: str, out: TextIO | None = None):
+        self.name, self.out = name, out
+        self.missing_since: float | None = None
+
+    def update(self, window: Window) -> None:
+        out = self.out or sys.stderr  # looked up now, so that a redirected stderr gets the lines
+        if window.audio_missing and self.missing_since is None:
+            self.missing_since = window.end
+            print(f"{self.name}: no audio since {time.strftime('%H:%M:%S')} (its stream ended or the device was "
+                  f"unplugged); deciding on video alone, decisions marked audio_missing", file=out, flush=True)
+        elif not window.audio_missing and self.missing_since is not None:
+            print(f"{self.name}: audio is back after {window.end - self.missing_since:.1f} s", file=out, flush=True)
+            self.missing_since = None
 
 
 def history_settings(seconds: float, hop: float, frame_prep: FramePreprocess) -> tuple[float, float]:
