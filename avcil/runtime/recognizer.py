@@ -336,7 +336,8 @@ def recognise_input(recognizer: Recognizer, live, on_decision: Callable[[dict, W
     """Decide every window of an open LiveInput (avcil.runtime.live) from its start, as `recognise` does; returns
     the number of decisions and the schedule (its `dropped` count)."""
     schedule = Schedule(first_end=live.start + seconds, hop=hop)
-    assembler = WindowAssembler(live.audio.ring, live.frames, seconds, recognizer.frame_prep)
+    assembler = WindowAssembler(live.audio.ring, live.frames, seconds, recognizer.frame_prep,
+                                audio_done=lambda: live.audio.finished)
     decisions = recognise(recognizer, assembler, schedule, on_decision,
                           until=live.start + duration if duration else None, audio_live=live.live_audio, stop=stop,
                           sources_done=lambda: live.finished, audio_name=f"microphone {live.microphone_name!r}")

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -242,39 +242,46 @@ class PacedVideoFiles(_Reader):
         self.history, self.start_time, self.loop, self.slot_s = history, start, loop, slot_s
 
     def _loop(self) -> None:
-        at = self.start_time if self.start_time is not None else clock()
-        while not self._stop.is_set():
-            for path in self.paths:
-                at = self._play(path, at)
-                if self._stop.is_set():
-                    return
-            if not self.loop:
+        start = self.start_time if self.start_time is not None else clock()
+        for when, frame in video_file_frames(self.paths, start, self.loop, self.slot_s):
+            self._stop.wait(max(0.0, when - clock()))
+            if self._stop.is_set():
                 return
+            self.history.add(frame, when)
 
-    def _play(self, path: Path, start: float) -> float:
-        """Play one file from clock time `start`; returns the clock time its slot ends."""
-        period = 1.0 / _video_fps(path)
-        capture = cv2.VideoCapture(str(path))
-        index, frame = 0, None
-        while not self._stop.is_set():
-            ok, image = capture.read()
-            if not ok:
-                break
-            frame = image
-            when = start + index * period
-            self._stop.wait(max(0.0, when - clock()))
-            self.history.add(frame, when)
-            index += 1
-        capture.release()
-        end = start + max(index * period, self.slot_s)
-        # Hold the last frame until the slot ends, as a still camera would keep showing it (stamped before the
-        # end, so that the next file's first frame is the one seen at the slot's end).
-        when = start + index * period
-        while frame is not None and not self._stop.is_set() and when < end - period / 2:
-            self._stop.wait(max(0.0, when - clock()))
-            self.history.add(frame, when)
-            when += period
-        return end
+
+def video_file_frames(paths: Sequence[Path], start: float, loop: bool = False,
+                      slot_s: float = 0.0) -> Iterator[tuple[float, np.ndarray]]:
+    """(clock time, BGR frame) of video files played one after the other from clock time `start`, decoded just in
+    time: each file takes at least `slot_s` seconds, its last frame held until its slot ends, as a still camera
+    would keep showing it. Paced play waits for each time; replay (avcil.runtime.replay) does not, so both see the
+    same frames at the same times."""
+    at = start
+    while True:
+        for path in paths:
+            period = 1.0 / _video_fps(path)
+            capture = cv2.VideoCapture(str(path))
+            index, frame = 0, None
+            try:
+                while True:
+                    ok, image = capture.read()
+                    if not ok:
+                        break
+                    frame = image
+                    yield at + index * period, frame
+                    index += 1
+            finally:
+                capture.release()
+            end = at + max(index * period, slot_s)
+            # The held frames are stamped before the slot's end, so that the next file's first frame is the one
+            # seen at the slot's end.
+            when = at + index * period
+            while frame is not None and when < end - period / 2:
+                yield when, frame
+                when += period
+            at = end
+        if not loop:
+            return
 
 
 # Audio -------------------------------------------------------------------------------------------------------------
@@ -305,31 +312,45 @@ class PacedAudioFiles(_Reader):
     def __init__(self, paths: Sequence[str | Path], ring: AudioRing, start: float | None = None, loop: bool = False,
                  slot_s: float = 0.0):
         super().__init__()
-        from avcil.data.preprocess import resample
-
         self.ring, self.start_time, self.loop = ring, start, loop
-        self.tracks = []
-        for path in paths:
-            samples, rate = read_audio_file(path, ring.rate)
-            samples = resample(samples, rate, ring.rate)
-            pad = max(0, int(round(slot_s * ring.rate)) - len(samples))
-            self.tracks.append(np.concatenate([samples, np.zeros(pad, np.float32)]))
+        self.tracks = load_audio_tracks(paths, ring.rate, slot_s)
 
     def _loop(self) -> None:
-        block = max(1, int(AUDIO_BLOCK_S * self.ring.rate))
-        at = self.start_time if self.start_time is not None else clock()
-        while not self._stop.is_set():
-            for track in self.tracks:
-                for offset in range(0, len(track), block):
-                    chunk = track[offset:offset + block]
-                    end = at + (offset + len(chunk)) / self.ring.rate
-                    self._stop.wait(max(0.0, end - clock()))
-                    if self._stop.is_set():
-                        return
-                    self.ring.append(chunk, end)
-                at += len(track) / self.ring.rate
-            if not self.loop:
+        start = self.start_time if self.start_time is not None else clock()
+        for end, chunk in audio_file_chunks(self.tracks, self.ring.rate, start, self.loop):
+            self._stop.wait(max(0.0, end - clock()))
+            if self._stop.is_set():
                 return
+            self.ring.append(chunk, end)
+
+
+def audio_file_chunks(tracks: Sequence[np.ndarray], rate: int, start: float,
+                      loop: bool = False) -> Iterator[tuple[float, np.ndarray]]:
+    """(clock time of its last sample, samples) of tracks at `rate` played one after the other from clock time
+    `start`, in blocks of AUDIO_BLOCK_S as a sound card hands them over."""
+    block = max(1, int(AUDIO_BLOCK_S * rate))
+    at = start
+    while True:
+        for track in tracks:
+            for offset in range(0, len(track), block):
+                chunk = track[offset:offset + block]
+                yield at + (offset + len(chunk)) / rate, chunk
+            at += len(track) / rate
+        if not loop:
+            return
+
+
+def load_audio_tracks(paths: Sequence[str | Path], rate: int, slot_s: float = 0.0) -> list[np.ndarray]:
+    """Mono float32 tracks of audio or video files at `rate`, each padded with silence to `slot_s` seconds."""
+    from avcil.data.preprocess import resample
+
+    tracks = []
+    for path in paths:
+        samples, file_rate = read_audio_file(path, rate)
+        samples = resample(samples, file_rate, rate)
+        pad = max(0, int(round(slot_s * rate)) - len(samples))
+        tracks.append(np.concatenate([samples, np.zeros(pad, np.float32)]))
+    return tracks
 
 
 def list_input_devices() -> list[dict]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Callable, TextIO
 
 import numpy as np
 
@@ -44,15 +44,19 @@ class Window:
 class WindowAssembler:
     """Cuts the window ending at a clock time out of an audio ring and a frame history."""
 
-    def __init__(self, ring: AudioRing, frames: FrameHistory, seconds: float, frame_prep: FramePreprocess):
+    def __init__(self, ring: AudioRing, frames: FrameHistory, seconds: float, frame_prep: FramePreprocess,
+                 audio_done: Callable[[], bool] = lambda: False):
         self.ring, self.frames, self.seconds, self.count = ring, frames, seconds, frame_prep.count
+        self.audio_done = audio_done  # whether a file source has delivered all its audio
 
     def __call__(self, end: float, audio_live: bool = True) -> Window:
-        """The window [end - seconds, end]. With `audio_live`, waits (at most AUDIO_WAIT_S) for audio up to `end`
-        to arrive, since a sound card hands it over in blocks."""
+        """The window [end - seconds, end]. Waits (at most AUDIO_WAIT_S) for audio up to `end` to arrive, since a
+        sound card and paced files hand it over in blocks: so that a window of paced files holds the same samples
+        as the same window replayed (avcil.runtime.replay)."""
         deadline = clock() + AUDIO_WAIT_S
-        while audio_live and not self.ring.covers(end) and clock() < deadline and not self.audio_stale():
-            time.sleep(0.005)
+        while (not self.ring.covers(end) and clock() < deadline and not self.audio_done()
+               and not (audio_live and self.audio_stale())):
+            time.sleep(0.002)
         stamped = self.frames.sample_stamped(self.frame_times(end))
         return Window(end - self.seconds, end, self.ring.window(end, self.seconds), self.ring.rate,
                       None if stamped is None else [frame for _, frame in stamped],
