@@ -42,7 +42,7 @@ def test_paced_files_are_recognised_window_by_window(toy_model, tiny_profile, to
 
 
 def test_below_the_threshold_the_label_is_unknown(toy_model, tiny_profile):
-    recognizer = Recognizer(toy_model, profile=tiny_profile, threshold=1.01, watch=False)
+    recognizer = Recognizer(toy_model, profile=tiny_profile, threshold=1.0, watch=False)
     window = Window(0.0, 1.28, np.zeros(20480, np.float32), 16000, None)  # silence, no camera yet
     decision = recognizer.decide(window)
     assert decision["label"] == UNKNOWN and decision["top_k"][0]["label"] in ("red", "blue")

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
+from avcil.runtime.decision import (DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_TOP_K, UNKNOWN, DecisionRule,
+                                    HeadScores)
 from avcil.runtime.frame_tokens import FrameTokens
 from avcil.runtime.heap import trim_heap
 from avcil.runtime.speech_stream import SpeechStream, snap_hop
@@ -44,7 +46,6 @@ from avcil.runtime.windows import AudioPresence, Schedule, Window, WindowAssembl
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = "unknown"
 WATCH_INTERVAL_S = 0.5
 FRAME_POLL_S = 0.02  # while waiting for a window's end: how often to look for frames ready to encode
 
@@ -54,6 +55,7 @@ class _Head:
     version: str
     head: torch.nn.Module
     class_names: list[str]
+    scores: HeadScores
 
 
 class Recognizer:
@@ -62,8 +64,8 @@ class Recognizer:
     thread counts to run with (avcil.runtime.threads; recorded in each decision)."""
 
     def __init__(self, model_dir: str | Path, backend: str = "torch", device: str = "cpu", profile=None,
-                 threshold: float = 0.5, smoothing: int = 3, top_k: int = 3, watch: bool = True,
-                 threads: RuntimeThreads | None = None):
+                 threshold: float | None = None, smoothing: int = DEFAULT_SMOOTHING, top_k: int = DEFAULT_TOP_K,
+                 watch: bool = True, threads: RuntimeThreads | None = None, score: str = DEFAULT_SCORE):
         from avcil.backends import model_backends
 
         self.threads = (threads or RuntimeThreads(backend=backend)).apply()
@@ -85,9 +87,12 @@ class Recognizer:
         if {"audio_sfx", "speech_window"} <= set(encoders) and SpeechStream.supports(self.audio_prep):
             self.speech = SpeechStream(encoders["audio_sfx"], encoders["speech_window"], self.audio_prep)
         self.backend = backend
-        self.threshold, self.top_k = threshold, top_k
-        self.recent: deque[np.ndarray] = deque(maxlen=max(1, smoothing))
+        self.rule = DecisionRule(score, threshold, smoothing, top_k)
         self._current = self._wrap(loaded)
+        if not self._current.scores.supports(score):
+            raise ModelDirError(f"{model_dir}: the {score} score needs the analytic readout, which this model "
+                                f"(method {loaded.manifest.get('training', {}).get('method', '?')}) does not have")
+        self.last_features: tuple[np.ndarray, np.ndarray] | None = None  # the last window's, for benchmarks
         self.reloads: list[dict] = []
         self._stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="model watcher", daemon=True) if watch else None
@@ -96,7 +101,8 @@ class Recognizer:
 
     @staticmethod
     def _wrap(loaded: LoadedModel) -> _Head:
-        return _Head(loaded.version, loaded.head.eval(), loaded.class_names)
+        head = loaded.head.eval()
+        return _Head(loaded.version, head, loaded.class_names, HeadScores(head))
 
     @property
     def version(self) -> str:
@@ -176,21 +182,12 @@ class Recognizer:
             frames_encoded = self.frame_prep.count
         mark("visual_encoder")
         current = self._current
-        with torch.inference_mode():
-            logits = current.head(torch.from_numpy(audio_features), torch.from_numpy(visual_features)).logits
-        probabilities = torch.softmax(logits.float(), dim=1)[0].numpy()
+        self.last_features = (audio_features, visual_features)
+        ranking, scores = current.scores(torch.from_numpy(audio_features), torch.from_numpy(visual_features),
+                                         (self.rule.score,))
         mark("head")
-        if self.recent and len(self.recent[-1]) != len(probabilities):
-            self.recent.clear()  # the class set changed: earlier windows cannot be averaged with this one
-        self.recent.append(probabilities)
-        smoothed = np.mean(self.recent, axis=0)
-        order = np.argsort(-smoothed)[:self.top_k]
-        best = int(order[0])
-        score = float(smoothed[best])
         latency = {stage: (t - marks[i][1]) * 1000 for i, (stage, t) in enumerate(marks[1:])}
-        return {"label": current.class_names[best] if score >= self.threshold else UNKNOWN,
-                "score": round(score, 4),
-                "top_k": [{"label": current.class_names[i], "score": round(float(smoothed[i]), 4)} for i in order],
+        return {**self.rule(ranking[0], float(scores[self.rule.score][0]), current.class_names),
                 "latency_ms": {k: round(v, 2) for k, v in latency.items()},
                 "frames_encoded_after_end": frames_encoded,
                 "speech_windows_after_end": speech_after_end,

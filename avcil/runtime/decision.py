@@ -1,0 +1,169 @@
+"""The decision rule: from a window's scores to a label or `unknown`. One object owns the score, its threshold,
+the smoothing over recent windows and the top-k, so that `avcil run`, the page, the demo and the stream benchmark
+decide alike (docs/decision.md says what each score means).
+
+A head gives, per window, a ranking vector over its classes (what `top_k` lists and the label is the best of) and
+an open-set score (how sure the window holds a known class at all). The scores:
+- `softmax`: the highest softmax probability of the head's logits (for the analytic readout, of 10 x its ridge
+  outputs). Range [0, 1]. It says which class wins, not whether any should: background sits in the middle.
+- `max_logit`: the highest ridge output (1 for a clip like the training clips of that class, 0 for unlike).
+  Range: any number; for heads without a ridge readout, the highest logit.
+- `energy`: log-sum-exp of the logits, divided by the readout's scale. Range: any number.
+- `mahalanobis`: relative Mahalanobis distance in the analytic readout's expanded features, computed from the
+  sums the readout already keeps: minus the smallest over classes of (distance to the class mean under the shared
+  within-class covariance) - (distance to the mean of all training clips under their covariance), divided by the
+  width. Near 0 or above for a window like a class, far below 0 for one unlike anything learnt. Range: any
+  number; needs the analytic readout.
+The ranking vector is the ridge output (softmax probabilities for `softmax`), averaged over the last `smoothing`
+windows, as is the open-set score.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from avcil.errors import InvalidInput
+
+UNKNOWN = "unknown"
+SCORES = ("softmax", "max_logit", "energy", "mahalanobis")
+SCORE_RANGES = {"softmax": (0.0, 1.0), "max_logit": (-math.inf, math.inf), "energy": (-math.inf, math.inf),
+                "mahalanobis": (-math.inf, math.inf)}
+DEFAULT_SCORE = "softmax"
+DEFAULT_THRESHOLDS = {"softmax": 0.5, "max_logit": 0.5, "energy": 0.5, "mahalanobis": -1.0}
+DEFAULT_SMOOTHING = 3
+DEFAULT_TOP_K = 3
+# Shrinkage of both covariances towards their mean variance: the expanded features are 2048 wide and a model
+# learns from a few hundred clips, so the sample covariances alone are singular.
+COVARIANCE_SHRINK = 0.1
+
+
+@dataclass
+class DecisionRule:
+    """How windows are decided: `score` (one of SCORES), `threshold` (None: the score's default), `smoothing`
+    (windows averaged), `top_k` (classes listed)."""
+
+    score: str = DEFAULT_SCORE
+    threshold: float | None = None
+    smoothing: int = DEFAULT_SMOOTHING
+    top_k: int = DEFAULT_TOP_K
+    recent: deque = field(default_factory=deque, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise InvalidInput(f"unknown score {self.score!r}; expected one of {', '.join(SCORES)}")
+        if self.threshold is None:
+            self.threshold = DEFAULT_THRESHOLDS[self.score]
+        low, high = SCORE_RANGES[self.score]
+        if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)
+                and low <= self.threshold <= high):
+            raise InvalidInput(f"threshold {self.threshold} is outside the {self.score} score's range "
+                               f"[{low}, {high}] (a finite number)")
+        if int(self.smoothing) != self.smoothing or self.smoothing < 1:
+            raise InvalidInput(f"smoothing must be a whole number of windows >= 1, got {self.smoothing}")
+        if int(self.top_k) != self.top_k or self.top_k < 1:
+            raise InvalidInput(f"top-k must be a whole number >= 1, got {self.top_k}")
+        self.recent = deque(maxlen=int(self.smoothing))
+
+    def settings(self) -> dict:
+        return {"score": self.score, "threshold": self.threshold, "smoothing": self.smoothing, "top_k": self.top_k}
+
+    def __call__(self, ranking: np.ndarray, open_score: float, class_names: list[str]) -> dict:
+        """The label, score and top-k of this window given its ranking vector and open-set score (both before
+        smoothing); remembers them for the next windows' smoothing."""
+        if self.recent and len(self.recent[-1][0]) != len(ranking):
+            self.recent.clear()  # the class set changed: earlier windows cannot be averaged with this one
+        self.recent.append((np.asarray(ranking, dtype=np.float64), float(open_score)))
+        smoothed = np.mean([r for r, _ in self.recent], axis=0)
+        score = float(np.mean([s for _, s in self.recent]))
+        order = np.argsort(-smoothed)[:self.top_k]
+        best = int(order[0])
+        return {"label": class_names[best] if score >= self.threshold else UNKNOWN,
+                "score": round(score, 4),
+                "top_k": [{"label": class_names[i], "score": round(float(smoothed[i]), 4)} for i in order]}
+
+
+class HeadScores:
+    """Per loaded head, the ranking vectors and open-set scores of windows, for every score in SCORES that the
+    head supports. `readout_inputs` are what the head's readout reads (its `readout_inputs`)."""
+
+    def __init__(self, head: torch.nn.Module):
+        self.head = head
+        readout = getattr(head, "readout", None)
+        self.readout = readout if readout is not None and hasattr(readout, "expanded") else None
+        self._whitened = None
+
+    def supports(self, score: str) -> bool:
+        return score != "mahalanobis" or self.readout is not None
+
+    @torch.no_grad()
+    def __call__(self, audio: torch.Tensor, visual: torch.Tensor, scores=SCORES) -> tuple[np.ndarray, dict]:
+        """(ranking [B, C] ridge outputs or logits, {score: [B]}) of a batch of encoder features."""
+        out = self.head(audio, visual)
+        if self.readout is None:
+            return self._from_logits(out.logits.float(), 1.0, scores, None)
+        inputs = self.head.readout_inputs(audio, visual, out.fused)
+        return self.of_inputs(inputs, scores)
+
+    @torch.no_grad()
+    def of_inputs(self, inputs: torch.Tensor, scores=SCORES) -> tuple[np.ndarray, dict]:
+        """The same from the readout's inputs (the stream benchmark keeps these per window)."""
+        expanded = self.readout.expanded(inputs.float())
+        scale = float(self.readout.spec["scale"])
+        logits = scale * (expanded @ self.readout.weight)
+        return self._from_logits(logits, scale, scores, expanded)
+
+    def _from_logits(self, logits: torch.Tensor, scale: float, scores, expanded) -> tuple[np.ndarray, dict]:
+        ranking = (logits / scale).double()
+        result = {}
+        for score in scores:
+            if score == "softmax":
+                result[score] = torch.softmax(logits.double(), dim=1).amax(dim=1)
+            elif score == "max_logit":
+                result[score] = ranking.amax(dim=1)
+            elif score == "energy":
+                result[score] = torch.logsumexp(logits.double(), dim=1) / scale
+            elif score == "mahalanobis" and expanded is not None:
+                result[score] = self.relative_mahalanobis(expanded)
+        return ranking.numpy(), {k: v.numpy() for k, v in result.items()}
+
+    def relative_mahalanobis(self, expanded: torch.Tensor) -> torch.Tensor:
+        """-(min_c d_c - d_0) / width for each row of the expanded features (see the module's docstring)."""
+        if self._whitened is None:
+            self._whitened = self._fit_gaussians()
+        within, class_means, total, total_mean = self._whitened
+        x = expanded.double()
+        d_class = torch.cdist(x @ within, class_means) ** 2  # [B, C]
+        d_total = ((x - total_mean) @ total).pow(2).sum(dim=1)
+        return -(d_class.amin(dim=1) - d_total) / x.shape[1]
+
+    def _fit_gaussians(self):
+        """Whitening matrices and means of the class-conditional (shared covariance) and the all-clips Gaussians,
+        from the readout's sums: G = Σ φᵀφ, C = Σ φᵀy, counts."""
+        readout = self.readout
+        gram, cross, counts = readout.gram.double(), readout.cross.double(), readout.count.double()
+        seen = counts > 0
+        total = counts.sum()
+        if total < 2:
+            raise InvalidInput("the mahalanobis score needs a readout fitted on at least two clips")
+        means = (cross[:, seen] / counts[seen]).T  # [C_seen, width]
+        mean = cross.sum(dim=1) / total
+        scatter_within = gram - (means.T * counts[seen]) @ means
+        scatter_total = gram - total * torch.outer(mean, mean)
+
+        def whitening(scatter: torch.Tensor) -> torch.Tensor:
+            covariance = scatter / total
+            spread = covariance.diagonal().mean().clamp_min(1e-12)
+            covariance = (1 - COVARIANCE_SHRINK) * covariance + COVARIANCE_SHRINK * spread * torch.eye(
+                len(covariance), dtype=covariance.dtype)
+            values, vectors = torch.linalg.eigh(covariance)
+            return vectors / values.clamp_min(1e-12 * float(spread)).sqrt()
+
+        within = whitening(scatter_within)
+        class_means = means @ within  # classes with clips only: one with none is never the nearest
+        whole = whitening(scatter_total)
+        return within, class_means, whole, mean
