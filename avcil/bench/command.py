@@ -10,7 +10,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from avcil.bench import accuracy, distributed, head_speed, latency, load, soak, update
+    from avcil.bench import accuracy, distributed, head_speed, latency, load, soak, stream, update
     from avcil.train.options import add_training_flags
 
     bench = subparsers.add_parser("bench", help="benchmarks that write JSON, a markdown table and a plot")
@@ -25,7 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             ("update", update, "field learning, both methods: time to learn a class, accuracy, decision gaps"),
             ("distributed", distributed, "clips/s of extraction and training with 1 and N processes (torchrun)"),
             ("load", load, "decision latency quiet and beside 1 and 2 CPU-bound competitor processes"),
-            ("soak", soak, "live recognition for N minutes with field learning: RSS, fds, latency, gaps")):
+            ("soak", soak, "live recognition for N minutes with field learning: RSS, fds, latency, gaps"),
+            ("stream", stream, "event recall and false accepts per hour of background on AV-Digits streams, "
+                               "through the live path (replayed)")):
         parser = kinds.add_parser(name, help=text)
         module.add_flags(parser)
         parser.set_defaults(func=_bench, bench_func=module.run)

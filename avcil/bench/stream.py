@@ -1,0 +1,313 @@
+"""`avcil bench stream`: the model in the open stream it lives in, through the live path.
+
+Streams (avcil.data.streams): AV-Digits clips of the known classes at random moments between 4-9 s stretches of
+background that holds none of them. Each stream is replayed (avcil.runtime.replay: the windows paced play would
+cut, decided as fast as the CPU allows) through the model's encoders; the readout's inputs of every window are kept
+(cached per stream and encoder profile), so that every decision rule, threshold and smoothing is then evaluated on
+the same windows in milliseconds.
+
+Per rule, on the `val` streams (AV-Digits' val clips, one half of every background pool) a threshold is chosen:
+the one with the fewest false accepts per hour among those with an event recall of at least 90 %, else the one
+with the highest recall. It is then measured on the `test` streams (AV-Digits' test clips, the other half of the
+background): event recall, false accepts per hour of background, wrong-class labels, the delay from an event's
+start to the end of the first window that labels it; per class too; and a curve of recall against false accepts
+per hour over all thresholds, with the chosen point marked.
+
+Definitions. A window (3 s for lite) is an event window of an event when it holds at least `EVENT_OVERLAP_S` of it,
+a background window when it holds none of any event. An event is found when one of its windows is labelled its
+class; it has a wrong-class label when one of its windows is labelled another known class. A false accept is a run
+of consecutive background windows labelled a known class; false accepts per hour divide their count by the hours of
+background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
+from avcil.errors import InvalidInput
+from avcil.runtime.decision import SCORES, HeadScores
+
+EVENT_OVERLAP_S = 1.0
+TARGET_RECALL = 0.9
+RULES = [{"score": s, "smoothing": k} for s in SCORES for k in (1, 2, 3)]
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def window_inputs(model_dir: Path, folder: Path, stream: dict, cache: Path, backend: str = "torch") -> dict:
+    """The readout's inputs [n, in_dim] and the window ends [n] of one stream, replayed through the model's
+    encoders (cached: they depend on the encoders, not on the head's version, for a pooled-feature readout)."""
+    from avcil.model.readout import pooled_features
+    from avcil.modeldir import ModelDir
+    from avcil.runtime.recognizer import Recognizer
+    from avcil.runtime.replay import replay
+
+    manifest = ModelDir(model_dir).load(with_memory=False).manifest
+    video, audio = folder / stream["video"], folder / stream["audio"]
+    key = _key(manifest["features"].get("profile"), video.stat().st_size, audio.stat().st_size, str(video), backend)
+    path = cache / f"{video.stem}-{key}.npz"
+    if path.is_file():
+        with np.load(path) as f:
+            return {"inputs": f["inputs"], "ends": f["ends"], "seconds": float(f["seconds"])}
+    recognizer = Recognizer(model_dir, backend, watch=False, smoothing=1, threshold=0.0)
+    inputs, ends = [], []
+
+    def keep(decision: dict, window) -> None:
+        audio_features, visual_features = recognizer.last_features
+        inputs.append(pooled_features(torch.from_numpy(audio_features), torch.from_numpy(visual_features))[0].numpy())
+        ends.append(window.end)
+
+    try:
+        timing = replay(recognizer, str(video), str(audio), keep)
+    finally:
+        recognizer.close()
+    result = {"inputs": np.stack(inputs).astype(np.float32), "ends": np.array(ends), "seconds": timing["window_s"]}
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **result)
+    return result
+
+
+def smooth(values: np.ndarray, windows: int) -> np.ndarray:
+    """The mean of each row and the `windows` - 1 rows before it (fewer at the start), as the recognizer does."""
+    if windows <= 1:
+        return values
+    total = np.cumsum(np.concatenate([np.zeros((1, *values.shape[1:])), values]), axis=0)
+    index = np.arange(1, len(values) + 1)
+    low = np.maximum(index - windows, 0)
+    counts = (index - low).reshape(-1, *([1] * (values.ndim - 1)))
+    return (total[index] - total[low]) / counts
+
+
+class StreamWindows:
+    """Every window of a set of streams: ends, which event each holds (or background), and the readout inputs."""
+
+    def __init__(self, index: dict, folder: Path, per_stream: list[dict], class_names: list[str]):
+        self.class_names = class_names
+        self.streams = []
+        for stream, windows in zip(index["streams"], per_stream):
+            ends = windows["ends"]
+            starts = ends - windows["seconds"]
+            event_of = np.full(len(ends), -1)
+            background = np.ones(len(ends), bool)
+            for e, event in enumerate(stream["events"]):
+                overlap = np.minimum(ends, event["end"]) - np.maximum(starts, event["start"])
+                event_of[overlap >= min(EVENT_OVERLAP_S, event["end"] - event["start"]) - 1e-6] = e
+                background &= overlap <= 0
+            self.streams.append({"record": stream, "ends": ends, "event_of": event_of, "background": background,
+                                 "inputs": windows["inputs"]})
+        self.background_hours = sum(b["end"] - b["start"] for s in index["streams"] for b in s["background"]) / 3600
+
+
+def rule_scores(scorer: HeadScores, windows: StreamWindows, rule: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per stream: (label index per window before the threshold, smoothed open-set score per window)."""
+    out = []
+    for stream in windows.streams:
+        ranking, scores = scorer.of_inputs(torch.from_numpy(stream["inputs"]), (rule["score"],))
+        ranking = smooth(ranking, rule["smoothing"])
+        score = smooth(scores[rule["score"]], rule["smoothing"])
+        out.append((ranking.argmax(axis=1), score))
+    return out
+
+
+def event_metrics(windows: StreamWindows, labelled: list[np.ndarray]) -> dict:
+    """Metrics of one labelling (per window: class index, or -1 for unknown) of every stream."""
+    names = windows.class_names
+    found, wrong, delays, per_class, false_runs = 0, 0, [], {}, 0
+    events = 0
+    for stream, labels in zip(windows.streams, labelled):
+        record = stream["record"]
+        for e, event in enumerate(record["events"]):
+            target = names.index(event["label"]) if event["label"] in names else None
+            mine = np.flatnonzero(stream["event_of"] == e)
+            if target is None or not len(mine):
+                continue
+            events += 1
+            stats = per_class.setdefault(event["label"], {"events": 0, "found": 0, "wrong": 0, "delays": []})
+            stats["events"] += 1
+            hits = mine[labels[mine] == target]
+            if len(hits):
+                found += 1
+                stats["found"] += 1
+                delay = float(stream["ends"][hits[0]] - event["start"])
+                delays.append(delay)
+                stats["delays"].append(delay)
+            if np.any((labels[mine] >= 0) & (labels[mine] != target)):
+                wrong += 1
+                stats["wrong"] += 1
+        accepted = stream["background"] & (labels >= 0)
+        # a run starts at an accepted background window whose predecessor is not one
+        false_runs += int(np.sum(accepted & ~np.concatenate([[False], accepted[:-1]])))
+    result = {"events": events, "event_recall": found / max(1, events), "wrong_class_share": wrong / max(1, events),
+              "false_accepts": false_runs, "false_accepts_per_hour": false_runs / windows.background_hours,
+              "background_hours": windows.background_hours,
+              "delay_s_median": float(np.median(delays)) if delays else None,
+              "delay_s_p90": float(np.percentile(delays, 90)) if delays else None}
+    result["per_class"] = {
+        label: {"events": s["events"], "event_recall": s["found"] / s["events"],
+                "wrong_class_share": s["wrong"] / s["events"],
+                "delay_s_median": float(np.median(s["delays"])) if s["delays"] else None}
+        for label, s in sorted(per_class.items())}
+    return result
+
+
+def sweep(windows: StreamWindows, scored: list[tuple[np.ndarray, np.ndarray]], points: int = 60) -> list[dict]:
+    """Recall and false accepts per hour at thresholds spread over the scores' quantiles."""
+    every = np.concatenate([s for _, s in scored])
+    thresholds = np.unique(np.quantile(every, np.linspace(0.0, 1.0, points)))
+    curve = []
+    for threshold in thresholds:
+        metrics = event_metrics(windows, [np.where(s >= threshold, l, -1) for l, s in scored])
+        curve.append({"threshold": float(threshold), **{k: metrics[k] for k in (
+            "event_recall", "false_accepts_per_hour", "wrong_class_share")}})
+    return curve
+
+
+def choose_threshold(curve: list[dict]) -> float:
+    """The fewest false accepts per hour at recall >= TARGET_RECALL (the highest such threshold on a tie), else
+    the threshold of the highest recall."""
+    good = [p for p in curve if p["event_recall"] >= TARGET_RECALL]
+    if good:
+        best = min(p["false_accepts_per_hour"] for p in good)
+        return max(p["threshold"] for p in good if p["false_accepts_per_hour"] == best)
+    return max(curve, key=lambda p: (p["event_recall"], p["threshold"]))["threshold"]
+
+
+def load_split(model_dir: Path, streams_root: Path, av_digits: Path, split: str, hours: float, seed: int,
+               cache: Path, class_names: list[str], backend: str) -> StreamWindows:
+    from tqdm import tqdm
+
+    from avcil.data.streams import build_streams
+
+    index = build_streams(streams_root, av_digits, split, hours, seed)
+    folder = next(streams_root.glob(f"{split}-*/streams.json"), None)
+    folder = Path(streams_root) / [p.parent.name for p in streams_root.glob(f"{split}-*/streams.json")
+                                   if json.loads(p.read_text())["settings"] == index["settings"]][0]
+    per_stream = [window_inputs(model_dir, folder, s, cache, backend)
+                  for s in tqdm(index["streams"], desc=f"replay {split} streams", unit="stream", file=sys.stderr)]
+    return StreamWindows(index, folder, per_stream, class_names)
+
+
+def run(args: argparse.Namespace) -> int:
+    from avcil.bench.report import machine
+    from avcil.modeldir import ModelDir
+    from avcil.train.benchmarks import default_cache
+
+    model_dir = Path(args.model)
+    if not (model_dir / "CURRENT").exists():
+        raise InvalidInput(f"{model_dir}: not a model dir (run `avcil demo --out runs/demo` first for the default, "
+                           f"or give --model)")
+    cache = Path(args.cache) if args.cache else default_cache()
+    av_digits = cache / "av-digits"
+    if not (av_digits / "clips.csv").is_file():
+        raise InvalidInput(f"{av_digits}: no AV-Digits build (run `avcil demo` or `avcil data av-digits` first)")
+    loaded = ModelDir(model_dir).load(with_memory=False)
+    head = loaded.head.eval()
+    scorer = HeadScores(head)
+    if scorer.readout is None or head.config.readout.get("features") != "pooled":
+        raise InvalidInput(f"{model_dir}: the stream benchmark evaluates models whose readout reads the pooled "
+                           f"encoder features (the default analytic method)")
+    started = time.perf_counter()
+    load_before = _load()
+    splits = {split: load_split(model_dir, cache / "streams", av_digits, split, hours, args.seed,
+                                cache / "stream-windows", loaded.class_names, args.backend)
+              for split, hours in (("val", args.val_hours), ("test", args.hours))}
+    rows, curves = [], {}
+    for rule in RULES:
+        name = f"{rule['score']} s{rule['smoothing']}"
+        val_curve = sweep(splits["val"], rule_scores(scorer, splits["val"], rule))
+        threshold = choose_threshold(val_curve)
+        scored = rule_scores(scorer, splits["test"], rule)
+        test = event_metrics(splits["test"], [np.where(s >= threshold, l, -1) for l, s in scored])
+        curves[name] = sweep(splits["test"], scored)
+        rows.append({"rule": name, **rule, "threshold": threshold, **test})
+        print(f"{name:>16}: threshold {threshold:.3f}  recall {test['event_recall']:.3f}  "
+              f"false accepts/h {test['false_accepts_per_hour']:.1f}  wrong {test['wrong_class_share']:.3f}",
+              file=sys.stderr)
+    default = _default_row(rows, args)
+    payload = {"model": str(model_dir), "model_version": loaded.version, "classes": loaded.class_names,
+               "seed": args.seed, "backend": args.backend, "event_overlap_s": EVENT_OVERLAP_S,
+               "target_recall": TARGET_RECALL, "load_before": load_before, "load_after": _load(),
+               "seconds": round(time.perf_counter() - started, 1),
+               "val_background_hours": splits["val"].background_hours,
+               "background_hours": splits["test"].background_hours,
+               "default_rule": default["rule"], "event_recall": default["event_recall"],
+               "false_accepts_per_hour": default["false_accepts_per_hour"],
+               "wrong_class_share": default["wrong_class_share"], "rules": rows, "curves": curves}
+    columns = [("rule", "rule"), ("threshold", "threshold (from val)"), ("event_recall", "event recall"),
+               ("false_accepts_per_hour", "false accepts / h"), ("wrong_class_share", "wrong-class events"),
+               ("delay_s_median", "delay median s"), ("delay_s_p90", "delay p90 s")]
+    table = (f"Model {model_dir} ({loaded.version}, {len(loaded.class_names)} classes); test streams: "
+             f"{splits['test'].background_hours:.2f} h of background, {rows[0]['events']} events; thresholds chosen "
+             f"on val streams ({splits['val'].background_hours:.2f} h). Seed {args.seed}, backend {args.backend}, "
+             f"machine load {load_before} before. Default rule: **{default['rule']}**.\n\n"
+             + markdown_table(rows, columns)
+             + "\n\nPer class, default rule:\n\n"
+             + markdown_table([{"class": c, **m} for c, m in default["per_class"].items()],
+                              [("class", "class"), ("events", "events"), ("event_recall", "recall"),
+                               ("wrong_class_share", "wrong-class"), ("delay_s_median", "delay median s")]))
+    paths = write_report(Path(args.out), args.name, payload, table, "Stream benchmark: event recall and false "
+                         "accepts per hour of background, through the live path",
+                         lambda p: _plot(p, curves, rows))
+    print(json.dumps({k: payload[k] for k in ("default_rule", "event_recall", "false_accepts_per_hour",
+                                              "wrong_class_share", "background_hours")}) if args.json else
+          f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    return 0
+
+
+def _default_row(rows: list[dict], args) -> dict:
+    from avcil.runtime.decision import DEFAULT_SCORE, DEFAULT_SMOOTHING
+
+    name = f"{DEFAULT_SCORE} s{DEFAULT_SMOOTHING}"
+    return next(r for r in rows if r["rule"] == name)
+
+
+def _load() -> list[float]:
+    import os
+
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _plot(path: Path, curves: dict, rows: list[dict]) -> None:
+    from avcil.train.plots import plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for name, curve in curves.items():
+        if not name.endswith("s3") and not name.endswith("s1"):
+            continue
+        line, = ax.plot([max(p["false_accepts_per_hour"], 0.1) for p in curve], [p["event_recall"] for p in curve],
+                        label=name, lw=1.2)
+        row = next(r for r in rows if r["rule"] == name)
+        ax.plot(max(row["false_accepts_per_hour"], 0.1), row["event_recall"], "o", color=line.get_color())
+    ax.set(xscale="log", xlabel="false accepts per hour of background (test streams)", ylabel="event recall",
+           title="recall against false accepts; dots: thresholds chosen on val streams")
+    ax.axhline(TARGET_RECALL, color="grey", lw=0.5, ls="--")
+    ax.axvline(1.0, color="grey", lw=0.5, ls="--")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="runs/demo/train/model", help="model dir (default: the one `avcil demo "
+                        "--out runs/demo` leaves, which knows digits 0-9)")
+    parser.add_argument("--cache", help="AV-Digits, streams and window cache (default $AVCIL_CACHE or ~/.cache/avcil)")
+    parser.add_argument("--hours", type=float, default=1.0, help="hours of background in the test streams")
+    parser.add_argument("--val-hours", type=float, default=0.25, help="hours of background in the val streams, on "
+                        "which each rule's threshold is chosen")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the streams' layout and content")
+    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="encoders' backend")
+    parser.add_argument("--out", default=str(DEFAULT_DIR), help="where the JSON, markdown and plot go")
+    parser.add_argument("--name", default="stream-av-digits-lite", help="file name of the results")
+    parser.add_argument("--json", action="store_true", help="print the default rule's figures as one JSON object")
