@@ -1,12 +1,13 @@
-"""One interface over the runtimes that run an encoder or the head: torch, ONNX Runtime and TensorRT.
+"""One interface over the runtimes that run an encoder: torch, ONNX Runtime and TensorRT.
 
     backend = load_backend("MODEL/encoders/visual.onnx")          # by suffix: .onnx, .engine / .plan
     backend = load_backend(module, input_names=[...], ...)        # an nn.Module runs in torch
     tokens, = backend(frames)                                     # numpy or torch in, numpy float32 out
 
 Every backend takes its inputs positionally in `input_names` order, each [batch, *input_shape], and returns its
-outputs in `output_names` order; the caller never knows which runtime ran. `model_backends` opens the three graphs
-of a model dir (audio, visual, head) with one runtime.
+outputs in `output_names` order; the caller never knows which runtime ran. `model_backends` opens a model dir's
+encoders (audio, visual, and lite's two audio stream parts) with one runtime; the head is not among them: it runs
+in torch from the model dir (docs/architecture.md#backends).
 """
 
 from __future__ import annotations

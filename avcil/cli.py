@@ -19,7 +19,7 @@ COMMANDS = {
     "bench": ("avcil.bench.command", "benchmarks that write JSON, a markdown table and a plot"),
     "extract": ("avcil.train.extract", "encode videos into a feature store (resumable)"),
     "data": ("avcil.data.avdigits", "build benchmark clips offline"),
-    "export": ("avcil.export.command", "export the encoders and the head to ONNX or TensorRT, validated"),
+    "export": ("avcil.export.command", "export the encoders to ONNX or TensorRT, validated (the head stays in torch)"),
     "run": ("avcil.runtime.commands", "recognise live from a camera and a microphone; one JSON line per decision"),
     "learn": ("avcil.runtime.commands", "add a class to a model dir from files or from clips recorded live"),
     "model": ("avcil.runtime.commands", "versions of a model dir: list, rollback"),

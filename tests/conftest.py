@@ -1,5 +1,6 @@
 """Shared fixtures of the runtime tests: real media files, a small trained model with the tiny profile, a
-PulseAudio server whose null sink is the microphone, and an ffmpeg MJPEG camera on 127.0.0.1 (REFERENCE.md §8)."""
+PulseAudio server whose null sink is the microphone, and an ffmpeg MJPEG camera on 127.0.0.1
+(docs/architecture.md#testing-without-hardware)."""
 
 from __future__ import annotations
 

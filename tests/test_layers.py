@@ -1,5 +1,5 @@
-"""The layers of DESIGN.md hold: a module imports only from its own layer or below, and no import circle exists.
-Every import counts, those inside functions too, since a lazy import is still a dependency."""
+"""The layers of docs/architecture.md#layers hold: a module imports only from its own layer or below, and no
+import circle exists. Every import counts, those inside functions too, since a lazy import is still a dependency."""
 
 import ast
 from pathlib import Path
@@ -30,7 +30,7 @@ MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 def layer_of(module: str) -> int:
     matches = [(len(prefix), index) for index, prefixes in enumerate(LAYERS) for prefix in prefixes
                if module == prefix or (prefix != "avcil" and module.startswith(prefix + "."))]
-    assert matches, f"{module} is in no layer of DESIGN.md; add it to LAYERS"
+    assert matches, f"{module} is in no layer of docs/architecture.md#layers; add it to LAYERS"
     return max(matches)[1]
 
 

@@ -7,8 +7,8 @@ Other processes on a small machine come and go, so the backends of a stage take 
 also times the yardstick, a 4096² fp32 torch matmul on the same threads: "% of peak" is the median over turns of
 the backend's GFLOP/s over the matmul's in the same turn. FLOPs are counted on the PyTorch modules with
 torch.utils.flop_counter: 2 per multiply-add of matmuls, convolutions and attention (softmax, norms and
-elementwise ops not counted); the paper encoders come out at 97 and 361 GFLOP per clip, as REFERENCE.md §9 states.
-Preprocessing runs in numpy once per clip of the batch.
+elementwise ops not counted); the paper encoders come out at 97 and 361 GFLOP per clip
+(docs/method.md#the-paper-encoders). Preprocessing runs in numpy once per clip of the batch.
 """
 
 from __future__ import annotations

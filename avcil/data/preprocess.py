@@ -7,7 +7,7 @@ and feature stores record, `*_from_settings(dict)` rebuilds it from there (the r
 Audio preprocessings:
 - `KaldiFbank`: Kaldi-compatible log-mel fbank as AudioMAE computes it (torchaudio's Kaldi fbank), padded or
   cropped to a fixed number of frames, with the sample rate and the AudioMAE input normalisation as explicit
-  settings (REFERENCE §2).
+  settings (docs/method.md#the-paper-encoders).
 - `SfxMel`: the 96-band log-mel spectrogram of the aiSFX sound-effects CNN (44.1 kHz, 2048/1024), as its Essentia
   pipeline computes it, over a fixed window.
 - `SfxSpeech`: the lite profile's input, `SfxMel` and the same window at 16 kHz (for the speech embedding) packed

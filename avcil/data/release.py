@@ -1,4 +1,5 @@
-"""The public AV-CIL feature release (REFERENCE.md §6) as a `Benchmark` whose visual features stream from disk.
+"""The public AV-CIL feature release (docs/method.md#the-protocol-and-its-metrics) as a `Benchmark` whose visual
+features stream from disk.
 
 A release directory holds one benchmark (AVE, kinetics-sounds or VGGSound_100):
     category_encode_dict.npy, all_id_category_dict.npy, all_classId_vid_dict.npy     the splits (see SPLIT_FILES)
@@ -43,7 +44,8 @@ VISUAL_H5 = "visual_pretrained_feature/visual_features.h5"
 VISUAL_NPY = "visual_pretrained_feature/visual_pretrained_feature_dict.npy"
 VISUAL_NPY_CACHE = "visual_pretrained_feature/avcil_cache"  # its conversion, unless load_release gets cache_dir
 
-# The paper's protocol per benchmark (REFERENCE.md §6): classes, steps, settings that go with the benchmark.
+# The paper's protocol per benchmark (docs/method.md#the-protocol-and-its-metrics): classes, steps, settings that go
+# with the benchmark.
 PROTOCOLS = {
     "AVE": (28, 4, BenchmarkDefaults(memory_budget=340, instance_weight=0.5)),
     "kinetics-sounds": (30, 5, BenchmarkDefaults(memory_budget=500, instance_weight=0.1)),

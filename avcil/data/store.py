@@ -47,7 +47,7 @@ def _json_roundtrip(profile: dict) -> dict:
 
 
 def profile_label(profile: dict) -> str:
-    """'lite v2 (audio 704, visual 8x49x1280)': how errors name an encoder profile record (`describe()`); a
+    """'lite v2 (audio 704, visual 8x49x320)': how errors name an encoder profile record (`describe()`); a
     record from before profiles had versions is version 1."""
     shape = profile.get("shape", {})
     return (f"{profile.get('name')} v{profile.get('version', 1)} (audio {shape.get('audio_dim')}, visual "

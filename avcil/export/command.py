@@ -1,8 +1,9 @@
 """`avcil export --model DIR --format onnx|engine [--precision fp32|fp16|int8]`.
 
-onnx: the profile's encoders and the current head -> MODEL/encoders/*.onnx, validated in ONNX Runtime.
-engine: TensorRT engines built from those ONNX files (exported first when missing or from an older head),
-validated against PyTorch the same way. Both write MODEL/encoders/export_report.json.
+onnx: the profile's encoders -> MODEL/encoders/*.onnx, validated in ONNX Runtime. The head is not exported: it
+runs in torch from the model dir's current version (docs/architecture.md#exported-encoders).
+engine: TensorRT engines built from those ONNX files (exported first when missing or made with another encoder
+profile), validated against PyTorch the same way. Both write MODEL/encoders/export_report.json.
 """
 
 from __future__ import annotations
@@ -172,8 +173,8 @@ def _print_errors(title: str, models: dict) -> None:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "export", help="export the encoders and head to ONNX or TensorRT, validated against PyTorch",
-        description="Export the model's encoder profile and current head into MODEL/encoders/ (ONNX, or TensorRT "
+        "export", help="export the encoders to ONNX or TensorRT, validated against PyTorch",
+        description="Export the model's encoder profile (not its head) into MODEL/encoders/ (ONNX, or TensorRT "
                     "engines built from it) and write export_report.json with each graph's max abs and relative "
                     "error against PyTorch. A graph beyond tolerance fails the export and leaves the old one.")
     parser.add_argument("--model", required=True, metavar="DIR", help="model dir (from `avcil train`)")

@@ -1,17 +1,17 @@
-"""ONNX export of a model dir's encoders and head, validated with ONNX Runtime against PyTorch.
+"""ONNX export of a model dir's encoders (not its head), validated with ONNX Runtime against PyTorch.
 
 Exported encoders are frozen and not versioned with the head; they live beside the versions:
 
     MODEL/encoders/audio.onnx     preprocessed audio [batch, ...] -> audio_embedding [batch, Da]
     MODEL/encoders/visual.onnx    preprocessed frames [batch, T, ...] -> visual_tokens [batch, T, S, Dv]; T is
                                   dynamic too when the profile encodes frames independently (lite)
-    MODEL/encoders/head.onnx      (audio_embedding, visual_tokens) -> logits [batch, classes], of one head version
     MODEL/encoders/audio_sfx.onnx, speech_window.onnx   lite only: the audio encoder's two parts, which a live
                                   stream runs on their own (the speech windows as their audio arrives)
     MODEL/encoders/encoders.json  profile and preprocessing settings, I/O names and shapes, opset, sha256 per file
     MODEL/encoders/export_report.json   max abs and relative error of each graph against PyTorch
 
-The folder is staged in a hidden temporary folder, fsynced and renamed into place as a whole.
+The head is not exported: the recogniser runs it in torch from the model dir's current version (see GRAPH_NAMES in
+avcil/model/graphs.py). The folder is staged in a hidden temporary folder, fsynced and renamed into place as a whole.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ def export_graph(module: nn.Module, example: Sequence[torch.Tensor], path: Path,
     import onnx
 
     if opset < 17:
-        raise InvalidInput(f"opset {opset}: avcil exports at opset >= 17 (LayerNormalization, REFERENCE.md §9)")
+        raise InvalidInput(f"opset {opset}: avcil exports at opset >= 17 (LayerNormalization, "
+                           f"docs/architecture.md#exported-encoders)")
     dynamic = dynamic or dynamic_axes(spec)
     with warnings.catch_warnings():
         # The TorchScript exporter warns that it is deprecated and about Python values it traces as constants

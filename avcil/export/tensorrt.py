@@ -1,7 +1,7 @@
 """TensorRT engines built from the exported ONNX files with the TensorRT 10 Python API.
 
-An engine only runs under the TensorRT version and on the GPU that built it (REFERENCE.md §9), so every engine
-file starts with a metadata header that the loader checks before deserialising:
+An engine only runs under the TensorRT version and on the GPU that built it (docs/architecture.md#exported-encoders),
+so every engine file starts with a metadata header that the loader checks before deserialising:
 
     b"AVCILTRT"  uint32 little-endian header length  header (UTF-8 JSON)  serialized engine
 
@@ -22,7 +22,8 @@ from avcil.fileio import atomic_write
 from avcil.model.engine_file import EngineError, _cc, environment, import_tensorrt, make_header, write_engine
 
 PRECISIONS = ("fp32", "fp16", "int8")
-# Layer types that overflow or lose too much in fp16 (REFERENCE.md §9): pinned to fp32 in fp16 and int8 engines.
+# Layer types that overflow or lose too much in fp16 (docs/architecture.md#exported-encoders): pinned to fp32 in fp16
+# and int8 engines.
 # At opset >= 17 LayerNorm arrives as one ONNX LayerNormalization node, which TensorRT parses into a single
 # normalization layer, so pinning by type catches every LayerNorm.
 ACCURATE_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX")

@@ -1,7 +1,7 @@
 """The graph contract between export and the runtimes: the graphs' names, their inputs and outputs, which axes
 are free, the PyTorch module behind each, and the spec file (`encoders.json`) that lists the exported files.
 
-Export writes to it and every backend reads from it, so it sits below both (DESIGN.md, layer 3)."""
+Export writes to it and every backend reads from it, so it sits below both (docs/architecture.md#layers, layer 3)."""
 
 from __future__ import annotations
 

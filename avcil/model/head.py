@@ -1,5 +1,5 @@
-"""The AV-CIL fusion head (REFERENCE.md §3): audio-guided spatial and temporal attention, pre-fusion
-projections, additive fusion and a classifier that grows by appending rows.
+"""The AV-CIL fusion head (docs/method.md#the-av-cil-fusion-head): audio-guided spatial and temporal attention,
+pre-fusion projections, additive fusion and a classifier that grows by appending rows.
 
 One class covers the three modalities; `modality` decides which branches exist, so the losses and the
 learner see the same `HeadOutput` whatever the variant (fields a variant cannot produce are None).
@@ -62,7 +62,7 @@ class HeadOutput:
 
     def for_losses(self) -> "HeadOutput":
         """After a reduced-precision forward: logits and embeddings in float32 for the loss terms. The attention
-        maps stay as computed: they are the largest tensors by far (alpha is B x 8 x 49 x 1280 for lite), a float32
+        maps stay as computed: they are the largest tensors by far (alpha is B x 8 x 49 x 320 for lite), a float32
         copy of them costs a fifth of a training step, and their KL compares like with like."""
         maps = {"spatial_attn", "temporal_attn"}
         return HeadOutput(**{name: value if value is None or name in maps else value.float()
@@ -70,7 +70,7 @@ class HeadOutput:
 
 
 def audio_guided_attention(audio_query: torch.Tensor, keys: torch.Tensor, visual: torch.Tensor):
-    """Channel-wise attention of REFERENCE.md §3.
+    """Channel-wise attention (docs/method.md#audio-guided-attention).
 
     audio_query qa [B, Dv], keys K = tanh(Pv V) [B, T, S, Dv], visual V [B, T, S, Dv].
     Returns the pooled visual vector [B, Dv], alpha [B, T, S, Dv] and beta [B, T, Dv].

@@ -1,5 +1,5 @@
-"""Loss terms of REFERENCE.md §4. Each term is a small callable over one `LossInputs`; a method is a list of
-weighted terms (avcil/train/methods.py), so an ablation is the same list with a term left out.
+"""Loss terms of docs/method.md#the-loss-terms. Each term is a small callable over one `LossInputs`; a method
+is a list of weighted terms (avcil/train/methods.py), so an ablation is the same list with a term left out.
 """
 
 from __future__ import annotations

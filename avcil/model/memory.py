@@ -1,4 +1,4 @@
-"""Exemplar memory (REFERENCE.md §5): encoder features of a few clips per class under one total budget.
+"""Exemplar memory (docs/method.md#exemplar-memory): encoder features of a few clips per class under one total budget.
 
 After every step each seen class keeps `budget // classes_seen` clips: old classes are truncated (their
 exemplars are kept in selection order, so truncation keeps the best ones under herding), new classes filled.

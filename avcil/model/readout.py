@@ -1,10 +1,10 @@
 """Closed-form classifiers over frozen features, installed in the head in place of its linear classifier.
 
-- `AnalyticReadout` (ACIL / DS-AL / MMAL, REFERENCE.md §6b): a fixed random expansion φ(x) = ReLU(x W_e), then ridge
-  regression of one-hot labels on φ. It keeps the sufficient statistics G = Σ φᵀφ and C = Σ φᵀy, so adding the clips
-  of new classes is two sums and one solve, W = (G + γI)⁻¹ C: exemplar-free and exactly equal to joint least squares
-  over everything seen so far (the recursive form of the reference gives the same W; the sums also add across
-  processes). One field class costs milliseconds.
+- `AnalyticReadout` (ACIL / DS-AL / MMAL, docs/method.md#the-analytic-readout): a fixed random expansion
+  φ(x) = ReLU(x W_e), then ridge regression of one-hot labels on φ. It keeps the sufficient statistics G = Σ φᵀφ and
+  C = Σ φᵀy, so adding the clips of new classes is two sums and one solve, W = (G + γI)⁻¹ C: exemplar-free and exactly
+  equal to joint least squares over everything seen so far (the recursive least-squares form gives the same W for the
+  same γ, docs/method.md#the-recursive-update; the sums also add across processes). One field class costs milliseconds.
 - `MeanReadout`: cosine to each class's mean normalised feature: nearest-class-mean (SimpleCIL) when fed all
   training clips, iCaRL's nearest-mean-of-exemplars when fed the exemplars.
 

@@ -73,7 +73,9 @@ def _learn(args: argparse.Namespace) -> int:
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "exemplar_batch_size": args.exemplar_batch_size,
              "instance_weight": args.instance_weight, "precision": args.precision}
     settings = FieldSettings(**{k: v for k, v in given.items() if v is not None})
-    # From here on the clips are encoded: what `learn_seconds` measures (to the version committed).
+    # From here on the clips are encoded. `learn_seconds` is learn_class's `seconds`: from its start (label check,
+    # writer lock, loading and verifying the version, the update, the memory update) to just before the commit;
+    # writing the new version is not included.
     summary = learn_class(args.model, args.label, audio, visual, settings, method=args.method)
     summary.update(encode_seconds=round(encode_seconds, 3), learn_seconds=round(summary["seconds"], 3))
     _report_learnt(summary, args.json)

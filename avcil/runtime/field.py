@@ -7,10 +7,10 @@ The default update is analytic: the class's clips are added to the sufficient st
 readout (avcil/model/readout.py) and the ridge solution is recomputed, which equals training on every clip seen so
 far at once and takes milliseconds; no exemplar is replayed. `method="avcil"` runs one AV-CIL step of the shared
 learner (avcil/train/learner.py) instead: the current head is the frozen teacher, the new class is one new task, the
-exemplar memory of the old classes is replayed. Either way the memory then makes room for the new class under the
-same budget (REFERENCE.md §5), so that a gradient refinement can run later. The model dir's writer lock is held from
-reading the current version to committing the new one, so two learners cannot lose each other's class; the commit
-is atomic, so killing `avcil learn` at any moment leaves the previous version in place.
+exemplar memory of the old classes is replayed. Either way the memory then makes room for the new class under the same
+budget (docs/method.md#exemplar-memory), so that a gradient refinement can run later. The model dir's writer lock is
+held from reading the current version to committing the new one, so two learners cannot lose each other's class; the
+commit is atomic, so killing `avcil learn` at any moment leaves the previous version in place.
 """
 
 from __future__ import annotations
@@ -68,7 +68,9 @@ def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np
     `avcil`: one AV-CIL gradient step with the current head as teacher and the exemplars replayed; the head's
     linear classifier decides afterwards.
     `refine`: the summary of an earlier call that committed this class; learn it again from that call's parent
-    version (with `method`) and commit the result as a later version, unless the model moved on meanwhile."""
+    version (with `method`) and commit the result as a later version, unless the model moved on meanwhile.
+    The summary's `seconds` runs from this call's start to just before the commit (writing the new version is not
+    in it); `avcil learn` reports it as `learn_seconds`."""
     if method not in FIELD_METHODS:
         raise InvalidInput(f"unknown field learning method {method!r}; expected one of {FIELD_METHODS}")
     settings = settings or FieldSettings()

@@ -417,7 +417,8 @@ class Microphone:
         return self
 
     def wait_started(self, timeout: float = 10.0) -> None:
-        """The first callback comes 1.5-2 s after the stream starts with PulseAudio (REFERENCE.md §8)."""
+        """The first callback comes 1.5-2 s after the stream starts with PulseAudio
+        (docs/architecture.md#testing-without-hardware)."""
         deadline = clock() + timeout
         while self.callbacks == 0:
             if clock() > deadline:

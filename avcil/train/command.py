@@ -64,9 +64,9 @@ def _percent(value: float | None) -> str:
 def add_parser(subparsers) -> argparse.ArgumentParser:
     train = subparsers.add_parser(
         "train", help="run the class-incremental protocol and write RUN/results.json, accuracy.png, model/",
-        description="Train a head step by step over a benchmark's classes (REFERENCE.md §6), test after each "
-                    "step on all classes seen so far, and write RUN/results.json, RUN/accuracy.png and the final "
-                    "model dir RUN/model/.")
+        description="Train a head step by step over a benchmark's classes "
+                    "(docs/method.md#the-protocol-and-its-metrics), test after each step on all classes seen so far, "
+                    "and write RUN/results.json, RUN/accuracy.png and the final model dir RUN/model/.")
     add_training_flags(train)
     train.add_argument("--method", default=DEFAULT_METHOD, choices=[*METHODS, *ALIASES], help=f"default "
                        f"{DEFAULT_METHOD}: the best on the accuracy tables (README, 'Which method')")

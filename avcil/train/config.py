@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from avcil.data.clips import BenchmarkDefaults
 
-# The paper's exemplar budget on AVE (REFERENCE.md §4), for a benchmark that sets none.
+# The paper's exemplar budget on AVE (docs/method.md#exemplar-memory), for a benchmark that sets none.
 DEFAULT_MEMORY_BUDGET = 340
 
 

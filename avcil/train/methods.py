@@ -2,7 +2,7 @@
 a classifier. The learner loop (avcil/train/learner.py) is the same for all of them; an AV-CIL ablation is AV-CIL
 with terms removed.
 
-What maps to what (REFERENCE.md §4, §6b):
+What maps to what (docs/method.md#the-baselines-as-implemented):
 - `avcil`: split CE + task-wise KD + D-AVSC instance and class (from step 1, as the authors' code starts them) +
   VAD; random exemplars drawn side by side with the new clips.
 - `ss-il`: split CE + task-wise KD + exemplars side by side: AV-CIL without D-AVSC and VAD.
@@ -30,7 +30,7 @@ from avcil.model.readout import FEATURES, readout_spec
 METHODS = ("analytic", "avcil", "simplecil", "icarl", "icarl-fc", "icarl-balanced", "ss-il", "afc", "lwf",
            "finetune", "upper")
 ALIASES = {"icarl-nme": "icarl"}  # the earlier name of iCaRL with its NME classifier
-DEFAULT_METHOD = "analytic"  # the best on benchmarks/results/accuracy-*.md (README: "Which method")
+DEFAULT_METHOD = "analytic"  # the best on benchmarks/results/accuracy-*.md (README.md#which-method)
 ABLATABLE = ("split", "kd", "instance", "class", "vad")
 BATCH_POLICIES = ("side-by-side", "mixed")
 CLASSIFIERS = ("fc", "nme", "ncm", "analytic")

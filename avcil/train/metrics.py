@@ -1,5 +1,5 @@
-"""Protocol metrics (REFERENCE.md §6) from the accuracy matrix a[s][t]: accuracy after step s on the classes
-of task t (t <= s; later tasks are None)."""
+"""Protocol metrics (docs/method.md#the-protocol-and-its-metrics) from the accuracy matrix a[s][t]: accuracy
+after step s on the classes of task t (t <= s; later tasks are None)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The class-incremental protocol (REFERENCE.md §6): steps in class order, train, update memory, test on all
-classes seen so far, and the metrics of the accuracy matrix."""
+"""The class-incremental protocol (docs/method.md#the-protocol-and-its-metrics): steps in class order, train,
+update memory, test on all classes seen so far, and the metrics of the accuracy matrix."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Frozen encoder profiles: `load_profile('lite' | 'paper' | 'tiny', ...)` -> EncoderProfile.
 
-- lite: pretrained EfficientNet-Lite0 frames + aiSFX audio, weights from installed registry packages; the
-  embedded default (real time on a CPU). Features: audio 512, visual 8 x 49 x 1280.
+- lite: pretrained EfficientNet-Lite0 frames + aiSFX and speech-embedding audio, weights from installed registry
+  packages; the embedded default (real time on a CPU). Features (profile version 2): audio 704 (aiSFX 512, speech
+  mean 96, speech max 96), visual 8 x 49 x 320.
 - paper: AudioMAE ViT-B/16 + VideoMAE-base from local files (`audiomae=` checkpoint .pth, `videomae=` model
   folder), or `random_init=True` for speed tests. Features: audio 768, visual 8 x 196 x 768.
 - tiny: random toy versions of the paper's architectures, seeded, for tests.

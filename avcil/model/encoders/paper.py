@@ -1,4 +1,5 @@
-"""The paper's encoders: AudioMAE ViT-B/16 on a Kaldi fbank and VideoMAE-base on 16 frames (REFERENCE §2).
+"""The paper's encoders: AudioMAE ViT-B/16 on a Kaldi fbank and VideoMAE-base on 16 frames
+(docs/method.md#the-paper-encoders).
 
 Both are `transformers` models loaded from files the user has (nothing downloads): AudioMAE from its published
 timm-style checkpoint through `audiomae_checkpoint_filter`, VideoMAE from a model folder saved by transformers.

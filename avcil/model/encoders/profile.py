@@ -26,9 +26,9 @@ def recorded_version(record: dict) -> int:
     return int(record.get("version", 1))
 
 
-# The paper's extraction: 11,430 Hz and no AudioMAE input normalisation (REFERENCE §2). AudioMAE's own recipe is
-# 16,000 Hz with normalisation; both are settings of load_profile('paper', ...). Here rather than in paper.py, so
-# that the command line can name the defaults without importing transformers.
+# The paper's extraction: 11,430 Hz and no AudioMAE input normalisation (docs/method.md#the-paper-encoders). AudioMAE's
+# own recipe is 16,000 Hz with normalisation; both are settings of load_profile('paper', ...). Here rather than in
+# paper.py, so that the command line can name the defaults without importing transformers.
 PAPER_SAMPLE_RATE = 11430
 PAPER_NORMALIZE = False
 

