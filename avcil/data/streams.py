@@ -6,8 +6,9 @@ content the AV-Digits clips do not use as a class: scenes (scikit-image photos p
 scene with no digit drawn, a dark room), printed letters and words drifting over a scene; and, independently,
 silence, coloured noise, synthetic music, real recorded speech that is not a digit (the Asterisk prompts, three
 speakers and languages) and espeak-ng words. The two splits draw events from AV-Digits' val and test clips
-(disjoint speakers and handwriting) and background from disjoint halves of every content pool, so that a threshold
-chosen on `val` streams is measured on `test` streams.
+(disjoint speakers and handwriting) and background from disjoint thirds of every content pool, so that a threshold
+chosen on `val` streams is measured on `test` streams; the `train` third makes background clips that a model
+learns as background (`build_background_clips`, what `avcil learn --background --files` takes).
 
 `build_streams(out, av_digits, split, background_hours, seed)` writes OUT/<split>/stream-NN.mp4 / .wav and
 OUT/<split>/streams.json: per stream its duration, its events (label, start, end, clip) and its background
@@ -30,24 +31,30 @@ from avcil.data.avdigits import ASTERISK_SOUNDS, FPS, FRAME_SIZE, SAMPLE_RATE, _
 from avcil.errors import InvalidInput, StageFailed
 from avcil.fileio import atomic_write
 
-STREAM_VERSION = 1
+STREAM_VERSION = 2
 STREAM_SECONDS = 300.0  # one file per five minutes of stream
 GAP_S = (4.0, 9.0)  # background between two events
 STEP_S = 0.2  # every stretch lasts a whole number of these: 3 frames at 15 fps, 3200 samples at 16 kHz
 VISUAL_KINDS = ("photo", "scene", "letters", "dark")
 AUDIO_KINDS = ("silence", "noise", "music", "speech", "espeak")
-ESPEAK_WORDS = {"val": ["hello", "water", "window", "yellow", "morning", "garden", "table", "river", "kitchen",
+ESPEAK_WORDS = {"train": ["thank you", "welcome", "blue", "green", "yes", "no", "goodbye", "please", "music",
+                          "today"],
+                "val": ["hello", "water", "window", "yellow", "morning", "garden", "table", "river", "kitchen",
                         "button", "paper", "orange"],
                 "test": ["coffee", "purple", "doorbell", "station", "monday", "summer", "pocket", "silver", "camera",
                          "letter", "apple", "forest"]}
-LETTERS = {"val": "ABCDEFGHJKLM", "test": "NPQRSTUVWXYZ"}
+LETTERS = {"train": "abcdefghjk", "val": "ABCDEFGHJKLM", "test": "NPQRSTUVWXYZ"}
 FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX,
          cv2.FONT_HERSHEY_SCRIPT_SIMPLEX)
 
 
-def _half(name: str, split: str) -> bool:
-    """Whether a content item belongs to this split's half (a stable hash of its name)."""
-    return (zlib.crc32(name.encode()) % 2 == 0) == (split == "val")
+CONTENT_SPLITS = ("train", "val", "test")
+
+
+def _mine(name: str, split: str) -> bool:
+    """Whether a content item belongs to this split's third (a stable hash of its name): background that a model
+    learns from (`train`), that thresholds are chosen on (`val`) and that they are measured on (`test`)."""
+    return zlib.crc32(name.encode()) % 3 == CONTENT_SPLITS.index(split)
 
 
 def _steps(seconds: float) -> int:
@@ -62,10 +69,12 @@ class _Content:
         import soundfile as sf
 
         self.split = split
-        self.photos = [photo for name, photo in _photos().items() if _half(name, split)]
+        self.photos = [photo for name, photo in _photos().items() if _mine(name, split)]
+        # The AV-Digits scene scales a photo down to half before cropping its 208-pixel canvas.
+        self.scene_photos = [photo for photo in self.photos if min(photo.shape[:2]) >= 420]
         self.prompts = []
         for path in sorted(ASTERISK_SOUNDS.glob("*/*.wav")):  # prompts only: digits/ and letters/ are subfolders
-            if _half(path.name, split):
+            if _mine(path.name, split):
                 samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
                 if 0.4 < len(samples) / rate < 4.0:
                     self.prompts.append(resample(samples.mean(axis=1), rate, SAMPLE_RATE))
@@ -86,7 +95,7 @@ class _Content:
             crop = cv2.resize(photo[y:y + size, x:x + size], (FRAME_SIZE + 40, FRAME_SIZE + 40))
             offsets = (np.linspace(0, 1, count)[:, None] * rng.uniform(-20, 20, 2) + 20).astype(int)
             return np.stack([crop[oy:oy + FRAME_SIZE, ox:ox + FRAME_SIZE] for oy, ox in offsets]).astype(np.uint8)
-        scene, _ = _background(rng, self.photos, count)
+        scene, _ = _background(rng, self.scene_photos, count)
         scene = np.ascontiguousarray(np.clip(scene, 0, 255).astype(np.uint8))
         if kind == "letters":
             self._draw_text(rng, scene)
@@ -276,3 +285,39 @@ def build_streams(out: str | Path, av_digits: str | Path, split: str = "test", b
     result = {"settings": settings, "background_hours": background_s / 3600, "events": event, "streams": streams}
     atomic_write(index, json.dumps(result, indent=1).encode())
     return result
+
+
+def build_background_clips(out: str | Path, count: int = 60, seed: int = 0, progress: bool = True) -> list[Path]:
+    """`count` clips of 3-6 s of background from the `train` third of the content (never in val or test streams):
+    OUT/background-<hash>/bg-NNN.mp4 with their sound tracks. A second call with the same settings returns them."""
+    from tqdm import tqdm
+
+    settings = {"version": STREAM_VERSION, "count": count, "seed": seed}
+    folder = Path(out) / f"background-{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]}"
+    paths = [folder / f"bg-{i:03d}.mp4" for i in range(count)]
+    if all(p.is_file() for p in paths):
+        return paths
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 0])
+    content = _Content("train")
+    for path in tqdm(paths, desc="background clips", unit="clip", disable=not progress):
+        steps = _steps(rng.uniform(3.0, 6.0))
+        visual, sound = str(rng.choice(VISUAL_KINDS)), str(rng.choice(AUDIO_KINDS))
+        writer = _StreamWriter(folder / f"{path.stem}-parts")
+        writer.add(content.frames(rng, visual, round(steps * STEP_S * FPS)),
+                   content.audio(rng, sound, round(steps * STEP_S * SAMPLE_RATE)), steps)
+        writer.close()
+        _mux(writer.video_path, writer.audio_path, path)
+    return paths
+
+
+def _mux(video: Path, audio: Path, out: Path) -> None:
+    """One file with both tracks (what a camera with a microphone records), the parts removed."""
+    partial = out.with_suffix(".partial.mp4")
+    done = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(video), "-i", str(audio), "-c:v", "copy",
+                           "-c:a", "aac", "-b:a", "64k", "-shortest", "-y", str(partial)], capture_output=True)
+    if done.returncode != 0:
+        raise StageFailed(f"ffmpeg failed muxing {out}: {done.stderr.decode(errors='replace')[-300:]}")
+    partial.replace(out)
+    video.unlink()
+    audio.unlink()

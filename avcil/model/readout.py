@@ -116,11 +116,18 @@ class AnalyticReadout(_Sums, nn.Module):
         self.register_buffer("cross", torch.zeros(width, num_classes))  # Σ φᵀ y
         self.register_buffer("count", torch.zeros(num_classes))  # clips seen per class
         self.register_buffer("weight", torch.zeros(width, num_classes))  # the solved ridge weights
+        # Background: windows that hold none of the classes, in the ridge with a target of 0 for every class (their
+        # φᵀφ is in `gram`), so that the readout learns to answer 0 there; their φ sum and count are kept apart for
+        # the open-set score (avcil.runtime.decision), which models classes and background separately.
+        self.register_buffer("negative_sum", torch.zeros(width))
+        self.register_buffer("negative_count", torch.tensor(0.0))
 
     def _check(self) -> float:
         return 0.0 if self.expand is None else fingerprint(self.expand)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("negative_sum", "negative_count"):  # model dirs from before background learning have none
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
         stored = state_dict.get(prefix + "expand_check")  # self.expand_check: this expansion's, from __init__
         if stored is not None and float(stored) != float(self.expand_check):
             raise InvalidInput("the analytic readout's random expansion regenerated here differs from the one it "
@@ -146,6 +153,14 @@ class AnalyticReadout(_Sums, nn.Module):
         if not bool(self.standardised) and len(x) > 1:
             self.standardise(x.float().mean(dim=0), x.float().std(dim=0))
         self.add(self.increments(x, labels))
+
+    @torch.no_grad()
+    def accumulate_background(self, x: torch.Tensor) -> None:
+        """Add windows that hold no class (readout inputs [n, in_dim]) as negatives; `solve` afterwards."""
+        if not bool(self.standardised):
+            raise InvalidInput("background can only be added to a readout that has learnt classes")
+        phi = self.expanded(x).double()
+        self.add({"gram": phi.T @ phi, "negative_sum": phi.sum(dim=0), "negative_count": torch.tensor(len(phi))})
 
     def standardise(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Fix the per-input standardisation (once, from the first clips; over all ranks' clips under torchrun)."""

@@ -23,7 +23,8 @@ def _run(args: argparse.Namespace) -> int:
     from avcil.runtime.recognizer import DecisionWriter, Recognizer, run_live
 
     recognizer = Recognizer(args.model, args.backend, args.device, threshold=args.threshold,
-                            smoothing=args.smoothing, top_k=args.top_k, threads=RuntimeThreads(args.threads, backend=args.backend))
+                            smoothing=args.smoothing, top_k=args.top_k, score=args.score,
+                            threads=RuntimeThreads(args.threads, backend=args.backend))
     writer = DecisionWriter(args.jsonl, None if args.quiet else sys.stdout, args.video_out,
                             video_fps=1.0 / args.hop if args.hop else 1.0)
     print(f"model {recognizer.version} ({len(recognizer.class_names)} classes), encoders on {args.backend}",
@@ -43,6 +44,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
+    from avcil.runtime.file_windows import encode_window_views
     from avcil.model.encoders import profile_from_record
     from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, learn_class,
                                      record_clips)
@@ -55,6 +57,10 @@ def _learn(args: argparse.Namespace) -> int:
     if args.refine and args.method != "analytic":
         raise InvalidInput("--refine follows an analytic update with a gradient one; it goes with --method analytic")
     model = ModelDir(args.model)
+    if args.background:
+        return _learn_background(args, model)
+    if not args.label:
+        raise InvalidInput("name the new class with --label NAME (or add background with --background)")
     # Refusals before recording or encoding anything, from the manifest alone: the model is loaded and verified
     # once, by learn_class, under the writer lock.
     manifest = model.manifest()
@@ -64,7 +70,9 @@ def _learn(args: argparse.Namespace) -> int:
     profile = profile_from_record(manifest["features"].get("profile"))
     encode_started = time.perf_counter()
     if args.files:
-        audio, visual = profile.encode_files(args.files)
+        # The windows a live run would cut around each file, not the whole file: what `avcil run` will see of
+        # the class (avcil.runtime.file_windows; measured in benchmarks/results/stream-*.md).
+        audio, visual = encode_window_views(profile, args.files)
     else:
         if not (args.camera and args.mic and args.clips):
             raise InvalidInput("name the clips of the new class: --files F... or --camera SRC --mic SRC --clips N")
@@ -85,6 +93,40 @@ def _learn(args: argparse.Namespace) -> int:
         refined = learn_class(args.model, args.label, audio, visual, settings, method="avcil", refine=summary)
         refined.update(encode_seconds=round(encode_seconds, 3), learn_seconds=round(refined["seconds"], 3))
         _report_learnt(refined, args.json)
+    return 0
+
+
+def _learn_background(args: argparse.Namespace, model) -> int:
+    """`avcil learn --background`: windows of files or live recordings that hold none of the classes."""
+    import numpy as np
+
+    from avcil.model.encoders import profile_from_record
+    from avcil.runtime.background import learn_background
+    from avcil.runtime.file_windows import encode_window_views
+    from avcil.runtime.field import record_clips
+
+    if args.label or args.method != "analytic" or args.refine:
+        raise InvalidInput("--background takes no --label, --method or --refine: it is an analytic update")
+    profile = profile_from_record(model.manifest()["features"].get("profile"))
+    started = time.perf_counter()
+    if args.files:
+        audio, visual = encode_window_views(profile, args.files)
+        views = len(audio) // len(args.files)
+        groups, sources = np.repeat(np.arange(len(args.files)), views), list(args.files)
+    elif args.camera and args.mic and args.clips:
+        audio, visual = record_clips(args.camera, args.mic, args.clips, profile, args.countdown)
+        groups, sources = np.arange(len(audio)), [f"recorded clip {i + 1}" for i in range(len(audio))]
+    else:
+        raise InvalidInput("name the background: --files F... or --camera SRC --mic SRC --clips N")
+    encode_seconds = time.perf_counter() - started
+    summary = learn_background(args.model, audio, visual, groups, sources, force=args.force)
+    summary.update(encode_seconds=round(encode_seconds, 3), learn_seconds=round(summary.pop("seconds"), 3))
+    if args.json:
+        print(json.dumps(summary), flush=True)
+    else:
+        print(f"learnt background from {summary['sources']} source(s), {summary['background_windows']} windows "
+              f"({summary['background_windows_total']} in all) in {summary['learn_seconds']:.2f} s after "
+              f"{encode_seconds:.1f} s of encoding: {summary['parent']} -> {summary['version']}", flush=True)
     return 0
 
 
@@ -139,9 +181,16 @@ def add_recognition_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--hop", type=float, metavar="S", help="seconds between decisions (default: a third of the "
                         "profile's window)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="below this smoothed probability: 'unknown'")
-    parser.add_argument("--smoothing", type=int, default=3, help="average the probabilities of this many windows")
-    parser.add_argument("--top-k", type=int, default=3)
+    from avcil.runtime.decision import DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_THRESHOLDS, DEFAULT_TOP_K, SCORES
+
+    parser.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE, help="the open-set score that says whether "
+                        f"a window holds a known class at all (default {DEFAULT_SCORE}; docs/decision.md)")
+    parser.add_argument("--threshold", type=float, help="below this smoothed score: 'unknown' (default: the "
+                        "score's, " + ", ".join(f"{k} {v}" for k, v in DEFAULT_THRESHOLDS.items()) + ")")
+    parser.add_argument("--smoothing", type=int, default=DEFAULT_SMOOTHING, help="average the scores of this many "
+                        f"windows (default {DEFAULT_SMOOTHING})")
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=f"classes listed per decision (default "
+                        f"{DEFAULT_TOP_K})")
 
 
 def add_parsers(subparsers) -> None:
@@ -171,7 +220,10 @@ def add_parsers(subparsers) -> None:
                     "(--method avcil), update the memory, commit a new version. A running `avcil run` on the "
                     "same model dir picks it up from its next decision.")
     learn.add_argument("--model", required=True, metavar="DIR")
-    learn.add_argument("--label", required=True, metavar="NAME", help="name of the new class")
+    learn.add_argument("--label", metavar="NAME", help="name of the new class")
+    learn.add_argument("--background", action="store_true", help="the files or recordings hold none of the "
+                       "classes: learn them as background, which the model answers 'unknown' to")
+    learn.add_argument("--force", action="store_true", help="with --background: add files that look like a class")
     learn.add_argument("--files", nargs="+", metavar="F", help="video files (with sound) of the new class")
     learn.add_argument("--camera", metavar="SRC", help="record from this camera (with --mic and --clips)")
     learn.add_argument("--mic", metavar="SRC", help="record from this microphone")

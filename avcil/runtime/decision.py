@@ -102,7 +102,8 @@ class HeadScores:
 
     @torch.no_grad()
     def __call__(self, audio: torch.Tensor, visual: torch.Tensor, scores=SCORES) -> tuple[np.ndarray, dict]:
-        """(ranking [B, C] ridge outputs or logits, {score: [B]}) of a batch of encoder features."""
+        """(ranking [B, C], {score: [B]}) of a batch of encoder features; the ranking is the softmax probabilities
+        when `scores` starts with `softmax`, else the ridge outputs (logits for a head without a readout)."""
         out = self.head(audio, visual)
         if self.readout is None:
             return self._from_logits(out.logits.float(), 1.0, scores, None)
@@ -118,7 +119,11 @@ class HeadScores:
         return self._from_logits(logits, scale, scores, expanded)
 
     def _from_logits(self, logits: torch.Tensor, scale: float, scores, expanded) -> tuple[np.ndarray, dict]:
+        # The ranking follows the first score asked for: softmax probabilities for `softmax` (what its threshold is
+        # compared with), the ridge outputs (or logits) otherwise.
         ranking = (logits / scale).double()
+        if scores and scores[0] == "softmax":
+            ranking = torch.softmax(logits.double(), dim=1)
         result = {}
         for score in scores:
             if score == "softmax":
@@ -146,13 +151,18 @@ class HeadScores:
         from the readout's sums: G = Σ φᵀφ, C = Σ φᵀy, counts."""
         readout = self.readout
         gram, cross, counts = readout.gram.double(), readout.cross.double(), readout.count.double()
+        negatives, negative_sum = float(readout.negative_count), readout.negative_sum.double()
         seen = counts > 0
-        total = counts.sum()
-        if total < 2:
+        total = counts.sum() + negatives
+        if counts.sum() < 2:
             raise InvalidInput("the mahalanobis score needs a readout fitted on at least two clips")
         means = (cross[:, seen] / counts[seen]).T  # [C_seen, width]
-        mean = cross.sum(dim=1) / total
+        mean = (cross.sum(dim=1) + negative_sum) / total
+        # Background windows are one more group in the shared within-group covariance, and part of the all-clips
+        # Gaussian (the "background" one of the relative distance), never a class.
         scatter_within = gram - (means.T * counts[seen]) @ means
+        if negatives:
+            scatter_within -= torch.outer(negative_sum, negative_sum) / negatives
         scatter_total = gram - total * torch.outer(mean, mean)
 
         def whitening(scatter: torch.Tensor) -> torch.Tensor:

@@ -120,8 +120,7 @@ class DeviceService:
     """The model dir, the recogniser, the one camera/microphone pair, the decisions and the learning job."""
 
     def __init__(self, model_dir: str | Path, camera: str, microphone: str, backend: str = "torch",
-                 device: str = "cpu", hop: float | None = None, threshold: float = 0.5, smoothing: int = 3,
-                 top_k: int = 3):
+                 device: str = "cpu", hop: float | None = None, rule: dict | None = None):
         from avcil.model.encoders import profile_from_record
         from avcil.modeldir import ModelDir
         from avcil.runtime.live import LiveInput
@@ -133,7 +132,7 @@ class DeviceService:
         # The torch profile encodes the recorded clips; on the torch backend the recogniser shares it.
         self.profile = profile_from_record(record, where=str(model_dir))
         self.recognizer = Recognizer(model_dir, backend, device, profile=self.profile if backend == "torch" else None,
-                                     threshold=threshold, smoothing=smoothing, top_k=top_k)
+                                     **(rule or {}))
         self.seconds, self.hop = live_timing(self.recognizer, hop)
         self.live = LiveInput(camera, microphone, self.recognizer.audio_prep.sample_rate, self.seconds, self.hop,
                               self.recognizer.frame_prep)
@@ -463,7 +462,8 @@ def _serve(args: argparse.Namespace) -> int:
     port = listener.getsockname()[1]
     try:
         service = DeviceService(args.model, args.camera, args.mic, args.backend, args.device, hop=args.hop,
-                                threshold=args.threshold, smoothing=args.smoothing, top_k=args.top_k)
+                                rule={"threshold": args.threshold, "smoothing": args.smoothing, "top_k": args.top_k,
+                                      "score": args.score})
         try:
             service.start()
             _announce(service, args, port, token)

@@ -1,0 +1,57 @@
+"""What live windows see of a clip file: the windows a live run would cut around it, for learning from files.
+
+A class learnt from whole-file features is learnt from a view the live path never gives: `avcil run` cuts fixed
+windows (3 s for lite) at a fixed hop wherever an event happens to fall, so an event of 2 s sits off-centre in a
+window, partly in the next one, with whatever came before and after around it. `window_views` plays a file through
+the replay sources (avcil.runtime.replay: the paced file sources' frames and audio blocks, the live window assembly)
+and cuts `views` windows whose ends spread from the one that holds the first 3/4 of the clip to the one that holds
+its last 3/4; a file longer than a window gives windows spread over it. Before and after the file the window holds
+what a file source gives there: silence and its first or last frame.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from avcil.runtime.replay import ReplayInput
+from avcil.runtime.windows import Window, window_seconds
+
+DEFAULT_VIEWS = 5
+HELD_SHARE = 0.75  # the outermost views hold this share of a clip shorter than a window
+
+
+def view_ends(duration: float, seconds: float, views: int) -> np.ndarray:
+    """Window ends (from the file's start) of `views` windows of `seconds` over a file of `duration` seconds."""
+    if duration <= seconds:
+        return np.linspace(HELD_SHARE * duration, seconds + (1 - HELD_SHARE) * duration, views)
+    return np.linspace(seconds, duration, views)
+
+
+def window_views(path: str | Path, profile, views: int = DEFAULT_VIEWS) -> list[Window]:
+    """The `views` live windows of one media file, for the profile's window and preprocessing."""
+    seconds = window_seconds(profile.audio_prep)
+    source = ReplayInput(str(path), str(path), profile.audio_prep.sample_rate, seconds, seconds, profile.frame_prep)
+    return [source.window(end) for end in view_ends(source.audio_seconds, seconds, views)]
+
+
+def encode_window_views(profile, paths: Sequence[str | Path], views: int = DEFAULT_VIEWS, batch_size: int = 8,
+                        progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Audio [n * views, Da] and visual [n * views, T, S, Dv] features of the live windows of media files."""
+    from tqdm import tqdm
+
+    from avcil.data.decode import decode_clip
+
+    inputs = []
+    for path in tqdm(paths, desc="cut live windows", unit="file", disable=not progress, file=sys.stderr):
+        decode_clip(path, profile.frame_prep.count, profile.audio_prep.sample_rate)  # a damaged file: one clear error
+        inputs += [profile.clip_inputs(w.waveform, w.rate, w.frames) for w in window_views(path, profile, views)]
+    audio, visual = [], []
+    for start in range(0, len(inputs), batch_size):
+        a, v = profile.encode_batch(*(np.stack(part) for part in zip(*inputs[start:start + batch_size])))
+        audio.append(a)
+        visual.append(v)
+    return np.concatenate(audio), np.concatenate(visual)

@@ -1,0 +1,65 @@
+"""Background learnt on purpose (`avcil learn --background`), and the guard against a class recorded as background."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from avcil.modeldir import ModelDir
+from avcil.runtime.decision import HeadScores
+from avcil.runtime.file_windows import DEFAULT_VIEWS, encode_window_views, view_ends
+from conftest import avcil, train_toy_model
+
+
+@pytest.fixture(scope="module")
+def analytic_template(tmp_path_factory, tiny_profile, toy_clips):
+    return train_toy_model(tmp_path_factory.mktemp("analytic") / "model", tiny_profile, toy_clips, ["red", "blue"],
+                           method="analytic")
+
+
+@pytest.fixture
+def analytic_model(tmp_path, analytic_template):
+    import shutil
+
+    return shutil.copytree(analytic_template, tmp_path / "model")
+
+
+def ridge_outputs(model_dir, features) -> np.ndarray:
+    loaded = ModelDir(model_dir).load(with_memory=False)
+    ranking, _ = HeadScores(loaded.head.eval())(*(torch.from_numpy(x) for x in features), ("max_logit",))
+    return ranking.max(axis=1)
+
+
+def test_views_of_a_clip_hold_most_of_it_at_every_offset():
+    ends = view_ends(2.0, 3.0, 5)
+    starts = ends - 3.0
+    held = np.minimum(ends, 2.0) - np.maximum(starts, 0.0)
+    assert np.allclose(held.min(), 1.5) and np.allclose(held.max(), 2.0) and len(set(np.round(starts, 3))) == 5
+    assert np.allclose(view_ends(9.0, 3.0, 4), [3.0, 5.0, 7.0, 9.0])  # a long file: windows within it
+
+
+def test_background_learnt_from_files_lowers_the_answer_to_it_and_keeps_the_classes(analytic_model, tiny_profile,
+                                                                                   toy_clips):
+    green = encode_window_views(tiny_profile, toy_clips["green"][3:], progress=False)
+    red = encode_window_views(tiny_profile, toy_clips["red"][3:], progress=False)
+    before_green, before_red = ridge_outputs(analytic_model, green), ridge_outputs(analytic_model, red)
+    done = avcil("learn", "--model", str(analytic_model), "--background", "--json", "--files",
+                 *map(str, toy_clips["green"][:3]))
+    summary = json.loads(done.stdout)
+    assert summary["version"] == "v0002" and summary["background_windows"] == 3 * DEFAULT_VIEWS
+    model = ModelDir(analytic_model)
+    assert model.load(with_memory=False).class_names == ["red", "blue"]  # no class added
+    after_green, after_red = ridge_outputs(analytic_model, green), ridge_outputs(analytic_model, red)
+    assert after_green.mean() < 0.5 * before_green.mean()  # held-out green windows: now far from every class
+    assert np.percentile(after_red, 10) > np.percentile(after_green, 90)
+
+
+def test_a_class_offered_as_background_is_refused_naming_it(analytic_model, toy_clips):
+    refused = avcil("learn", "--model", str(analytic_model), "--background", "--files", str(toy_clips["red"][0]),
+                    check=False)
+    assert refused.returncode == 2 and "looks like class 'red'" in refused.stderr and "--force" in refused.stderr
+    assert "Traceback" not in refused.stderr and ModelDir(analytic_model).current() == "v0001"
+    forced = avcil("learn", "--model", str(analytic_model), "--background", "--force", "--files",
+                   str(toy_clips["red"][0]))
+    assert ModelDir(analytic_model).current() == "v0002", forced.stderr
