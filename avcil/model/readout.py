@@ -121,12 +121,13 @@ class AnalyticReadout(_Sums, nn.Module):
         # the open-set score (avcil.runtime.decision), which models classes and background separately.
         self.register_buffer("negative_sum", torch.zeros(width))
         self.register_buffer("negative_count", torch.tensor(0.0))
+        self.register_buffer("negative_square", torch.tensor(0.0, dtype=torch.float64))  # Σ |φ|² of background
 
     def _check(self) -> float:
         return 0.0 if self.expand is None else fingerprint(self.expand)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("negative_sum", "negative_count"):  # model dirs from before background learning have none
+        for name in ("negative_sum", "negative_count", "negative_square"):  # model dirs from before background learning have none
             state_dict.setdefault(prefix + name, getattr(self, name).clone())
         stored = state_dict.get(prefix + "expand_check")  # self.expand_check: this expansion's, from __init__
         if stored is not None and float(stored) != float(self.expand_check):
@@ -137,6 +138,17 @@ class AnalyticReadout(_Sums, nn.Module):
     @property
     def num_classes(self) -> int:
         return self.cross.shape[1]
+
+    def class_spread(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the class means in the expanded space [C_seen, width], the root mean squared distance of a training
+        clip from its class mean, pooled over classes), from the sums alone: Σ|φ|² is the trace of G less the
+        background's share."""
+        counts = self.count.double()
+        seen = counts > 0
+        means = (self.cross.double()[:, seen] / counts[seen]).T
+        square = float(self.gram.double().trace() - self.negative_square)
+        within = square - float((counts[seen] * means.pow(2).sum(dim=1)).sum())
+        return means, torch.tensor(max(within, 0.0) / max(float(counts.sum()), 1.0)).sqrt()
 
     def expanded(self, x: torch.Tensor) -> torch.Tensor:
         x = (x.float() - self.shift) / self.spread
@@ -160,7 +172,8 @@ class AnalyticReadout(_Sums, nn.Module):
         if not bool(self.standardised):
             raise InvalidInput("background can only be added to a readout that has learnt classes")
         phi = self.expanded(x).double()
-        self.add({"gram": phi.T @ phi, "negative_sum": phi.sum(dim=0), "negative_count": torch.tensor(len(phi))})
+        self.add({"gram": phi.T @ phi, "negative_sum": phi.sum(dim=0), "negative_count": torch.tensor(len(phi)),
+                  "negative_square": phi.pow(2).sum()})
 
     def standardise(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Fix the per-input standardisation (once, from the first clips; over all ranks' clips under torchrun)."""

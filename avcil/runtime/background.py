@@ -7,10 +7,14 @@ Background windows go into the analytic readout's ridge with a target of 0 for e
 `accumulate_background`): the readout learns to answer "none of mine" there, and the open-set score models them as
 the background they are (docs/decision.md). Like a class, it is one closed-form update and a new version.
 
-An operator who records a class by mistake as background would teach the model to miss that class: a file whose
-windows lie among a class's training clips (their mean Mahalanobis score, docs/decision.md, at or above the score's
-default threshold) is refused, naming the class, unless forced. The ridge output alone cannot tell: windows the
-model wrongly takes for a class, the most useful background there is, have high ridge outputs too.
+An operator who records a class by mistake as background would teach the model to miss that class. So each source's
+windows are compared with the classes first, in the readout's expanded space and from the sums it keeps: the
+distance of a window to the nearest class mean, in units of the pooled spread of training clips about their class
+mean (`AnalyticReadout.class_spread`). A class's own clips lie about 1 unit from its mean, clips unlike it several;
+a source whose median window lies within RESEMBLANCE units of a class mean is refused, naming the class, unless
+forced. Neither the ridge output (windows the model wrongly takes for a class, the most useful background there is,
+have high outputs too) nor the class's output on its own clips after the update (the ridge, wider than it has
+clips, still fits them) can tell.
 """
 
 from __future__ import annotations
@@ -24,20 +28,34 @@ import torch
 
 from avcil.errors import InvalidInput
 from avcil.modeldir import ModelDir, ModelDirError
-from avcil.runtime.decision import DEFAULT_THRESHOLDS, HeadScores
 
-def resembled_classes(head, inputs: torch.Tensor, groups: np.ndarray, names: list[str],
+# A source whose median window is this close to a class mean (in units of the classes' own spread) is refused.
+RESEMBLANCE = 1.25
+
+
+def resemblance(readout, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per window (readout inputs [n, in_dim]): the index of the nearest class mean and the distance to it in
+    units of the training clips' spread about their class means."""
+    means, spread = readout.class_spread()
+    seen = np.flatnonzero((readout.count > 0).numpy())
+    distances = torch.cdist(readout.expanded(inputs.float()).double(), means) / spread.clamp_min(1e-12)
+    nearest = distances.argmin(dim=1)
+    return seen[nearest.numpy()], distances.gather(1, nearest[:, None])[:, 0].numpy()
+
+
+def resembled_classes(readout, inputs: torch.Tensor, groups: np.ndarray, names: list[str],
                       sources: Sequence[str]) -> list[str]:
-    """One line for each source (rows of `inputs` with the same group) whose windows lie among a class's clips."""
-    ranking, scores = HeadScores(head).of_inputs(inputs, ("mahalanobis",))
+    """One line for each source (rows of `inputs` with the same group) whose median window lies among a class's
+    training clips."""
+    nearest, distance = resemblance(readout, inputs)
     lines = []
     for group in np.unique(groups):
         rows = groups == group
-        best = int(np.argmax(ranking[rows].mean(axis=0)))
-        score = float(scores["mahalanobis"][rows].mean())
-        if score >= DEFAULT_THRESHOLDS["mahalanobis"]:
-            lines.append(f"{sources[group]} looks like class {names[best]!r} (Mahalanobis score {score:.2f} >= "
-                         f"{DEFAULT_THRESHOLDS['mahalanobis']})")
+        median = float(np.median(distance[rows]))
+        if median <= RESEMBLANCE:
+            label = names[int(np.bincount(nearest[rows]).argmax())]
+            lines.append(f"{sources[group]} looks like class {label!r} (its windows lie {median:.2f} spreads from "
+                         f"that class's mean; the class's own clips about 1)")
     return lines
 
 
@@ -62,7 +80,7 @@ def learn_background(model_dir: str | Path, audio: np.ndarray, visual: np.ndarra
             np.asarray(visual, np.float32))
         with torch.no_grad():
             inputs = head.readout_inputs(audio_t, visual_t, head.features(audio_t, visual_t).fused)
-        suspects = resembled_classes(head, inputs, groups, loaded.class_names, sources)
+        suspects = resembled_classes(readout, inputs, groups, loaded.class_names, sources)
         if suspects and not force:
             raise InvalidInput("not learnt as background: " + "; ".join(suspects) + ". Background must hold none "
                                "of the classes; leave those files out, or pass --force to add them anyway")
