@@ -20,6 +20,7 @@ from avcil.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = [ROOT / "scripts" / "gpu-check.sh", ROOT / "scripts" / "gpu-wheels.sh"]
 STATUSES = {"ok", "skipped", "error"}
+DRY_REPORT = "gpu-dry-run-cpu"  # a dry run's report name, under --out
 
 
 def read_report(folder: Path, name: str) -> dict:
@@ -65,8 +66,9 @@ def test_gpu_check_dry_run_runs_every_step(dry_check):
 
 def test_dry_run_report_has_every_row_and_the_schema(dry_check):
     _, out = dry_check
-    report = read_report(out, "gpu-dry-run-cpu")
+    report = read_report(out, DRY_REPORT)
     assert report["dry_run"] is True and report["gpu"]["device"] == "cpu" and "torch" in report["machine"]
+    assert report["settings"]["attention"] == {"tiny audio": "sdpa", "tiny visual": "sdpa"}
     assert not rows_where(report, status="error"), rows_where(report, status="error")
     for encoder in ("audio", "visual"):
         for batch in (1, 2):
@@ -84,14 +86,14 @@ def test_dry_run_report_has_every_row_and_the_schema(dry_check):
         assert all(r["status"] == "ok" for r in extract.values()), extract
         assert extract["pipeline"]["bound_by"] in ("decode", "encode") and extract["decode"]["workers"] == 2
     assert [t["met"] for t in report["targets"]] == [None] * 4  # tiny sizes: no target is measured
-    markdown = (out / "gpu-dry-run-cpu.md").read_text()
+    markdown = (out / f"{DRY_REPORT}.md").read_text()
     assert "DRY RUN" in markdown and "| profile | encoder | path | precision | batch | p50 (ms)" in markdown
-    assert (out / "gpu-dry-run-cpu.png").stat().st_size > 0
+    assert (out / f"{DRY_REPORT}.png").stat().st_size > 0
 
 
 def test_a_spent_budget_skips_the_rows_it_has_no_time_for(tmp_path, capsys):
     assert main(["bench", "gpu", "--dry-run", "--budget-s", "0", "--out", str(tmp_path)]) == 0
-    report = read_report(tmp_path, "gpu-dry-run-cpu")
+    report = read_report(tmp_path, DRY_REPORT)
     measured = [r for r in report["rows"] if r["note"] != "CUDA only"]
     assert measured and all(r["status"] == "skipped" and r["note"].startswith("budget") for r in measured)
     assert "0 rows measured" in capsys.readouterr().out
@@ -116,17 +118,17 @@ def test_targets_take_the_best_row_and_say_what_was_not_measured():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 def test_every_cuda_path_runs_on_the_tiny_profile(tmp_path):
+    # torch.compile is left to the bench's own run (last, within its budget): compiling takes a minute.
     assert main(["bench", "gpu", "--profiles", "tiny", "--batches", "1,2", "--clips", "4", "--warmup", "1",
-                 "--iterations", "3", "--budget-s", "200", "--out", str(tmp_path)]) == 0
+                 "--iterations", "3", "--no-compile", "--budget-s", "90", "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("gpu-cuda-*.json")
     report = read_report(tmp_path, path.stem)
     assert report["gpu"]["name"] and report["gpu"]["torch_cuda"]
+    assert set(report["settings"]["attention"].values()) == {"sdpa"}
     for encoder in ("audio", "visual"):
         for path_name in ("eager", "backend", "backend-graph"):
             rows = rows_where(report, encoder=encoder, path=path_name)
             assert rows and all(r["status"] == "ok" and r["peak_cuda_mib"] > 0 for r in rows), rows
-        # torch.compile may fail where its compiler is missing: then it is one row that says why, not a crash.
-        assert all(r["status"] in ("ok", "error") for r in rows_where(report, encoder=encoder, path="compile"))
     assert {r["precision"] for r in rows_where(report, encoder="head", status="ok")} == {"fp32", "bf16", "fp16"}
     extract = rows_where(report, encoder="extract")
     if shutil.which("ffmpeg"):

@@ -2,9 +2,9 @@
 
 - `eager`: the module as written, in fp32 or under bf16/fp16 autocast (transformers' SDPA attention), inputs and
   outputs on the device: the encoders' own speed.
-- `backend`, `backend-graph`: the torch backend in fp16 without and with a CUDA graph for the batch
-  (avcil/backends.py, what `avcil run --device cuda` uses): numpy in, numpy out, so the copies to and from the
-  GPU are in the time.
+- `backend`, `backend-graph`: the torch backend's CUDA options, fp16 weights without and with a CUDA graph for
+  the batch (avcil/backends.py, `model_backends(..., fp16=True, graph_batch=N)`): numpy in, numpy out as its
+  callers see it, so the copies to and from the GPU are in the time.
 - `compile`: torch.compile'd under fp16 autocast; its compile time is recorded apart.
 
 Every call is followed by a device synchronisation, so a time is the whole call, not its launch.
