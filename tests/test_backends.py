@@ -147,6 +147,7 @@ def test_exported_encoders_of_another_profile_are_refused_naming_both(model, tmp
         model_backends(copy, "onnxruntime")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 def test_torch_cuda_graph_and_fp16_match_eager(model):
     root, tiny = model
@@ -159,6 +160,7 @@ def test_torch_cuda_graph_and_fp16_match_eager(model):
     np.testing.assert_allclose(half(frames)[0], eager, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
                     reason="onnxruntime has no CUDA provider here (CPU build)")
 def test_onnxruntime_cuda_iobinding_matches_cpu(model):
@@ -169,6 +171,7 @@ def test_onnxruntime_cuda_iobinding_matches_cpu(model):
     np.testing.assert_allclose(on_gpu(torch.from_numpy(frames).cuda())[0], on_cpu, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available(),
                     reason="TensorRT and a CUDA GPU are not available on this machine")
 def test_tensorrt_backend_same_call(model):

@@ -141,6 +141,7 @@ def test_engine_loading_needs_tensorrt_or_says_so():
         engines.environment()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_TENSORRT, reason="TensorRT and a CUDA GPU are not available on this machine")
 def test_engine_build_runs_and_matches_torch(tmp_path):
     from avcil.export.onnx import errors, random_inputs, torch_outputs

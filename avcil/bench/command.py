@@ -10,7 +10,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from avcil.bench import accuracy, distributed, head_speed, latency, load, soak, stream, update
+    from avcil.bench import accuracy, distributed, gpu, head_speed, latency, load, soak, stream, update
     from avcil.train.options import add_training_flags
 
     bench = subparsers.add_parser("bench", help="benchmarks that write JSON, a markdown table and a plot")
@@ -21,6 +21,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     acc.set_defaults(func=_bench, bench_func=accuracy.run)
     for name, module, text in (
             ("head", head_speed, "training throughput of the head (default: the paper's dimensions)"),
+            ("gpu", gpu, "every CUDA path (encoders per precision, head training, extraction) in one short run "
+                         "within a time budget; --dry-run checks it on the CPU"),
             ("latency", latency, "per-stage latency of encoders and head for each backend and profile"),
             ("update", update, "field learning, both methods: time to learn a class, accuracy, decision gaps"),
             ("distributed", distributed, "clips/s of extraction and training with 1 and N processes (torchrun)"),
