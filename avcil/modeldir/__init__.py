@@ -177,13 +177,21 @@ class ModelDir:
             loaded = self._load_serving()
         if with_memory:
             memory, damaged = self._read_memory(loaded.version, loaded.manifest)
-            if damaged:
-                names = ", ".join(repr(loaded.class_names[label]) for label in sorted(damaged))
-                raise ModelDirError(f"the exemplars of {names} in {loaded.version} are damaged "
-                                    f"({next(iter(damaged.values()))}); learning needs them: run "
-                                    f"{self.repair_hint()} to drop them (recognition is not affected)")
+            self._refuse_damaged(loaded, damaged)
             loaded.memory = memory
         return loaded
+
+    def check_exemplars(self, loaded: LoadedModel) -> None:
+        """Refuse, naming `avcil model repair`, a version whose exemplar files fail their checksums: learning
+        checks this before it records or encodes anything."""
+        self._refuse_damaged(loaded, self.damaged_exemplars(loaded.version, loaded.manifest))
+
+    def _refuse_damaged(self, loaded: LoadedModel, damaged: dict[int, str]) -> None:
+        if damaged:
+            names = ", ".join(repr(loaded.class_names[label]) for label in sorted(damaged))
+            raise ModelDirError(f"the exemplars of {names} in {loaded.version} are damaged "
+                                f"({next(iter(damaged.values()))}); learning needs them: run "
+                                f"{self.repair_hint()} to drop them (recognition is not affected)")
 
     def _load_serving(self) -> LoadedModel:
         refused: dict[str, str] = {}
