@@ -22,7 +22,7 @@ COMMANDS = {
     "export": ("avcil.export.command", "export the encoders to ONNX or TensorRT, validated (the head stays in torch)"),
     "run": ("avcil.runtime.commands", "recognise live from a camera and a microphone; one JSON line per decision"),
     "learn": ("avcil.runtime.commands", "add a class to a model dir from files or from clips recorded live"),
-    "model": ("avcil.runtime.commands", "versions of a model dir: list, rollback"),
+    "model": ("avcil.runtime.commands", "versions of a model dir: list, rollback, repair"),
     "serve": ("avcil.runtime.serve", "the device's web page: live view, add a class, versions and rollback, behind "
                                      "a token"),
     "demo": ("avcil.demo", "offline demo: train on AV-Digits, recognise paced clips, learn a digit"),

@@ -20,3 +20,8 @@ class MissingPackage(AvcilError, ImportError):
 
 class StageFailed(AvcilError, RuntimeError):
     """An external tool or device failed (ffmpeg, a GPU provider, a source that died); the message names it."""
+
+
+class ModelDirError(AvcilError, RuntimeError):
+    """A model dir that cannot be used as asked: a corrupt or missing version, a link inside it, a writer lock held
+    by another process; the message names the path and, where there is one, the command that fixes it."""

@@ -102,6 +102,36 @@ def toy_model(tmp_path, toy_model_template) -> Path:
     return Path(shutil.copytree(toy_model_template, tmp_path / "model"))
 
 
+@pytest.fixture(scope="session")
+def tiny_model_dir_template(tmp_path_factory, tiny_profile) -> Path:
+    """A model dir of three versions for the tiny profile, made in a second (no training): v0001 with two classes
+    and their exemplars, then a class learnt in the field per version, sharing the earlier exemplar files. What the
+    model dir's hostile-file tests damage copies of."""
+    from avcil.data.clips import ArrayClipSet
+    from avcil.model.head import FusionHead, HeadConfig
+    from avcil.model.memory import ExemplarMemory
+    from avcil.modeldir import ModelDir
+    from avcil.runtime.field import learn_class
+
+    root = tmp_path_factory.mktemp("tiny-model") / "model"
+    shape, rng = tiny_profile.shape, np.random.default_rng(0)
+
+    def features(count: int) -> tuple[np.ndarray, np.ndarray]:
+        return (rng.normal(size=(count, shape.audio_dim)).astype(np.float32),
+                rng.normal(size=(count, *shape.visual)).astype(np.float32))
+
+    labels = np.repeat(np.arange(2), 4)
+    clips = ArrayClipSet([f"x{i}" for i in range(len(labels))], labels, *features(len(labels)))
+    memory = ExemplarMemory(12)
+    memory.update(clips, {c: np.flatnonzero(labels == c) for c in range(2)})
+    head = FusionHead(HeadConfig.for_shape(shape, fusion_dim=16), num_classes=2)
+    ModelDir(root).commit(head, memory, [{"name": "red", "step": 0}, {"name": "blue", "step": 0}],
+                          {"shape": shape.to_dict(), "profile": tiny_profile.describe()})
+    for label in ("green", "white"):
+        learn_class(root, label, *features(3), progress=False, log=lambda line: None)
+    return root
+
+
 def avcil(*args: str, env: dict | None = None, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
     """Run the avcil command line in a subprocess, as a user would."""
     result = subprocess.run([sys.executable, "-m", "avcil.cli", *map(str, args)], capture_output=True, text=True,

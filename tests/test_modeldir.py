@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import threading
 import time
 
 import numpy as np
@@ -11,7 +12,9 @@ from avcil.data.clips import ArrayClipSet
 from avcil.model.head import FusionHead, HeadConfig
 from avcil.fileio import sha256_file
 from avcil.modeldir import ModelDir, ModelDirError
-from avcil.model.memory import ExemplarMemory
+from avcil.model.memory import ClassExemplars, ExemplarMemory
+from avcil.modeldir.confined import Confined
+from avcil.modeldir.schema import SEAL, seal_of
 
 FEATURES = {"shape": {"audio_dim": 5, "time": 2, "positions": 3, "visual_dim": 4}, "profile": None}
 
@@ -57,7 +60,7 @@ def test_a_crash_before_the_rename_leaves_the_last_version_current(tmp_path, mon
     model = ModelDir(tmp_path / "m")
     model.commit(head, memory, classes, FEATURES)
 
-    def crash(*args):
+    def crash(*args, **kwargs):
         raise OSError("simulated power loss")
 
     monkeypatch.setattr(os, "rename", crash)
@@ -116,15 +119,35 @@ def test_rollback_goes_to_the_previous_good_version_and_forward_again(tmp_path):
         model.load("v0009")
 
 
-def test_a_second_writer_is_refused_while_one_holds_the_lock(tmp_path):
+def in_another_thread(work):
+    """What `work()` returns or raises, run in a thread of its own (the lock is re-entrant within a thread only)."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(work())
+        except Exception as error:  # noqa: BLE001 - handed back to the test
+            outcome.append(error)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    return outcome[0]
+
+
+def test_a_second_writer_is_refused_while_one_holds_the_lock_whatever_is_removed(tmp_path):
     head, memory, classes = small_model()
     model = ModelDir(tmp_path / "m")
     model.commit(head, memory, classes, FEATURES)
+    assert not (tmp_path / "m" / ".lock").exists()  # the lock is the folder's own: no file to remove
     with model.writer():
-        with pytest.raises(ModelDirError, match="being written by another process"):
-            ModelDir(tmp_path / "m").commit(head, memory, classes, FEATURES)
+        for path in (tmp_path / "m").iterdir():  # whatever a user or a script removes meanwhile
+            if path.name != "versions":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        refused = in_another_thread(lambda: ModelDir(tmp_path / "m").commit(head, memory, classes, FEATURES))
+        assert isinstance(refused, ModelDirError) and "being written by another process" in str(refused)
         assert model.commit(head, memory, classes, FEATURES) == "v0002"  # the holder itself may commit
-    assert ModelDir(tmp_path / "m").commit(head, memory, classes, FEATURES) == "v0003"
+    assert in_another_thread(lambda: ModelDir(tmp_path / "m").commit(head, memory, classes, FEATURES)) == "v0003"
 
 
 def commit_forever(root: str, ready) -> None:
@@ -161,7 +184,7 @@ def test_killing_a_writer_at_random_moments_never_leaves_a_partial_version(tmp_p
         assert loaded.version >= before and not loaded.refused  # the newest version is whole
         assert all(row["ok"] for row in model.describe_versions())  # and so is every visible one
     with model.writer():  # the next writer clears what killed ones left aside
-        hidden = [p.name for p in (tmp_path / "m").rglob(".*") if p.name != ".lock"]
+        hidden = [p.name for p in (tmp_path / "m").rglob(".*")]
         stored = {p.name for p in (tmp_path / "m" / "exemplars").iterdir()}
     assert hidden == []
     assert stored == {e["file"] for v in model.list_versions() for e in model.manifest(v)["exemplars"]}
@@ -199,7 +222,7 @@ def test_versions_share_exemplar_files_and_a_new_class_writes_only_its_own(tmp_p
     assert "memory.npz" not in os.listdir(tmp_path / "m" / "versions" / "v0002")
 
 
-def test_a_damaged_exemplar_file_is_named_and_recognition_still_loads(tmp_path):
+def test_a_damaged_exemplar_file_costs_its_classes_for_learning_not_the_version(tmp_path):
     head, memory, classes = small_model()
     model = ModelDir(tmp_path / "m")
     model.commit(head, memory, classes, FEATURES)
@@ -207,24 +230,52 @@ def test_a_damaged_exemplar_file_is_named_and_recognition_still_loads(tmp_path):
     shared = model.manifest("v0002")["exemplars"][0]["file"]
     path = tmp_path / "m" / "exemplars" / shared
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(ModelDirError, match=f"{shared}: checksum mismatch"):
-        model.load()  # both versions list the file: no version has a whole memory
+    with pytest.raises(ModelDirError, match=f"exemplars of 'c0' in v0002 are damaged .*{shared}: checksum mismatch"
+                                            f".*avcil model repair --model"):
+        model.load()  # both versions list the file: learning on either would lose class c0's exemplars
     assert model.load(with_memory=False).version == "v0002"  # the recognizer does not need the memory
-    assert not any(r["ok"] for r in model.describe_versions())
+    rows = model.describe_versions()
+    assert all(r["ok"] for r in rows) and rows[1]["serving"]
+    assert [[d["class"] for d in r["exemplars_damaged"]] for r in rows] == [["c0"], ["c0"]]
+    repaired = model.repair()
+    assert repaired == {"version": "v0003", "parent": "v0002", "dropped": ["c0"], "refused": {}}
+    loaded = model.load()  # learning can go on: every class but c0 keeps its exemplars, the head is v0002's
+    assert sorted(loaded.memory.classes) == [1, 2, 3] and loaded.class_names == ["c0", "c1", "c2", "c3"]
+    torch.testing.assert_close(loaded.head.state_dict(), model.load("v0002", with_memory=False).head.state_dict())
+    assert learn_one_more(model) == "v0004"
+    assert model.repair()["version"] is None  # nothing left to repair
 
 
-def test_exemplar_files_of_a_killed_commit_are_removed_by_the_next_writer(tmp_path):
+def test_only_files_a_writer_staged_are_removed_by_the_next_writer(tmp_path, monkeypatch):
     head, memory, classes = small_model()
     model = ModelDir(tmp_path / "m")
     model.commit(head, memory, classes, FEATURES)
     folder = tmp_path / "m" / "exemplars"
     listed = sorted(p.name for p in folder.iterdir())
-    (folder / ("0" * 64 + ".npz")).write_bytes(b"written before the version was")
-    (folder / ("1" * 64 + ".npz.tmp")).write_bytes(b"half")
+    planted = {folder / ("0" * 64 + ".npz"): b"put here by hand", folder / "notes.txt": b"mine"}
+    for path, data in planted.items():
+        path.write_bytes(data)
+    real_rename = Confined.rename
+
+    def crash_at_the_version_rename(self, source, target):
+        if target.startswith("versions/"):
+            raise OSError("simulated power loss")
+        real_rename(self, source, target)
+
+    # A writer that dies after writing a changed class's exemplar file, before its version is renamed into place.
+    loaded = model.load()
+    loaded.memory.classes[0] = ClassExemplars(["changed"] + loaded.memory.classes[0].ids[1:],
+                                              loaded.memory.classes[0].audio, loaded.memory.classes[0].visual)
+    monkeypatch.setattr(Confined, "rename", crash_at_the_version_rename)
+    with pytest.raises(OSError, match="power loss"):
+        model.commit(loaded.head, loaded.memory, classes, FEATURES)
+    monkeypatch.undo()
+    assert len(list(folder.iterdir())) == len(listed) + len(planted) + 1  # its exemplar file was left behind
     with model.writer():
         pass
-    assert sorted(p.name for p in folder.iterdir()) == listed
-    assert model.load().memory is not None
+    assert sorted(p.name for p in folder.iterdir()) == sorted(listed + [p.name for p in planted])
+    assert all(path.read_bytes() == data for path, data in planted.items())  # never written, never removed
+    assert model.load().memory is not None and not (tmp_path / "m" / ".staged").exists()
 
 
 def test_a_format_1_version_with_its_own_memory_file_still_loads(tmp_path):
@@ -236,7 +287,7 @@ def test_a_format_1_version_with_its_own_memory_file_still_loads(tmp_path):
     np.savez(folder / "memory.npz", **memory.to_arrays())
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["format"] = 1
-    del manifest["exemplars"]
+    del manifest["exemplars"], manifest[SEAL]  # avcil 0.1 wrote no seal
     manifest["files"]["memory.npz"] = sha256_file(folder / "memory.npz")
     (folder / "manifest.json").write_text(json.dumps(manifest))
     shutil.rmtree(tmp_path / "m" / "exemplars")
@@ -254,6 +305,7 @@ def test_a_manifest_naming_a_file_outside_the_model_dir_is_refused_and_the_last_
     manifest_path = tmp_path / "m" / "versions" / "v0002" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["exemplars"][0]["file"] = "../../outside.npz"
+    manifest[SEAL] = seal_of(manifest)  # a hostile manifest, sealed again: refused for what it names
     manifest_path.write_text(json.dumps(manifest))
     with pytest.warns(UserWarning, match="v0002.*never produces.*last good version v0001"):
         assert model.load().version == "v0001"

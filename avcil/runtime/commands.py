@@ -1,5 +1,5 @@
 """The device commands: `avcil run` (live recognition), `avcil learn` (a new class in the field),
-and `avcil model list|rollback` (versions of a model dir).
+and `avcil model list|rollback|repair` (versions of a model dir).
 
 `add_parsers(subparsers)` adds all three to the `avcil` command line.
 """
@@ -44,11 +44,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    from avcil.runtime.file_windows import encode_window_views
-    from avcil.model.encoders import profile_from_record
-    from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, learn_class,
-                                     record_clips)
     from avcil.modeldir import ModelDir
+    from avcil.runtime.field import learn_class
 
     if args.nice:
         os.nice(args.nice)  # before torch starts its threads: they inherit it
@@ -58,15 +55,46 @@ def _learn(args: argparse.Namespace) -> int:
         raise InvalidInput("--refine follows an analytic update with a gradient one; it goes with --method analytic")
     model = ModelDir(args.model)
     if args.background:
-        return _learn_background(args, model)
+        with _writer(model, args):
+            return _learn_background(args, model)
     if not args.label:
         raise InvalidInput("name the new class with --label NAME (or add background with --background)")
-    # Refusals before recording or encoding anything, from the manifest alone: the model is loaded and verified
-    # once, by learn_class, under the writer lock.
-    manifest = model.manifest()
-    check_new_label([c["name"] for c in manifest["classes"]], args.label, model.root)
+    with _writer(model, args):
+        summary, audio, visual, settings = _learn_first(args, model)
+    if args.refine:
+        if args.nice < 10:
+            os.nice(10 - args.nice)  # the refinement runs beside `avcil run`: keep it out of the recognizer's way
+        with _writer(model, args):
+            refined = learn_class(args.model, args.label, audio, visual, settings, method="avcil", refine=summary)
+        refined.update(encode_seconds=summary["encode_seconds"], learn_seconds=round(refined["seconds"], 3))
+        _report_learnt(refined, args.json)
+    return 0
+
+
+def _writer(model, args: argparse.Namespace):
+    """The model dir's writer lock, waited for up to --lock-wait seconds with one line saying so: a second learner
+    waits before it records or encodes anything, rather than failing after."""
+    from avcil.modeldir.lock import WAITING_LINE
+
+    return model.writer(args.lock_wait, on_wait=lambda: print(WAITING_LINE, file=sys.stderr, flush=True))
+
+
+def _learn_first(args: argparse.Namespace, model) -> tuple:
+    """Under the writer lock: the refusals, the clips recorded or encoded, the class learnt and committed.
+    (summary, audio, visual, settings)."""
+    from avcil.model.encoders import profile_from_record
+    from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, learn_class,
+                                     record_clips)
+    from avcil.runtime.file_windows import encode_window_views
+
+    # Refusals before recording or encoding anything: the version that serves, its class names, whether its
+    # exemplars are whole (learning keeps them).
+    loaded = model.load(with_memory=False)
+    manifest = loaded.manifest
+    check_new_label(loaded.class_names, args.label, model.root)
     if args.method == "avcil" or args.refine:
         check_gradient_update(manifest, model.root)
+    model.check_exemplars(loaded)
     profile = profile_from_record(manifest["features"].get("profile"))
     encode_started = time.perf_counter()
     if args.files:
@@ -87,13 +115,7 @@ def _learn(args: argparse.Namespace) -> int:
     summary = learn_class(args.model, args.label, audio, visual, settings, method=args.method)
     summary.update(encode_seconds=round(encode_seconds, 3), learn_seconds=round(summary["seconds"], 3))
     _report_learnt(summary, args.json)
-    if args.refine:
-        if args.nice < 10:
-            os.nice(10 - args.nice)  # the refinement runs beside `avcil run`: keep it out of the recognizer's way
-        refined = learn_class(args.model, args.label, audio, visual, settings, method="avcil", refine=summary)
-        refined.update(encode_seconds=round(encode_seconds, 3), learn_seconds=round(refined["seconds"], 3))
-        _report_learnt(refined, args.json)
-    return 0
+    return summary, audio, visual, settings
 
 
 def _learn_background(args: argparse.Namespace, model) -> int:
@@ -107,7 +129,9 @@ def _learn_background(args: argparse.Namespace, model) -> int:
 
     if args.label or args.method != "analytic" or args.refine:
         raise InvalidInput("--background takes no --label, --method or --refine: it is an analytic update")
-    profile = profile_from_record(model.manifest()["features"].get("profile"))
+    loaded = model.load(with_memory=False)
+    model.check_exemplars(loaded)  # the new version keeps them: refused before anything is encoded
+    profile = profile_from_record(loaded.manifest["features"].get("profile"))
     started = time.perf_counter()
     if args.files:
         audio, visual = encode_window_views(profile, args.files)
@@ -141,29 +165,56 @@ def _report_learnt(summary: dict, as_json: bool) -> None:
 
 
 def _model_list(args: argparse.Namespace) -> int:
-    from avcil.modeldir import ModelDir
+    from avcil.modeldir import ModelDir, ModelDirError
 
-    rows = ModelDir(args.model).describe_versions()
+    model = ModelDir(args.model)
+    rows = model.describe_versions()
+    try:
+        model.current()
+    except ModelDirError as error:  # the rows still say which version serves in its place
+        print(f"CURRENT refused: {error}", file=sys.stderr)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
         mark = "*" if row["current"] else " "
-        if row["ok"]:
-            print(f"{mark} {row['version']}  {row['created']}  {len(row['classes'])} classes  "
-                  f"{row['note'] or ''}".rstrip())
-        else:
+        serving = "  (serving in place of the current version)" if row["serving"] and not row["current"] else ""
+        if not row["ok"]:
             print(f"{mark} {row['version']}  CORRUPT: {row['note']}")
+            continue
+        print(f"{mark} {row['version']}  {row['created']}  {len(row['classes'])} classes  "
+              f"{row['note'] or ''}".rstrip() + serving)
+        if row["exemplars_damaged"]:
+            names = ", ".join(repr(damaged["class"]) for damaged in row["exemplars_damaged"])
+            print(f"      exemplars of {names} damaged ({row['exemplars_damaged'][0]['reason']}): learning is refused "
+                  f"until {model.repair_hint()}")
     return 0
 
 
 def _model_rollback(args: argparse.Namespace) -> int:
+    from avcil.modeldir import ModelDir, ModelDirError
+
+    model = ModelDir(args.model)
+    try:
+        before = model.current()
+    except ModelDirError:
+        before = "a refused CURRENT"
+    after = model.rollback(args.version)
+    print(f"{model.root}: current version {before} -> {after}")
+    return 0
+
+
+def _model_repair(args: argparse.Namespace) -> int:
     from avcil.modeldir import ModelDir
 
     model = ModelDir(args.model)
-    before = model.current()
-    after = model.rollback(args.version)
-    print(f"{model.root}: current version {before} -> {after}")
+    repaired = model.repair()
+    if repaired["version"] is None:
+        print(f"{model.root}: nothing to repair ({repaired['parent']} serves, its exemplars are whole)")
+        return 0
+    dropped = ", ".join(map(repr, repaired["dropped"])) or "none"
+    print(f"{model.root}: committed {repaired['parent']} again as {repaired['version']}; exemplars dropped: "
+          f"{dropped} (learning goes on without them; the head is unchanged)")
     return 0
 
 
@@ -249,9 +300,12 @@ def add_parsers(subparsers) -> None:
                        f"update (default {LEARNER_THREADS}: a running `avcil run` keeps the other cores; 0: all cores)")
     learn.add_argument("--nice", type=int, default=10, help="lower the update's CPU priority by this much, so a "
                        "running `avcil run` keeps its decision latency (default 10; 0 to keep it)")
+    learn.add_argument("--lock-wait", type=float, default=600.0, metavar="S", help="wait up to S seconds for "
+                       "another writer of the model dir (another `avcil learn`, a rollback) before recording or "
+                       "encoding anything (default 600; 0: fail at once)")
     learn.set_defaults(func=_learn)
 
-    model = subparsers.add_parser("model", help="versions of a model dir: list, rollback")
+    model = subparsers.add_parser("model", help="versions of a model dir: list, rollback, repair")
     actions = model.add_subparsers(dest="action", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="every version, its classes, and whether it verifies")
     listing.add_argument("--model", required=True, metavar="DIR")
@@ -261,3 +315,7 @@ def add_parsers(subparsers) -> None:
     rollback.add_argument("--model", required=True, metavar="DIR")
     rollback.add_argument("version", nargs="?", help="version to make current (e.g. v0002)")
     rollback.set_defaults(func=_model_rollback)
+    repair = actions.add_parser("repair", help="commit the serving version again without its damaged exemplars, "
+                                "so that learning can go on")
+    repair.add_argument("--model", required=True, metavar="DIR")
+    repair.set_defaults(func=_model_repair)
