@@ -19,9 +19,46 @@ from avcil.runtime.threads import LEARNER_THREADS, RuntimeThreads
 from avcil.train.precision import PRECISIONS
 
 
+def check_recognition_flags(args: argparse.Namespace) -> None:
+    """Refuse the recogniser's flags (add_recognition_flags) that cannot be used, before a model is loaded: an
+    InvalidInput naming the flag."""
+    from avcil.runtime.inputs import check_number, check_rule
+
+    if args.hop is not None:
+        check_number(args.hop, "--hop", 0, above=True)
+    check_rule(args.score, args.threshold, args.smoothing, args.top_k)
+
+
+def _check_run_flags(args: argparse.Namespace) -> None:
+    from avcil.runtime.inputs import check_number, check_whole
+
+    check_recognition_flags(args)
+    if args.duration is not None:
+        check_number(args.duration, "--duration", 0, above=True)
+    check_number(args.slot, "--slot", 0)
+    check_whole(args.threads, "--threads", 0)
+
+
+def _check_learn_flags(args: argparse.Namespace) -> None:
+    from avcil.runtime.inputs import check_label, check_number, check_whole
+
+    if args.label is not None:
+        check_label(args.label, "--label")
+    if args.clips is not None:
+        check_whole(args.clips, "--clips", 1)
+    check_number(args.countdown, "--countdown", 0)
+    check_whole(args.threads, "--threads", 0)
+    for flag in ("epochs", "batch_size", "exemplar_batch_size"):
+        if getattr(args, flag) is not None:
+            check_whole(getattr(args, flag), "--" + flag.replace("_", "-"), 1)
+    if args.instance_weight is not None:
+        check_number(args.instance_weight, "--instance-weight", 0)
+
+
 def _run(args: argparse.Namespace) -> int:
     from avcil.runtime.recognizer import DecisionWriter, Recognizer, run_live
 
+    _check_run_flags(args)
     recognizer = Recognizer(args.model, args.backend, args.device, threshold=args.threshold,
                             smoothing=args.smoothing, top_k=args.top_k, score=args.score,
                             threads=RuntimeThreads(args.threads, backend=args.backend))
@@ -50,6 +87,7 @@ def _learn(args: argparse.Namespace) -> int:
                                      record_clips)
     from avcil.modeldir import ModelDir
 
+    _check_learn_flags(args)
     if args.nice:
         os.nice(args.nice)  # before torch starts its threads: they inherit it
     if args.threads:
