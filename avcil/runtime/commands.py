@@ -32,6 +32,10 @@ def check_recognition_flags(args: argparse.Namespace) -> None:
 def _check_run_flags(args: argparse.Namespace) -> None:
     from avcil.runtime.inputs import check_number, check_whole
 
+    if args.audio_only and args.camera:
+        raise InvalidInput("--audio-only decides without a camera: give --camera or --audio-only, not both")
+    if not (args.audio_only or args.camera):
+        raise InvalidInput("name the camera with --camera SRC (or decide on sound alone with --audio-only)")
     check_recognition_flags(args)
     if args.duration is not None:
         check_number(args.duration, "--duration", 0, above=True)
@@ -66,6 +70,9 @@ def _run(args: argparse.Namespace) -> int:
                             video_fps=1.0 / args.hop if args.hop else 1.0)
     print(f"model {recognizer.version} ({len(recognizer.class_names)} classes), encoders on {args.backend}",
           file=sys.stderr)
+    if args.audio_only:
+        print("no camera (--audio-only): deciding on sound alone, every decision marked video_missing",
+              file=sys.stderr)
     try:
         summary = run_live(recognizer, args.camera, args.mic, writer, hop=args.hop, duration=args.duration,
                            loop=args.loop, slot_s=args.slot)
@@ -205,12 +212,13 @@ def _model_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_recognition_flags(parser: argparse.ArgumentParser) -> None:
+def add_recognition_flags(parser: argparse.ArgumentParser, camera_required: bool = True) -> None:
     """The recogniser's flags, shared by `avcil run` and `avcil serve`: model, camera, microphone, backend, device,
-    hop, threshold, smoothing, top-k."""
+    hop, threshold, smoothing, top-k. Checked by check_recognition_flags."""
     parser.add_argument("--model", required=True, metavar="DIR", help="model dir (from avcil train / avcil learn)")
-    parser.add_argument("--camera", required=True, metavar="SRC",
-                        help="camera index (0), http/rtsp URL, or video file(s), comma-separated, played in real time")
+    parser.add_argument("--camera", required=camera_required, metavar="SRC",
+                        help="camera index (0), http/rtsp URL, or video file(s), comma-separated, played in real "
+                             "time; a file without a video frame is refused")
     parser.add_argument("--mic", required=True, metavar="SRC",
                         help="sounddevice input by index or name ('default', 'pulse'), or audio/video file(s), "
                              "comma-separated, played in real time")
@@ -237,7 +245,9 @@ def add_parsers(subparsers) -> None:
         description="Live recognition: clip windows from the camera and the microphone, encoders on the chosen "
                     "backend, the model's head, smoothing, a label or 'unknown'. Picks up new versions of the "
                     "model dir (avcil learn, avcil model rollback) without a restart.")
-    add_recognition_flags(run)
+    add_recognition_flags(run, camera_required=False)
+    run.add_argument("--audio-only", action="store_true", help="no camera: decide on sound alone (black frames), "
+                     "every decision marked video_missing")
     run.add_argument("--jsonl", metavar="FILE", help="append one JSON line per decision here")
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C, "
                      "or until file sources end)")

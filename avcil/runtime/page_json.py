@@ -40,6 +40,8 @@ def parse_json_object(body: bytes) -> dict:
         data = json.loads(body or b"{}", parse_constant=_refuse_constant, parse_float=_finite_float)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise InvalidInput("the request body is not JSON") from None
+    except InvalidInput:  # a non-finite number, refused by the hooks above
+        raise
     except RecursionError:  # nested deeper than the decoder's recursion limit
         raise InvalidInput(f"the request body is nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as error:  # an integer of more digits than Python converts

@@ -270,7 +270,7 @@ class TokenGate:
                 await _unauthorised()(scope, receive, send)
                 return
             rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
-            response = RedirectResponse(same_site_path(request.url.path) + (f"?{rest}" if rest else ""),
+            response = RedirectResponse(same_site_path(scope["path"]) + (f"?{rest}" if rest else ""),
                                         status_code=303)
             response.set_cookie(TOKEN_COOKIE, self.token.decode(), httponly=True, samesite="strict", path="/")
             await response(scope, receive, send)
