@@ -36,12 +36,12 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 class Server:
     """`avcil serve` in a subprocess; `address` is the line it prints (with the token unless it read a file)."""
 
-    def __init__(self, model: Path, camera_url: str, env: dict, *flags: str):
+    def __init__(self, model: Path, camera_url: str, env: dict, *flags: str, mic: str = "pulse"):
         self.port = free_port()
         self.log = open(Path(model).parent / "serve.log", "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "avcil.cli", "serve", "--model", str(model), "--camera", camera_url, "--mic",
-             "pulse", "--port", str(self.port), "--hop", "0.5", "--smoothing", "1", "--threshold", "0", *flags],
+             mic, "--port", str(self.port), "--hop", "0.5", "--smoothing", "1", "--threshold", "0", *flags],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env={**os.environ, **env})
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
