@@ -418,13 +418,13 @@ def read_token(path: str | None) -> str:
     except UnicodeDecodeError:
         raise InvalidInput(f"token file {path}: not UTF-8 text; expected one line of at least {MIN_TOKEN_CHARS} "
                            f"characters without spaces") from None
-    mode = Path(path).stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        print(f"warning: token file {path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
-              f"`chmod 600 {path}` keeps the token to its owner", file=sys.stderr)
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
         raise InvalidInput(f"token file {path}: expected one line of at least {MIN_TOKEN_CHARS} characters "
                            f"without spaces")
+    mode = Path(path).stat().st_mode  # warned about once the token is known to be usable
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        print(f"warning: token file {path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
+              f"`chmod 600 {path}` keeps the token to its owner", file=sys.stderr)
     return token
 
 
