@@ -29,9 +29,17 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's parser, but a flag it cannot use is one line, as every other bad input is (the usage it would
+    print first is what --help shows). Subcommands' parsers are of this class too (add_subparsers' default)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser with `command` built in full (its module imported) and every other command listed by name."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="avcil", description="Audio-visual class-incremental recognition: train, extract, export, run live, learn "
                     "new classes in the field, benchmark.")
     parser.add_argument("--version", action="version", version=f"avcil {__version__}")

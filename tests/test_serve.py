@@ -36,12 +36,12 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 class Server:
     """`avcil serve` in a subprocess; `address` is the line it prints (with the token unless it read a file)."""
 
-    def __init__(self, model: Path, camera_url: str, env: dict, *flags: str):
+    def __init__(self, model: Path, camera_url: str, env: dict, *flags: str, mic: str = "pulse"):
         self.port = free_port()
         self.log = open(Path(model).parent / "serve.log", "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "avcil.cli", "serve", "--model", str(model), "--camera", camera_url, "--mic",
-             "pulse", "--port", str(self.port), "--hop", "0.5", "--smoothing", "1", "--threshold", "0", *flags],
+             mic, "--port", str(self.port), "--hop", "0.5", "--smoothing", "1", "--threshold", "0", *flags],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env={**os.environ, **env})
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
@@ -189,8 +189,8 @@ def test_the_page_needs_its_token_and_refuses_changes_from_another_origin(tmp_pa
 
     # Bad requests: one clear message each, nothing recorded.
     for body, message in [({"label": "red"}, "already in the model"), ({"label": " "}, "needs a name"),
-                          ({"label": "x", "clips": 0}, "clips must be from 1 to 20"),
-                          ({"label": "x", "clips": "3"}, "clips must be an integer"),
+                          ({"label": "x", "clips": 0}, "clips must be a whole number from 1 to 20"),
+                          ({"label": "x", "clips": "3"}, "clips must be a whole number"),
                           ("not json", "not JSON")]:
         status, answer = server.api("POST", "/api/learn", token, body)
         assert status == 400 and message in answer["error"], (body, answer)
@@ -233,6 +233,7 @@ def chromium(profile_dir: Path):
     options.binary_location = shutil.which("chromium")
     for flag in [*CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}"]:
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # what the page's console says (CSP refusals)
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
@@ -271,6 +272,14 @@ def test_a_person_watches_adds_a_class_and_rolls_back_from_the_page(tmp_path, to
             assert text("version") == "v0001" and text("classes") == "red, blue"
             assert text("label") in ("red", "blue")  # what the model says of a class it does not know yet
             assert browser.execute_script("return document.getElementById('camera').naturalWidth") > 0
+            # The page lives under its Content-Security-Policy: its legend is drawn by script, and nothing of it
+            # was refused.
+            swatches = browser.execute_script("return Array.from(document.querySelectorAll('#legend i'), "
+                                              "i => getComputedStyle(i).backgroundColor)")
+            assert len(swatches) == 6 and "rgb(143, 180, 232)" in swatches, swatches
+            refused = [entry["message"] for entry in browser.get_log("browser")
+                       if "Content Security Policy" in entry["message"]]
+            assert not refused, refused
 
             def learn(label: str, clips: int, countdown: float) -> list[str]:
                 """Fill the form, submit, and note each line the page shows until the job ends."""

@@ -77,7 +77,8 @@ def _unopenable(path: Path) -> DecodeError:
     return DecodeError(path, "OpenCV cannot decode its video stream")
 
 
-def _open(path: Path) -> cv2.VideoCapture:
+def open_video(path: Path) -> cv2.VideoCapture:
+    """An opened capture of the file, or a DecodeError that says why it cannot be (empty, damaged, no video)."""
     if not path.is_file():
         raise DecodeError(path, "no such file")
     capture = cv2.VideoCapture(str(path))
@@ -87,7 +88,7 @@ def _open(path: Path) -> cv2.VideoCapture:
 
 
 def _count_frames(path: Path) -> int:
-    capture = _open(path)
+    capture = open_video(path)
     count = 0
     while capture.grab():
         count += 1
@@ -101,14 +102,14 @@ def read_frames(path: str | Path, count: int) -> tuple[list[np.ndarray], float]:
     Decodes sequentially up to the last sampled frame and converts only the sampled ones.
     """
     path = Path(path)
-    capture = _open(path)
+    capture = open_video(path)
     total, fps = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), float(capture.get(cv2.CAP_PROP_FPS))
     if total <= 0:  # some streams state no count: count them, then decode again from the start
         capture.release()
         total = _count_frames(path)
         if total == 0:
             raise EmptyClip(path, "the video has no frames")
-        capture = _open(path)
+        capture = open_video(path)
     wanted = sample_frame_indices(total, count)
     wanted_set = set(wanted)
     picked: dict[int, np.ndarray] = {}

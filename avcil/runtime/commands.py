@@ -19,9 +19,50 @@ from avcil.runtime.threads import LEARNER_THREADS, RuntimeThreads
 from avcil.train.precision import PRECISIONS
 
 
+def check_recognition_flags(args: argparse.Namespace) -> None:
+    """Refuse the recogniser's flags (add_recognition_flags) that cannot be used, before a model is loaded: an
+    InvalidInput naming the flag."""
+    from avcil.runtime.inputs import check_number, check_rule
+
+    if args.hop is not None:
+        check_number(args.hop, "--hop", 0, above=True)
+    check_rule(args.score, args.threshold, args.smoothing, args.top_k)
+
+
+def _check_run_flags(args: argparse.Namespace) -> None:
+    from avcil.runtime.inputs import check_number, check_whole
+
+    if args.audio_only and args.camera:
+        raise InvalidInput("--audio-only decides without a camera: give --camera or --audio-only, not both")
+    if not (args.audio_only or args.camera):
+        raise InvalidInput("name the camera with --camera SRC (or decide on sound alone with --audio-only)")
+    check_recognition_flags(args)
+    if args.duration is not None:
+        check_number(args.duration, "--duration", 0, above=True)
+    check_number(args.slot, "--slot", 0)
+    check_whole(args.threads, "--threads", 0)
+
+
+def _check_learn_flags(args: argparse.Namespace) -> None:
+    from avcil.runtime.inputs import check_label, check_number, check_whole
+
+    if args.label is not None:
+        check_label(args.label, "--label")
+    if args.clips is not None:
+        check_whole(args.clips, "--clips", 1)
+    check_number(args.countdown, "--countdown", 0)
+    check_whole(args.threads, "--threads", 0)
+    for flag in ("epochs", "batch_size", "exemplar_batch_size"):
+        if getattr(args, flag) is not None:
+            check_whole(getattr(args, flag), "--" + flag.replace("_", "-"), 1)
+    if args.instance_weight is not None:
+        check_number(args.instance_weight, "--instance-weight", 0)
+
+
 def _run(args: argparse.Namespace) -> int:
     from avcil.runtime.recognizer import DecisionWriter, Recognizer, run_live
 
+    _check_run_flags(args)
     recognizer = Recognizer(args.model, args.backend, args.device, threshold=args.threshold,
                             smoothing=args.smoothing, top_k=args.top_k, score=args.score,
                             threads=RuntimeThreads(args.threads, backend=args.backend))
@@ -29,6 +70,9 @@ def _run(args: argparse.Namespace) -> int:
                             video_fps=1.0 / args.hop if args.hop else 1.0)
     print(f"model {recognizer.version} ({len(recognizer.class_names)} classes), encoders on {args.backend}",
           file=sys.stderr)
+    if args.audio_only:
+        print("no camera (--audio-only): deciding on sound alone, every decision marked video_missing",
+              file=sys.stderr)
     try:
         summary = run_live(recognizer, args.camera, args.mic, writer, hop=args.hop, duration=args.duration,
                            loop=args.loop, slot_s=args.slot)
@@ -47,6 +91,7 @@ def _learn(args: argparse.Namespace) -> int:
     from avcil.modeldir import ModelDir
     from avcil.runtime.field import learn_class
 
+    _check_learn_flags(args)
     if args.nice:
         os.nice(args.nice)  # before torch starts its threads: they inherit it
     if args.threads:
@@ -218,12 +263,13 @@ def _model_repair(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_recognition_flags(parser: argparse.ArgumentParser) -> None:
+def add_recognition_flags(parser: argparse.ArgumentParser, camera_required: bool = True) -> None:
     """The recogniser's flags, shared by `avcil run` and `avcil serve`: model, camera, microphone, backend, device,
-    hop, threshold, smoothing, top-k."""
+    hop, threshold, smoothing, top-k. Checked by check_recognition_flags."""
     parser.add_argument("--model", required=True, metavar="DIR", help="model dir (from avcil train / avcil learn)")
-    parser.add_argument("--camera", required=True, metavar="SRC",
-                        help="camera index (0), http/rtsp URL, or video file(s), comma-separated, played in real time")
+    parser.add_argument("--camera", required=camera_required, metavar="SRC",
+                        help="camera index (0), http/rtsp URL, or video file(s), comma-separated, played in real "
+                             "time; a file without a video frame is refused")
     parser.add_argument("--mic", required=True, metavar="SRC",
                         help="sounddevice input by index or name ('default', 'pulse'), or audio/video file(s), "
                              "comma-separated, played in real time")
@@ -250,7 +296,9 @@ def add_parsers(subparsers) -> None:
         description="Live recognition: clip windows from the camera and the microphone, encoders on the chosen "
                     "backend, the model's head, smoothing, a label or 'unknown'. Picks up new versions of the "
                     "model dir (avcil learn, avcil model rollback) without a restart.")
-    add_recognition_flags(run)
+    add_recognition_flags(run, camera_required=False)
+    run.add_argument("--audio-only", action="store_true", help="no camera: decide on sound alone (black frames), "
+                     "every decision marked video_missing")
     run.add_argument("--jsonl", metavar="FILE", help="append one JSON line per decision here")
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C, "
                      "or until file sources end)")

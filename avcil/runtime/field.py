@@ -30,15 +30,15 @@ from avcil.modeldir import ModelDir, ModelDirError
 from avcil.train.learner import Learner, fit_readout
 from avcil.train.methods import build_method
 from avcil.train.protocol import fused_embedder
+from avcil.runtime.inputs import check_label
 from avcil.runtime.field_settings import FIELD_METHODS, FieldSettings  # noqa: F401 (re-exported)
 
 SILENT_PEAK = 1e-6  # below any real microphone's noise floor (-120 dBFS): a muted or wrong input, or no audio
 
 
 def check_new_label(names: list[str], label: str, where: Path) -> None:
-    """Refuse an empty or already known class name."""
-    if not label.strip():
-        raise ModelDirError("the new class needs a non-empty name (--label)")
+    """Refuse a class name that breaks the label rule (avcil.runtime.inputs.check_label) or is already known."""
+    check_label(label)
     if label in names:
         raise ModelDirError(f"{where}: class {label!r} is already in the model ({', '.join(names)}); "
                             f"pick another name, or roll back with `avcil model rollback`")

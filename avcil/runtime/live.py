@@ -10,8 +10,9 @@ and audio ring).
 from __future__ import annotations
 
 from avcil.errors import StageFailed
-from avcil.runtime.sources import (CameraSource, FrameHistory, Microphone, clock, open_camera, open_microphone)
-from avcil.runtime.windows import history_settings
+from avcil.runtime.sources import (CameraSource, FrameHistory, Microphone, NoCamera, clock, open_camera,
+                                   open_microphone)
+from avcil.runtime.windows import SourcePresence, history_settings
 
 FILE_START_DELAY_S = 0.2  # file sources begin this long after opening, in step on the clock
 
@@ -19,9 +20,10 @@ FILE_START_DELAY_S = 0.2  # file sources begin this long after opening, in step 
 class LiveInput:
     """The pair of sources and their buffers: `frames` (FrameHistory), `audio.ring` (AudioRing). `start` is the
     clock time from which both deliver (for a live microphone: its first callback). File sources (`loop`,
-    `slot_s`: see open_camera / open_microphone) are paced in real time, in step."""
+    `slot_s`: see open_camera / open_microphone) are paced in real time, in step. `camera` None: no camera, every
+    window decided on sound alone."""
 
-    def __init__(self, camera: str, microphone: str, rate: int, seconds: float, hop: float, frame_prep,
+    def __init__(self, camera: str | None, microphone: str, rate: int, seconds: float, hop: float, frame_prep,
                  loop: bool = False, slot_s: float = 0.0):
         self.camera_name, self.microphone_name = camera, microphone
         history_s, min_interval = history_settings(seconds, hop, frame_prep)
@@ -30,6 +32,7 @@ class LiveInput:
         self.video = open_camera(camera, self.frames, self.start, loop, slot_s)
         self.audio = open_microphone(microphone, rate, history_s, self.start, loop, slot_s)
         self.live_audio = isinstance(self.audio, Microphone)
+        self.live_video = isinstance(self.video, (CameraSource, NoCamera))
         self.closed = False
 
     def open(self) -> "LiveInput":
@@ -47,6 +50,17 @@ class LiveInput:
             self.close()
             raise
         return self
+
+    def audio_presence(self) -> SourcePresence | None:
+        """What watches a live microphone for loss (None for files, which are never missing)."""
+        return SourcePresence.audio(f"microphone {self.microphone_name!r}") if self.live_audio else None
+
+    def video_presence(self) -> SourcePresence | None:
+        """What watches a live camera for loss (None for files); without a camera, the loss is said at the start
+        (`avcil run --audio-only`) and not again."""
+        if isinstance(self.video, NoCamera):
+            return SourcePresence.video("no camera", said=True)
+        return SourcePresence.video(f"camera {self.camera_name!r}") if self.live_video else None
 
     @property
     def finished(self) -> bool:

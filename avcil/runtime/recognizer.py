@@ -9,9 +9,13 @@ after the end aiSFX and the newest speech window or two are left.
 A live microphone whose stream ends mid-run (unplugged, its sound server's source removed) does not stop the
 run: its windows are decided on video with silence for the audio, each such decision is marked
 `"audio_missing": true`, and one line on stderr says when the audio went missing and one when it is back
-(avcil.runtime.windows.AudioPresence). A device keeps recognising what it sees rather than going dark; the
+(avcil.runtime.windows.SourcePresence). A device keeps recognising what it sees rather than going dark; the
 decisions say which ones heard nothing. (PulseAudio moves a stream whose source went away to its fallback source
-after about 2 s, so the audio usually comes back, silent, from there.)
+after about 2 s, so the audio usually comes back, silent, from there.) A live camera that stops delivering frames
+is the same the other way round: black frames instead of its last picture frozen, `"video_missing": true`, a
+line when it is lost and one when it is back. A camera file that gives no frame at all is refused at the start
+(avcil.runtime.sources.check_video_file); `avcil run --audio-only` decides on sound alone on purpose, every
+decision marked video_missing.
 
 The head always runs in torch from the model dir's current version (it is small, and it is the part field learning
 changes): a watcher thread notices a new version (`avcil learn`, `avcil model rollback`), loads and verifies it
@@ -42,7 +46,7 @@ from avcil.runtime.speech_stream import SpeechStream, snap_hop
 from avcil.modeldir import LoadedModel, ModelDir, ModelDirError
 from avcil.runtime.sources import clock
 from avcil.runtime.threads import RuntimeThreads
-from avcil.runtime.windows import AudioPresence, Schedule, Window, WindowAssembler
+from avcil.runtime.windows import Schedule, SourcePresence, Window, WindowAssembler
 
 log = logging.getLogger(__name__)
 
@@ -267,16 +271,18 @@ class DecisionWriter:
 
 def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Schedule,
               on_decision: Callable[[dict, Window], None], until: float | None = None,
-              audio_live: bool = True, stop: threading.Event | None = None,
-              sources_done: Callable[[], bool] = lambda: False, audio_name: str = "microphone") -> int:
+              stop: threading.Event | None = None, sources_done: Callable[[], bool] = lambda: False,
+              audio: SourcePresence | None = None, video: SourcePresence | None = None) -> int:
     """Decide every scheduled window until clock time `until`, `stop` is set, or the sources have finished;
     returns the number of decisions. Each decision gains `time` (wall clock), `window` (its clock span),
-    `dropped_windows` (so far), `latency_ms.total` (from the window's end to the decision) and `audio_missing`
-    (a live microphone's audio did not reach the window's end: the stream ended or the device went away; the
-    decision is made on video with silence for the audio, and one line says so when it starts and ends)."""
+    `dropped_windows` (so far), `latency_ms.total` (from the window's end to the decision), `audio_missing` (a
+    live microphone's audio did not reach the window's end: the stream ended or the device went away; the
+    decision is made on video with silence for the audio) and `video_missing` (a live camera delivered no frame
+    lately; the decision is made on audio with black frames). `audio`, `video`: the presence watchers of live
+    sources (SourcePresence, which say in one line when one is lost and when it is back); None for file sources,
+    which are never missing."""
     count = 0
     stop = stop or threading.Event()
-    presence = AudioPresence(audio_name)
     while not stop.is_set():
         end = schedule.next_end()
         if until is not None and end > until:
@@ -284,12 +290,15 @@ def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Sche
         recognizer.wait_for_end(end, assembler, stop)
         if stop.is_set():
             break
-        window = assembler(end, audio_live)
+        window = assembler(end, audio_live=audio is not None, video_live=video is not None)
         decision = recognizer.decide(window)
         decision["latency_ms"]["total"] = round((time.monotonic() - end) * 1000, 2)
-        presence.update(window)
+        for presence, missing in ((audio, window.audio_missing), (video, window.video_missing)):
+            if presence is not None:
+                presence.update(missing, window.end)
         decision = {"time": round(time.time(), 3), "window": [round(window.start, 3), round(window.end, 3)],
-                    **decision, "dropped_windows": schedule.dropped, "audio_missing": window.audio_missing}
+                    **decision, "dropped_windows": schedule.dropped, "audio_missing": window.audio_missing,
+                    "video_missing": window.video_missing}
         on_decision(decision, window)
         count += 1
         if sources_done():
@@ -336,6 +345,6 @@ def recognise_input(recognizer: Recognizer, live, on_decision: Callable[[dict, W
     assembler = WindowAssembler(live.audio.ring, live.frames, seconds, recognizer.frame_prep,
                                 audio_done=lambda: live.audio.finished)
     decisions = recognise(recognizer, assembler, schedule, on_decision,
-                          until=live.start + duration if duration else None, audio_live=live.live_audio, stop=stop,
-                          sources_done=lambda: live.finished, audio_name=f"microphone {live.microphone_name!r}")
+                          until=live.start + duration if duration else None, stop=stop,
+                          sources_done=lambda: live.finished, audio=live.audio_presence(), video=live.video_presence())
     return decisions, schedule

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from avcil.errors import InvalidInput
-from avcil.runtime.sources import (AudioRing, FrameHistory, SourceError, audio_file_chunks, load_audio_tracks,
-                                   video_file_frames)
+from avcil.runtime.sources import (AudioRing, FrameHistory, SourceError, audio_file_chunks, check_video_file,
+                                   load_audio_tracks, video_file_frames)
 from avcil.runtime.windows import Window, WindowAssembler, history_settings
 
 
@@ -61,6 +61,7 @@ class ReplayInput:
         for path in video_paths:
             if not path.is_file():
                 raise SourceError(f"camera file {path}: no such file (replay takes files only)")
+            check_video_file(path)
         tracks = load_audio_tracks(microphone.split(","), rate, slot_s)
         self.audio_seconds = sum(len(t) for t in tracks) / rate
         self.video = _Feed(video_file_frames(video_paths, 0.0, slot_s=slot_s), self.frames.add)
@@ -98,7 +99,7 @@ def replay(recognizer, camera: str, microphone: str, on_decision: Callable[[dict
         window = source.window(end)
         decision = recognizer.decide(window)
         decision = {"window": [round(window.start, 3), round(window.end, 3)], **decision, "dropped_windows": 0,
-                    "audio_missing": False}
+                    "audio_missing": False, "video_missing": False}
         on_decision(decision, window)
         count += 1
         if source.finished and end >= source.audio_seconds:

@@ -27,6 +27,7 @@ import logging
 import secrets
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -36,7 +37,10 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from avcil.errors import AvcilError, InvalidInput
-from avcil.runtime.commands import add_recognition_flags
+from avcil.runtime.commands import add_recognition_flags, check_recognition_flags
+from avcil.runtime.inputs import check_label, check_number, check_port, check_version_name, check_whole
+from avcil.runtime.page_guards import HostAllowList, allowed_hosts, same_site_path
+from avcil.runtime.page_json import BodyTooLarge, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +50,6 @@ KEPT_DECISIONS = 600  # what /api/decisions can return: minutes of decisions at 
 MJPEG_FPS = 5.0  # the live view: a few frames a second is what a person watching a label needs
 MJPEG_WIDTH = 480  # frames are scaled to this width, so that the label reads on a small camera's picture
 EVENT_POLL_S = 0.05  # how often the decision stream looks for new decisions: well under a hop, and cheap
-MAX_JSON_BYTES = 4096  # the API's requests are a name and two numbers
 MAX_CLIPS = 20
 MAX_COUNTDOWN_S = 10.0
 RELOAD_WAIT_S = 10.0  # how long a learning job waits for the recogniser to pick up the version it committed
@@ -267,7 +270,8 @@ class TokenGate:
                 await _unauthorised()(scope, receive, send)
                 return
             rest = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
-            response = RedirectResponse(request.url.path + (f"?{rest}" if rest else ""), status_code=303)
+            response = RedirectResponse(same_site_path(scope["path"]) + (f"?{rest}" if rest else ""),
+                                        status_code=303)
             response.set_cookie(TOKEN_COOKIE, self.token.decode(), httponly=True, samesite="strict", path="/")
             await response(scope, receive, send)
             return
@@ -301,41 +305,14 @@ def _error(message: str, status: int = 400):
     return JSONResponse({"error": message}, status)
 
 
-async def _json_body(request) -> dict:
-    body = await request.body()
-    if len(body) > MAX_JSON_BYTES:
-        raise InvalidInput(f"the request body is {len(body)} bytes; at most {MAX_JSON_BYTES} are expected")
-    try:
-        data = json.loads(body or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidInput("the request body is not JSON") from None
-    if not isinstance(data, dict):
-        raise InvalidInput("the request body must be a JSON object")
-    return data
+def _refusal(error: AvcilError):
+    """A refused request's answer: 409 while busy, 413 for a body too large, else 400."""
+    return _error(str(error), 409 if isinstance(error, Busy) else 413 if isinstance(error, BodyTooLarge) else 400)
 
 
-def _number(data: dict, key: str, default, kind, low, high):
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise InvalidInput(f"{key} must be a{'n integer' if kind is int else ' number'} from {low} to {high}, "
-                           f"got {value!r}")
-    if not low <= value <= high:
-        raise InvalidInput(f"{key} must be from {low} to {high}, got {value}")
-    return kind(value)
-
-
-def _label(data: dict) -> str:
-    label = data.get("label")
-    if not isinstance(label, str) or not label.strip():
-        raise InvalidInput("the new class needs a name")
-    label = label.strip()
-    if len(label) > 64 or not label.isprintable():
-        raise InvalidInput("a class name is at most 64 printable characters")
-    return label
-
-
-def build_app(service: DeviceService, token: str):
-    """The Starlette application: the page, the live view, the JSON API, behind TokenGate."""
+def build_app(service: DeviceService, token: str, hosts: set[str]):
+    """The Starlette application: the page, the live view, the JSON API, behind HostAllowList (the Host names it
+    answers to, and its headers) and TokenGate."""
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
     from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -343,13 +320,21 @@ def build_app(service: DeviceService, token: str):
 
     files = page_files()
 
-    def answer(work):
+    def answer(work, *args, status: int = 200):
+        """`work(*args)` as JSON, or its refusal: 409 while busy, 413 for a body too large, else 400."""
         try:
-            return JSONResponse(work())
-        except Busy as error:
-            return _error(str(error), 409)
+            return JSONResponse(work(*args), status)
         except AvcilError as error:
-            return _error(str(error))
+            return _refusal(error)
+
+    async def change(request, work, status: int = 200):
+        """A state change: `work(data)` of the request's JSON object (avcil.runtime.page_json), answered as
+        `answer` does, off the event loop (it reads and writes the model dir)."""
+        try:
+            data = await read_json_object(request)
+        except InvalidInput as error:
+            return _refusal(error)
+        return await asyncio.to_thread(answer, work, data, status=status)
 
     async def page(request):
         return Response(files["index.html"][0], media_type=files["index.html"][1],
@@ -404,52 +389,48 @@ def build_app(service: DeviceService, token: str):
     async def learn(request):
         if request.method == "GET":
             return JSONResponse(service.job.snapshot())
-        try:
-            data = await _json_body(request)
-            label = _label(data)
-            clips = _number(data, "clips", 3, int, 1, MAX_CLIPS)
-            countdown = _number(data, "countdown", 3.0, float, 0, MAX_COUNTDOWN_S)
-        except InvalidInput as error:
-            return _error(str(error))
-        response = answer(lambda: service.learn(label, clips, countdown))
-        if response.status_code == 200:
-            response.status_code = 202
-        return response
+        return await change(request, lambda data: service.learn(
+            check_label(data.get("label")), check_whole(data.get("clips", 3), "clips", 1, MAX_CLIPS),
+            check_number(data.get("countdown", 3.0), "countdown", 0, MAX_COUNTDOWN_S)), status=202)
 
     async def versions(request):
         return answer(lambda: {"versions": service.versions(), "current": service.model.current()})
 
     async def rollback(request):
-        try:
-            data = await _json_body(request)
-        except InvalidInput as error:
-            return _error(str(error))
-        if not isinstance(data.get("version"), str):
-            return _error("name the version to roll back to, e.g. {\"version\": \"v0001\"}")
-        return await asyncio.to_thread(answer, lambda: service.rollback(data["version"]))
+        return await change(request, lambda data: service.rollback(check_version_name(data.get("version"))))
 
     routes = [Route("/", page), Route("/static/{name}", static), Route("/video.mjpg", video),
               Route("/api/status", status), Route("/api/decisions", decisions), Route("/api/events", events),
               Route("/api/learn", learn, methods=["GET", "POST"]), Route("/api/versions", versions),
               Route("/api/rollback", rollback, methods=["POST"])]
-    return Starlette(routes=routes, middleware=[Middleware(TokenGate, token=token)])
+    return Starlette(routes=routes, middleware=[Middleware(HostAllowList, names=hosts),
+                                                Middleware(TokenGate, token=token)])
 
 
 # The command -----------------------------------------------------------------------------------------------------
 def read_token(path: str | None) -> str:
-    """The token of --token-file (its first line), or a new random one."""
+    """The token of --token-file (its one line), or a new random one. A file that others may read is used, with a
+    one-line warning: the token is only as secret as the file."""
     if path is None:
         return secrets.token_urlsafe(24)
-    token = Path(path).read_text().strip()
+    try:
+        token = Path(path).read_bytes().decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise InvalidInput(f"token file {path}: not UTF-8 text; expected one line of at least {MIN_TOKEN_CHARS} "
+                           f"characters without spaces") from None
     if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
         raise InvalidInput(f"token file {path}: expected one line of at least {MIN_TOKEN_CHARS} characters "
                            f"without spaces")
+    mode = Path(path).stat().st_mode  # warned about once the token is known to be usable
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        print(f"warning: token file {path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
+              f"`chmod 600 {path}` keeps the token to its owner", file=sys.stderr)
     return token
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    check_recognition_flags(args)
+    check_port(args.port)
     token = read_token(args.token_file)
     listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -467,13 +448,12 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             service.start()
             _announce(service, args, port, token)
-            config = uvicorn.Config(build_app(service, token), log_level="warning", timeout_graceful_shutdown=2,
-                                    access_log=False)
+            app = build_app(service, token, allowed_hosts(args.host, args.allowed_host))
             # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again: as an exception here,
             # so that the sources are closed before the process ends.
             previous = signal.signal(signal.SIGTERM, _terminated)
             try:
-                uvicorn.Server(config).run(sockets=[listener])
+                _uvicorn_server(app, service.stopping).run(sockets=[listener])
             except (KeyboardInterrupt, Terminated):
                 pass
             finally:
@@ -483,6 +463,20 @@ def _serve(args: argparse.Namespace) -> int:
     finally:
         listener.close()
     return 0
+
+
+def _uvicorn_server(app, stopping: threading.Event):
+    """uvicorn's server for `app`, which on SIGINT/SIGTERM also sets `stopping` at once: the open streams (the
+    decisions' events, the video) then end within a poll, so the graceful shutdown takes a moment rather than
+    running into its timeout and cancelling them."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            stopping.set()
+            super().handle_exit(sig, frame)
+
+    return Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, access_log=False))
 
 
 class Terminated(Exception):
@@ -498,8 +492,9 @@ def _announce(service: DeviceService, args: argparse.Namespace, port: int, token
     print(f"model {service.recognizer.version} ({len(service.recognizer.class_names)} classes), encoders on "
           f"{args.backend}", file=sys.stderr)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: listening on {args.host}: the page is reachable from the network, over plain HTTP",
-              file=sys.stderr)
+        print(f"warning: listening on {args.host}: the page is reachable from the network, over plain HTTP; it "
+              f"answers to {', '.join(sorted(allowed_hosts(args.host, args.allowed_host)))} (--allowed-host adds "
+              f"the names it is reached by)", file=sys.stderr)
     where = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{port}/"
     if args.token_file:
         print(f"open {where} with the token of {args.token_file} ({where}?token=...)", flush=True)
@@ -518,5 +513,8 @@ def add_parser(subparsers) -> None:
                        "only; 0.0.0.0 opens the page to the network)")
     serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--token-file", metavar="F", help="read the token from this file (default: a new random "
-                       "token, printed at start)")
+                       "token, printed at start); keep it readable by its owner only")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a name or address the "
+                       "page is reached by, besides the one it listens on and localhost (repeatable); requests "
+                       "for any other Host are refused, as a DNS-rebinding site would send")
     serve.set_defaults(func=_serve)

@@ -90,10 +90,12 @@ class FrameHistory:
         self.frames: collections.deque[tuple[float, np.ndarray]] = collections.deque()
         self.lock = threading.Lock()
         self.received = 0
+        self.newest_time: float | None = None  # of the newest frame received, kept or thinned out
 
     def add(self, frame_bgr: np.ndarray, when: float) -> None:
         with self.lock:
             self.received += 1
+            self.newest_time = when
             if self.frames and when - self.frames[-1][0] < self.min_interval:
                 return
             self.frames.append((when, cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)))
@@ -219,6 +221,39 @@ class CameraSource(_Reader):
             wait = min(wait * 2, RECONNECT_BACKOFF_S[1])
 
 
+def check_video_file(path: Path) -> None:
+    """A SourceError unless the file gives at least one video frame: an empty, damaged, truncated or sound-only
+    file would otherwise play as a camera that shows nothing, and every decision would be made on audio alone."""
+    from avcil.data.decode import DecodeError, open_video
+
+    if not path.is_file():
+        raise SourceError(f"camera file {path}: no such file")
+    try:
+        capture = open_video(path)
+    except DecodeError as error:
+        raise SourceError(f"camera {path} gives no video frame: {error.reason}") from None
+    try:
+        ok, _ = capture.read()
+    finally:
+        capture.release()
+    if not ok:
+        raise SourceError(f"camera {path} gives no video frame: its video stream decodes to nothing (truncated?)")
+
+
+class NoCamera:
+    """The camera of a run asked to decide on sound alone (`avcil run --audio-only`): it delivers no frame."""
+
+    name = "no camera"
+    error = None
+    finished = True
+
+    def start(self) -> "NoCamera":
+        return self
+
+    def stop(self) -> None:
+        pass
+
+
 def _video_fps(path: Path) -> float:
     capture = cv2.VideoCapture(str(path))
     fps = float(capture.get(cv2.CAP_PROP_FPS))
@@ -237,8 +272,7 @@ class PacedVideoFiles(_Reader):
         super().__init__()
         self.paths = [Path(p) for p in paths]
         for path in self.paths:
-            if not path.is_file():
-                raise SourceError(f"camera file {path}: no such file")
+            check_video_file(path)
         self.history, self.start_time, self.loop, self.slot_s = history, start, loop, slot_s
 
     def _loop(self) -> None:
@@ -439,9 +473,11 @@ def is_stream(source: str) -> bool:
     return source.lower().startswith(STREAM_PREFIXES)
 
 
-def open_camera(source: str, history: FrameHistory, start: float | None = None, loop: bool = False,
+def open_camera(source: str | None, history: FrameHistory, start: float | None = None, loop: bool = False,
                 slot_s: float = 0.0):
-    """A camera index, a stream URL, or video file(s) (comma-separated) paced in real time."""
+    """A camera index, a stream URL, or video file(s) (comma-separated) paced in real time; None: no camera."""
+    if source is None:
+        return NoCamera()
     if source.isdigit():
         return CameraSource(int(source), history)
     if is_stream(source):

@@ -21,6 +21,9 @@ AUDIO_WAIT_S = 0.25  # longest wait for a live source's audio to reach the windo
 # A live microphone hands over a block every 20 ms: newest audio this old means its stream has stopped, and a
 # window does not wait for it (each decision would otherwise come AUDIO_WAIT_S late).
 AUDIO_STALE_S = 1.0
+# A live camera's newest frame this much older than a window's end means it has stopped delivering (a camera gives
+# 5 to 30 frames a second; a dropped stream is reopened within RECONNECT_BACKOFF_S's first wait).
+VIDEO_STALE_S = 2.0
 
 
 def window_seconds(audio_prep: KaldiFbank | SfxMel) -> float:
@@ -36,9 +39,10 @@ class Window:
     end: float
     waveform: np.ndarray  # mono float32 at `rate`
     rate: int
-    frames: list[np.ndarray] | None  # `count` RGB frames, None while the camera has delivered nothing
+    frames: list[np.ndarray] | None  # `count` RGB frames, None while the camera delivers nothing
     frame_stamps: list[float] | None = None  # each frame's clock time: the same stamp is the same frame
     audio_missing: bool = False  # a live microphone's audio did not reach the window's end (zeros stand in)
+    video_missing: bool = False  # a live camera delivered no frame lately (frames is None: black frames stand in)
 
 
 class WindowAssembler:
@@ -49,23 +53,30 @@ class WindowAssembler:
         self.ring, self.frames, self.seconds, self.count = ring, frames, seconds, frame_prep.count
         self.audio_done = audio_done  # whether a file source has delivered all its audio
 
-    def __call__(self, end: float, audio_live: bool = True) -> Window:
+    def __call__(self, end: float, audio_live: bool = True, video_live: bool = False) -> Window:
         """The window [end - seconds, end]. Waits (at most AUDIO_WAIT_S) for audio up to `end` to arrive, since a
         sound card and paced files hand it over in blocks: so that a window of paced files holds the same samples
-        as the same window replayed (avcil.runtime.replay)."""
+        as the same window replayed (avcil.runtime.replay). With `video_live`, a camera that has delivered no frame
+        for VIDEO_STALE_S gives no frames (rather than its last picture, frozen) and marks the window
+        video_missing; file sources hold their last frame by design and are never missing."""
         deadline = clock() + AUDIO_WAIT_S
         while (not self.ring.covers(end) and clock() < deadline and not self.audio_done()
                and not (audio_live and self.audio_stale())):
             time.sleep(0.002)
-        stamped = self.frames.sample_stamped(self.frame_times(end))
+        video_missing = video_live and self.video_stale(end)
+        stamped = None if video_missing else self.frames.sample_stamped(self.frame_times(end))
         return Window(end - self.seconds, end, self.ring.window(end, self.seconds), self.ring.rate,
                       None if stamped is None else [frame for _, frame in stamped],
                       None if stamped is None else [stamp for stamp, _ in stamped],
-                      audio_missing=audio_live and not self.ring.covers(end))
+                      audio_missing=audio_live and not self.ring.covers(end), video_missing=video_missing)
 
     def audio_stale(self) -> bool:
         newest = self.ring.newest_time
         return newest is not None and clock() - newest > AUDIO_STALE_S
+
+    def video_stale(self, end: float) -> bool:
+        newest = self.frames.newest_time
+        return newest is None or end - newest > VIDEO_STALE_S
 
     def frame_times(self, end: float) -> np.ndarray:
         """The clock times at which the window ending at `end` samples its frames (first and last included)."""
@@ -73,23 +84,40 @@ class WindowAssembler:
         return np.linspace(start, end, self.count) if self.count > 1 else np.array([start + self.seconds / 2])
 
 
-class AudioPresence:
-    """Says in one line when a live microphone's audio stops reaching the windows (its stream ended, the device
-    was unplugged), and in one line when it is back; recognition goes on meanwhile, on video alone."""
+class SourcePresence:
+    """Says in one line when a live source stops reaching the windows (its stream ended, the device was
+    unplugged), and in one line when it is back; recognition goes on meanwhile on the other source alone, and each
+    decision says which one was missing. `SourcePresence.audio(name)` for a microphone, `.video(name)` for a
+    camera."""
 
-    def __init__(self, name: str, out: TextIO | None = None):
-        self.name, self.out = name, out
+    def __init__(self, name: str, what: str, other: str, flag: str, out: TextIO | None = None,
+                 said: bool = False):
+        self.name, self.what, self.other, self.flag, self.out = name, what, other, flag, out
         self.missing_since: float | None = None
+        self.said = said  # the loss was announced already (a run without a camera says so at its start)
 
-    def update(self, window: Window) -> None:
+    @classmethod
+    def audio(cls, name: str, out: TextIO | None = None) -> "SourcePresence":
+        return cls(name, "audio", "video", "audio_missing", out)
+
+    @classmethod
+    def video(cls, name: str, out: TextIO | None = None, said: bool = False) -> "SourcePresence":
+        return cls(name, "video frame", "audio", "video_missing", out, said)
+
+    def update(self, missing: bool, at: float) -> None:
+        """The presence in the window ending at clock time `at`."""
         out = self.out or sys.stderr  # looked up now, so that a redirected stderr gets the lines
-        if window.audio_missing and self.missing_since is None:
-            self.missing_since = window.end
-            print(f"{self.name}: no audio since {time.strftime('%H:%M:%S')} (its stream ended or the device was "
-                  f"unplugged); deciding on video alone, decisions marked audio_missing", file=out, flush=True)
-        elif not window.audio_missing and self.missing_since is not None:
-            print(f"{self.name}: audio is back after {window.end - self.missing_since:.1f} s", file=out, flush=True)
+        if missing and self.missing_since is None:
+            self.missing_since = at
+            if not self.said:
+                print(f"{self.name}: no {self.what} since {time.strftime('%H:%M:%S')} (its stream ended or the "
+                      f"device was unplugged); deciding on {self.other} alone, decisions marked {self.flag}",
+                      file=out, flush=True)
+        elif not missing and self.missing_since is not None:
+            print(f"{self.name}: {self.what.split()[0]} is back after {at - self.missing_since:.1f} s", file=out,
+                  flush=True)
             self.missing_since = None
+            self.said = False
 
 
 def history_settings(seconds: float, hop: float, frame_prep: FramePreprocess) -> tuple[float, float]:

@@ -93,9 +93,17 @@ function drawLatency() {
 }
 
 function legend() {
-  const parts = STAGES.map((stage, s) => `<span><i style="background:${COLOURS[s]}"></i>${stage}</span>`);
-  parts.push('<span><i style="background:#1d2330;height:2px"></i>total</span>');
-  $("legend").innerHTML = parts.join("");
+  // Built as elements with their style set from script: the page's Content-Security-Policy refuses inline style
+  // attributes in markup.
+  const entry = (name, colour, height) => {
+    const swatch = document.createElement("i");
+    swatch.style.background = colour;
+    if (height) swatch.style.height = height;
+    const item = document.createElement("span");
+    item.append(swatch, name);
+    return item;
+  };
+  $("legend").replaceChildren(...STAGES.map((stage, s) => entry(stage, COLOURS[s])), entry("total", "#1d2330", "2px"));
 }
 
 function showJob(job) {
