@@ -186,10 +186,9 @@ def _train_base(benchmark: Benchmark, method: str, epochs: int, train_clips: int
 
 def _learn_new_digit(model_dir: Path, profile, paths: list[Path]) -> tuple[dict, float]:
     from avcil.runtime.field import FieldSettings, learn_class
-    from avcil.runtime.file_windows import encode_window_views
 
     encode_started = time.perf_counter()
-    features = encode_window_views(profile, paths, progress=False)
+    features = profile.encode_files(paths, progress=False)  # whole clips, as `avcil learn --files` and training
     encode_seconds = time.perf_counter() - encode_started
     return learn_class(model_dir, NEW_DIGIT, *features, FieldSettings(), progress=False, log=say), encode_seconds
 
@@ -197,14 +196,14 @@ def _learn_new_digit(model_dir: Path, profile, paths: list[Path]) -> tuple[dict,
 def _learn_background(model_dir: Path, profile, cache: Path, count: int) -> dict:
     from avcil.data.streams import build_background_clips
     from avcil.runtime.background import learn_background
-    from avcil.runtime.file_windows import DEFAULT_VIEWS, encode_window_views
+    from avcil.runtime.file_windows import encode_window_views
 
     paths = build_background_clips(cache / "streams", count, progress=False)
     started = time.perf_counter()
     audio, visual = encode_window_views(profile, paths, progress=False)
+    probes = profile.encode_files(paths, progress=False)
     encode_seconds = time.perf_counter() - started
-    summary = learn_background(model_dir, audio, visual, np.repeat(np.arange(len(paths)), DEFAULT_VIEWS),
-                               [str(p) for p in paths])
+    summary = learn_background(model_dir, audio, visual, probes, [str(p) for p in paths])
     say(f"    learnt background from {len(paths)} clips ({summary['background_windows']} windows) in "
         f"{summary['seconds']:.2f} s after {encode_seconds:.1f} s of encoding ({summary['parent']} -> "
         f"{summary['version']})")

@@ -61,14 +61,15 @@ def test_mahalanobis_separates_clips_like_the_classes_from_clips_unlike_anything
 
 def test_background_learnt_lowers_the_ridge_output_on_that_background(two_classes):
     head, (near_audio, near_visual, near_labels), (far_audio, far_visual) = two_classes
-    before, _ = HeadScores(head)(far_audio, far_visual)
+    ridge = ("max_logit",)  # the ridge outputs themselves; a softmax over two classes never falls below 0.5
+    before, _ = HeadScores(head)(far_audio, far_visual, ridge)
     with torch.no_grad():
         inputs = head.readout_inputs(far_audio, far_visual, head.features(far_audio, far_visual).fused)
     head.readout.accumulate_background(inputs[:10])
     head.readout.solve()
     scores = HeadScores(head)
-    after, _ = scores(far_audio[10:], far_visual[10:])  # windows of that background not learnt
-    near_ranking, _ = scores(near_audio, near_visual)
+    after, _ = scores(far_audio[10:], far_visual[10:], ridge)  # windows of that background not learnt
+    near_ranking, _ = scores(near_audio, near_visual, ridge)
     assert after.max(axis=1).mean() < 0.5 * before[10:].max(axis=1).mean()
     # The classes still answer, and well above the background: a threshold between them holds.
     assert (near_ranking.argmax(axis=1) == near_labels.numpy()).all()

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from avcil.runtime.field import FieldSettings, learn_class, task_ranges
-from avcil.runtime.file_windows import DEFAULT_VIEWS
 from avcil.modeldir import ModelDir, ModelDirError
 from conftest import avcil
 from test_modeldir import FEATURES, small_model
@@ -95,7 +94,7 @@ def test_learn_json_and_refine_commit_the_analytic_version_then_the_refined_one(
                    "--files", *toy_clips["green"][:3])
     first, second = (json.loads(line) for line in result.stdout.splitlines())
     assert {k: first[k] for k in ("version", "label", "clips", "method")} == {
-        "version": "v0002", "label": "green", "clips": 3 * DEFAULT_VIEWS, "method": "analytic"}  # window views
+        "version": "v0002", "label": "green", "clips": 3, "method": "analytic"}  # whole clips, as training
     assert first["learn_seconds"] >= 0 and first["encode_seconds"] > 0
     assert second["version"] == "v0003" and second["method"] == "avcil" and second["parent"] == "v0001"
     versions = ModelDir(toy_model)

@@ -181,7 +181,7 @@ def test_a_truncated_shared_exemplar_file_costs_learning_until_repair_not_the_he
     code, _, stderr = avcil_in_process("learn", "--model", model, "--label", "green2", "--files", green_clip,
                                        "--nice", "0")
     assert code == 2 and f"avcil model repair --model {model}" in stderr
-    assert "cut live windows" not in stderr  # refused before encoding its clips
+    assert "encode clips" not in stderr  # refused before encoding its clips
     code, stdout, _ = avcil_in_process("model", "repair", "--model", model)
     assert code == 0 and "as v0004; exemplars dropped: 'red'" in stdout
     code, stdout, _ = avcil_in_process("learn", "--model", model, "--label", "green2", "--files", green_clip,

@@ -130,7 +130,6 @@ def _learn_first(args: argparse.Namespace, model) -> tuple:
     from avcil.model.encoders import profile_from_record
     from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, learn_class,
                                      record_clips)
-    from avcil.runtime.file_windows import encode_window_views
 
     # Refusals before recording or encoding anything: the version that serves, its class names, whether its
     # exemplars are whole (learning keeps them).
@@ -143,9 +142,9 @@ def _learn_first(args: argparse.Namespace, model) -> tuple:
     profile = profile_from_record(manifest["features"].get("profile"))
     encode_started = time.perf_counter()
     if args.files:
-        # The windows a live run would cut around each file, not the whole file: what `avcil run` will see of
-        # the class (avcil.runtime.file_windows; measured in benchmarks/results/stream-*.md).
-        audio, visual = encode_window_views(profile, args.files)
+        # Whole clips, the view the model's other classes were trained from: a class learnt from live-window views
+        # beside classes learnt from whole clips draws live windows of every class to it (docs/decision.md).
+        audio, visual = profile.encode_files(args.files)
     else:
         if not (args.camera and args.mic and args.clips):
             raise InvalidInput("name the clips of the new class: --files F... or --camera SRC --mic SRC --clips N")
@@ -165,8 +164,6 @@ def _learn_first(args: argparse.Namespace, model) -> tuple:
 
 def _learn_background(args: argparse.Namespace, model) -> int:
     """`avcil learn --background`: windows of files or live recordings that hold none of the classes."""
-    import numpy as np
-
     from avcil.model.encoders import profile_from_record
     from avcil.runtime.background import learn_background
     from avcil.runtime.file_windows import encode_window_views
@@ -179,16 +176,15 @@ def _learn_background(args: argparse.Namespace, model) -> int:
     profile = profile_from_record(loaded.manifest["features"].get("profile"))
     started = time.perf_counter()
     if args.files:
-        audio, visual = encode_window_views(profile, args.files)
-        views = len(audio) // len(args.files)
-        groups, sources = np.repeat(np.arange(len(args.files)), views), list(args.files)
+        audio, visual = encode_window_views(profile, args.files)  # what live windows will see of each file
+        probes, sources = profile.encode_files(args.files, progress=False), list(args.files)  # what the guard checks
     elif args.camera and args.mic and args.clips:
         audio, visual = record_clips(args.camera, args.mic, args.clips, profile, args.countdown)
-        groups, sources = np.arange(len(audio)), [f"recorded clip {i + 1}" for i in range(len(audio))]
+        probes, sources = None, None  # each recorded clip is its own source
     else:
         raise InvalidInput("name the background: --files F... or --camera SRC --mic SRC --clips N")
     encode_seconds = time.perf_counter() - started
-    summary = learn_background(args.model, audio, visual, groups, sources, force=args.force)
+    summary = learn_background(args.model, audio, visual, probes, sources, force=args.force)
     summary.update(encode_seconds=round(encode_seconds, 3), learn_seconds=round(summary.pop("seconds"), 3))
     if args.json:
         print(json.dumps(summary), flush=True)

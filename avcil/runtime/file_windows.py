@@ -1,8 +1,10 @@
-"""What live windows see of a clip file: the windows a live run would cut around it, for learning from files.
+"""What live windows see of a clip file: the windows a live run would cut around it, for learning background.
 
-A class learnt from whole-file features is learnt from a view the live path never gives: `avcil run` cuts fixed
-windows (3 s for lite) at a fixed hop wherever an event happens to fall, so an event of 2 s sits off-centre in a
-window, partly in the next one, with whatever came before and after around it. `window_views` plays a file through
+`avcil run` cuts fixed windows (3 s for lite) at a fixed hop wherever an event happens to fall, so an event of 2 s
+sits off-centre in a window, partly in the next one, with whatever came before and after around it. Background is
+learnt from these views, since it is what the live path will see between events. Classes are not: every class of a
+model is learnt from whole clips, and one class learnt from window views among them draws live windows of the others
+to it (docs/decision.md). `window_views` plays a file through
 the replay sources (avcil.runtime.replay: the paced file sources' frames and audio blocks, the live window assembly)
 and cuts `views` windows whose ends spread from the one that holds the first 3/4 of the clip to the one that holds
 its last 3/4; a file longer than a window gives windows spread over it. Before and after the file the window holds
