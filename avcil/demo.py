@@ -121,7 +121,7 @@ def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 12,
     slot = window_seconds(profile.audio_prep)
     # Closed-set figures (threshold 0: every window gets its best class), comparable with the features' accuracy;
     # the open-set behaviour is `avcil bench stream`'s.
-    recognizer = Recognizer(model_dir, "torch", profile=profile, threshold=0.0, smoothing=1)
+    recognizer = Recognizer(model_dir, "torch", profile=profile, score="softmax", threshold=0.0, smoothing=1)  # the raw argmax
     writer = DecisionWriter(out / "decisions.jsonl", console=None)
     tests = {d: files[("test", d)] for d in OLD_DIGITS + [NEW_DIGIT]}
     try:

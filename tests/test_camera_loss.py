@@ -70,7 +70,8 @@ def test_a_live_camera_that_stops_marks_decisions_video_missing_and_says_so_once
     jsonl = tmp_path / "decisions.jsonl"
     run = subprocess.Popen([sys.executable, "-m", "avcil.cli", "run", "--model", str(toy_model), "--camera",
                             camera.url, "--mic", str(tone), "--duration", "80", "--hop", "0.5", "--smoothing", "1",
-                            "--threshold", "0", "--jsonl", str(jsonl), "--quiet"], stderr=subprocess.PIPE, text=True)
+                            "--score", "softmax", "--threshold", "0", "--jsonl", str(jsonl), "--quiet"],
+                           stderr=subprocess.PIPE, text=True)
 
     def wait_for(done, what: str) -> list[dict]:
         deadline = time.monotonic() + 60

@@ -193,8 +193,8 @@ def test_a_microphone_that_ends_mid_run_is_said_in_one_line_and_recognition_goes
     player = subprocess.Popen(["paplay", "--device=vmic", str(tone)], env=env)
     run = subprocess.Popen([sys.executable, "-m", "avcil.cli", "run", "--model", str(toy_model), "--camera",
                             camera.url, "--mic", "pulse", "--duration", "60", "--hop", "0.5", "--smoothing", "1",
-                            "--threshold", "0", "--jsonl", str(jsonl), "--quiet"], env=env, stderr=subprocess.PIPE,
-                           text=True)
+                            "--score", "softmax", "--threshold", "0", "--jsonl", str(jsonl), "--quiet"], env=env,
+                           stderr=subprocess.PIPE, text=True)
 
     def decisions() -> list[dict]:
         return [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []

@@ -85,7 +85,7 @@ def test_live_windows_decide_as_if_encoded_whole_with_one_frame_left_after_the_e
     head = FusionHead(HeadConfig.for_shape(lite.shape, 64), num_classes=3)
     ModelDir(model_dir).commit(head, None, [{"name": n, "step": 0} for n in ("a", "b", "c")],
                                {"shape": lite.shape.to_dict(), "profile": lite.describe()})
-    recognizer = Recognizer(model_dir, "torch", profile=lite, threshold=0.0, smoothing=1, watch=False)
+    recognizer = Recognizer(model_dir, "torch", profile=lite, score="softmax", threshold=0.0, smoothing=1, watch=False)
     assert recognizer.frame_tokens is not None
     seen = []
 

@@ -26,8 +26,8 @@ def test_run_decides_from_a_pulseaudio_microphone_and_an_mjpeg_camera(tmp_path, 
     try:
         jsonl = tmp_path / "decisions.jsonl"
         result = avcil("run", "--model", toy_model, "--camera", camera.url, "--mic", "pulse", "--duration", "6",
-                       "--hop", "0.5", "--smoothing", "1", "--threshold", "0", "--jsonl", jsonl, env=pulse_env,
-                       timeout=90)
+                       "--hop", "0.5", "--smoothing", "1", "--score", "softmax", "--threshold", "0", "--jsonl", jsonl,
+                       env=pulse_env, timeout=90)
     finally:
         player.kill()
         player.wait()
@@ -45,7 +45,8 @@ def test_run_picks_up_a_class_learnt_while_it_runs(tmp_path, toy_model, toy_clip
     green = ",".join(str(p) for p in toy_clips["green"][4:])
     run = subprocess.Popen([sys.executable, "-m", "avcil.cli", "run", "--model", str(toy_model), "--camera", green,
                             "--mic", green, "--loop", "--duration", "120", "--hop", "0.5", "--smoothing", "1",
-                            "--threshold", "0", "--jsonl", str(jsonl), "--quiet"], stderr=subprocess.PIPE, text=True)
+                            "--score", "softmax", "--threshold", "0", "--jsonl", str(jsonl), "--quiet"],
+                           stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 100
         while len(read_lines(jsonl)) < 3 and time.monotonic() < deadline:

@@ -25,7 +25,7 @@ def inside(decisions, first_start, slot_s, index) -> list[str]:
 
 
 def test_paced_files_are_recognised_window_by_window(toy_model, tiny_profile, toy_clips):
-    recognizer = Recognizer(toy_model, profile=tiny_profile, smoothing=1, threshold=0.0)
+    recognizer = Recognizer(toy_model, profile=tiny_profile, smoothing=1, score="softmax", threshold=0.0)
     try:
         decisions = decide_files(recognizer, [toy_clips["red"][4], toy_clips["blue"][4]], hop=0.25)
     finally:
@@ -42,7 +42,7 @@ def test_paced_files_are_recognised_window_by_window(toy_model, tiny_profile, to
 
 
 def test_below_the_threshold_the_label_is_unknown(toy_model, tiny_profile):
-    recognizer = Recognizer(toy_model, profile=tiny_profile, threshold=1.0, watch=False)
+    recognizer = Recognizer(toy_model, profile=tiny_profile, score="softmax", threshold=1.0, watch=False)
     window = Window(0.0, 1.28, np.zeros(20480, np.float32), 16000, None)  # silence, no camera yet
     decision = recognizer.decide(window)
     assert decision["label"] == UNKNOWN and decision["top_k"][0]["label"] in ("red", "blue")
@@ -50,7 +50,7 @@ def test_below_the_threshold_the_label_is_unknown(toy_model, tiny_profile):
 
 
 def test_a_new_version_is_picked_up_while_recognising(toy_model, tiny_profile, toy_clips):
-    recognizer = Recognizer(toy_model, profile=tiny_profile, smoothing=1, threshold=0.0)
+    recognizer = Recognizer(toy_model, profile=tiny_profile, smoothing=1, score="softmax", threshold=0.0)
     decisions: list[dict] = []
     stop = threading.Event()
     green = ",".join(str(p) for p in toy_clips["green"][4:])
@@ -86,7 +86,8 @@ def test_torch_and_onnxruntime_encoders_decide_alike(toy_model, tiny_profile, to
     files = [toy_clips["red"][5], toy_clips["blue"][5]]
     outcomes = {}
     for backend in ("torch", "onnxruntime"):
-        recognizer = Recognizer(toy_model, backend, profile=tiny_profile, smoothing=1, threshold=0.0, watch=False)
+        recognizer = Recognizer(toy_model, backend, profile=tiny_profile, smoothing=1, score="softmax", threshold=0.0,
+                                watch=False)
         try:
             decisions = decide_files(recognizer, files, hop=0.5)
         finally:
@@ -113,7 +114,7 @@ def test_lite_recognizer_on_onnxruntime_embeds_speech_windows_as_the_audio_arriv
     ModelDir(tmp_path / "lite").commit(head, None, [{"name": "red", "step": 0}, {"name": "blue", "step": 0}],
                                        {"shape": lite.shape.to_dict(), "profile": lite.describe()})
     export_onnx(tmp_path / "lite", lite, progress=False)
-    recognizer = Recognizer(tmp_path / "lite", "onnxruntime", smoothing=1, threshold=0.0, watch=False)
+    recognizer = Recognizer(tmp_path / "lite", "onnxruntime", smoothing=1, score="softmax", threshold=0.0, watch=False)
     assert recognizer.speech is not None
     try:
         files = [toy_clips["red"][0], toy_clips["blue"][0], toy_clips["red"][1]]
@@ -124,3 +125,25 @@ def test_lite_recognizer_on_onnxruntime_embeds_speech_windows_as_the_audio_arriv
     after_end = [d["speech_windows_after_end"] for d in decisions]
     # Of a window's 28 speech windows, the newest one or two wait for its end (a busy machine may leave more).
     assert np.median(after_end) <= 2, [(n, d["latency_ms"]["total"]) for n, d in zip(after_end, decisions)]
+
+
+def test_each_version_decides_with_the_default_score_it_can_give(toy_model, tiny_profile, toy_clips):
+    from avcil.modeldir import ModelDirError
+    from avcil.runtime.decision import DEFAULT_SCORE, DEFAULT_THRESHOLDS, FALLBACK_SCORE
+
+    with pytest.raises(ModelDirError, match="mahalanobis score needs the analytic readout"):
+        Recognizer(toy_model, profile=tiny_profile, score="mahalanobis", watch=False)
+    recognizer = Recognizer(toy_model, profile=tiny_profile, threshold=0.25, watch=False)  # a gradient-trained head
+    window = Window(0.0, 1.28, np.zeros(20480, np.float32), 16000, None)
+    try:
+        assert (recognizer.rule.score, recognizer.rule.threshold) == (FALLBACK_SCORE, 0.25)
+        assert 0.0 <= recognizer.decide(window)["score"] <= 1.0  # a softmax probability
+        features = tiny_profile.encode_files(toy_clips["green"][:4], progress=False)
+        learn_class(toy_model, "green", *features, progress=False)  # builds the analytic readout
+        assert recognizer.reload()
+        # The threshold given was on the softmax's scale: the new score decides with its own default.
+        assert (recognizer.rule.score, recognizer.rule.threshold) == (DEFAULT_SCORE, DEFAULT_THRESHOLDS[DEFAULT_SCORE])
+        decision = recognizer.decide(window)
+        assert decision["model_version"] == "v0002" and len(decision["top_k"]) == 3
+    finally:
+        recognizer.close()

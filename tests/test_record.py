@@ -52,8 +52,8 @@ def test_learn_records_a_class_live_and_then_recognises_it(tmp_path, toy_model, 
         camera.start()  # ffmpeg serves one client: `avcil run` needs a fresh server on the same URL
         jsonl = tmp_path / "decisions.jsonl"
         ran = avcil("run", "--model", toy_model, "--camera", camera.url, "--mic", "pulse", "--duration", "5",
-                    "--hop", "0.5", "--smoothing", "1", "--threshold", "0", "--jsonl", jsonl, "--quiet",
-                    env=pulse_env, timeout=120)
+                    "--hop", "0.5", "--smoothing", "1", "--score", "softmax", "--threshold", "0", "--jsonl", jsonl,
+                    "--quiet", env=pulse_env, timeout=120)
     progress = [line for line in learnt.stderr.splitlines() if line.startswith("clip ")]
     assert [line.split(":")[0] for line in progress] == [f"clip {n}/4" for n in range(1, 5)], learnt.stderr
     assert "v0001 -> v0002" in learnt.stdout and "from 4 clips" in learnt.stdout

@@ -15,7 +15,7 @@ def _decisions(play, recognizer, files, **kwargs) -> list[dict]:
 
 def test_replay_decides_the_windows_that_paced_play_decides(toy_model, tiny_profile, toy_clips):
     files = [toy_clips["red"][1], toy_clips["blue"][2], toy_clips["red"][3]]
-    recognizer = Recognizer(toy_model, profile=tiny_profile, smoothing=1, threshold=0.0, watch=False)
+    recognizer = Recognizer(toy_model, profile=tiny_profile, smoothing=1, score="softmax", threshold=0.0, watch=False)
     try:
         paced = _decisions(run_live, recognizer, files, hop=0.5, slot_s=2.5)
         replayed = _decisions(replay, recognizer, files, hop=0.5, slot_s=2.5)

@@ -87,7 +87,7 @@ def test_a_device_runs_learns_and_reloads_with_the_runtime_extra_alone(device_py
     red = ",".join(str(p) for p in toy_clips["red"][:3])
     jsonl = tmp_path / "decisions.jsonl"
     # One decision per clip: the hop is the window, and a clip fills it.
-    paced = ("--quiet", "--smoothing", "1", "--threshold", "0", "--hop", "3")
+    paced = ("--quiet", "--smoothing", "1", "--score", "softmax", "--threshold", "0", "--hop", "3")
     _avcil(device_python, "run", "--model", model, "--backend", "onnxruntime", "--camera", red, "--mic", red,
            "--jsonl", jsonl, *paced)
     decisions = [json.loads(line) for line in jsonl.read_text().splitlines()]

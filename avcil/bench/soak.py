@@ -147,7 +147,7 @@ class Soak:
 
         self.args, self.model_dir, self.files = args, model_dir, files
         self.recognizer = Recognizer(model_dir, args.backend, profile=profile if args.backend == "torch" else None,
-                                     threshold=0.0, smoothing=1)
+                                     score="softmax", threshold=0.0, smoothing=1)  # the raw argmax
         self.decisions: list[dict] = []
         self.samples: list[dict] = []
         self.learns: list[dict] = []

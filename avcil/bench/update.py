@@ -104,7 +104,7 @@ def measure_method(args: argparse.Namespace, work: Path, benchmark, files: dict,
         from avcil.export.onnx import export_onnx
 
         export_onnx(model_dir, profile, progress=False)
-    recognizer = Recognizer(model_dir, args.backend, profile=profile, threshold=0.0, smoothing=1)
+    recognizer = Recognizer(model_dir, args.backend, profile=profile, score="softmax", threshold=0.0, smoothing=1)  # the raw argmax
     decisions: list[dict] = []
     stop = threading.Event()
     playlist = ",".join(str(p) for d in range(OLD_DIGITS) for p in files[("test", str(d))][:1])

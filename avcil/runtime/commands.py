@@ -274,10 +274,12 @@ def add_recognition_flags(parser: argparse.ArgumentParser, camera_required: bool
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--hop", type=float, metavar="S", help="seconds between decisions (default: a third of the "
                         "profile's window)")
-    from avcil.runtime.decision import DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_THRESHOLDS, DEFAULT_TOP_K, SCORES
+    from avcil.runtime.decision import (DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_THRESHOLDS, DEFAULT_TOP_K,
+                                        FALLBACK_SCORE, SCORES)
 
-    parser.add_argument("--score", choices=SCORES, default=DEFAULT_SCORE, help="the open-set score that says whether "
-                        f"a window holds a known class at all (default {DEFAULT_SCORE}; docs/decision.md)")
+    parser.add_argument("--score", choices=SCORES, help="the open-set score that says whether a window holds a "
+                        f"known class at all (default {DEFAULT_SCORE}, or {FALLBACK_SCORE} for a model without the "
+                        "analytic readout; docs/decision.md)")
     parser.add_argument("--threshold", type=float, help="below this smoothed score: 'unknown' (default: the "
                         "score's, " + ", ".join(f"{k} {v}" for k, v in DEFAULT_THRESHOLDS.items()) + ")")
     parser.add_argument("--smoothing", type=int, default=DEFAULT_SMOOTHING, help="average the scores of this many "

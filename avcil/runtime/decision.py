@@ -33,9 +33,15 @@ UNKNOWN = "unknown"
 SCORES = ("softmax", "max_logit", "energy", "mahalanobis")
 SCORE_RANGES = {"softmax": (0.0, 1.0), "max_logit": (-math.inf, math.inf), "energy": (-math.inf, math.inf),
                 "mahalanobis": (-math.inf, math.inf)}
-DEFAULT_SCORE = "softmax"
-DEFAULT_THRESHOLDS = {"softmax": 0.5, "max_logit": 0.5, "energy": 0.5, "mahalanobis": -1.0}
-DEFAULT_SMOOTHING = 3
+# The default score: where `avcil bench stream` measured the fewest false accepts per hour of background at the
+# same event recall (benchmarks/results/stream-av-digits-lite.md). Heads without the analytic readout, which it
+# needs, decide with the fallback.
+DEFAULT_SCORE = "mahalanobis"
+FALLBACK_SCORE = "softmax"
+# mahalanobis -1.5 and no smoothing: chosen on the benchmark's val streams (-1.48 at smoothing 1; smoothing 2 and 3
+# cost recall and delay for no fewer false accepts). The others: a middle of their usual range, not measured best.
+DEFAULT_THRESHOLDS = {"softmax": 0.5, "max_logit": 0.5, "energy": 0.5, "mahalanobis": -1.5}
+DEFAULT_SMOOTHING = 1
 DEFAULT_TOP_K = 3
 # Shrinkage of both covariances towards their mean variance: the expanded features are 2048 wide and a model
 # learns from a few hundred clips, so the sample covariances alone are singular.
@@ -99,6 +105,15 @@ class HeadScores:
 
     def supports(self, score: str) -> bool:
         return score != "mahalanobis" or self.readout is not None
+
+    def check_supports(self, score: str | None, where, manifest: dict) -> None:
+        """A ModelDirError when the score asked for (None: the default, always given) needs what the head lacks."""
+        from avcil.modeldir import ModelDirError
+
+        if score is not None and not self.supports(score):
+            raise ModelDirError(f"{where}: the {score} score needs the analytic readout, which this model "
+                                f"(method {manifest.get('training', {}).get('method', '?')}) does not have")
+
 
     @torch.no_grad()
     def __call__(self, audio: torch.Tensor, visual: torch.Tensor, scores=SCORES) -> tuple[np.ndarray, dict]:
@@ -177,3 +192,8 @@ class HeadScores:
         class_means = means @ within  # classes with clips only: one with none is never the nearest
         whole = whitening(scatter_total)
         return within, class_means, whole, mean
+
+
+def default_score(scores: HeadScores) -> str:
+    """The score a head decides with unless told: DEFAULT_SCORE where it can give it, else FALLBACK_SCORE."""
+    return DEFAULT_SCORE if scores.supports(DEFAULT_SCORE) else FALLBACK_SCORE

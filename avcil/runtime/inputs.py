@@ -87,9 +87,10 @@ def check_port(value, field: str = "--port") -> int:
     return check_whole(value, field, 0, 65535)
 
 
-def check_rule(score: str, threshold: float | None, smoothing: int, top_k: int):
+def check_rule(score: str | None, threshold: float | None, smoothing: int, top_k: int):
     """The decision rule these settings make (DecisionRule validates them: the threshold within the score's range,
-    smoothing and top-k whole numbers >= 1); an InvalidInput naming the bad one."""
-    from avcil.runtime.decision import DecisionRule
+    smoothing and top-k whole numbers >= 1); an InvalidInput naming the bad one. Score None: the default's, which
+    the model may yet replace with the fallback's (checked again when the model is loaded)."""
+    from avcil.runtime.decision import DEFAULT_SCORE, DecisionRule
 
-    return DecisionRule(score, threshold, smoothing, top_k)
+    return DecisionRule(score or DEFAULT_SCORE, threshold, smoothing, top_k)

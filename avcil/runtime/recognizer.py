@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
-from avcil.runtime.decision import (DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_TOP_K, UNKNOWN, DecisionRule,
+from avcil.runtime.decision import (DEFAULT_SMOOTHING, DEFAULT_TOP_K, FALLBACK_SCORE, UNKNOWN, DecisionRule,
+                                    default_score,
                                     HeadScores)
 from avcil.runtime.frame_tokens import FrameTokens
 from avcil.runtime.heap import trim_heap
@@ -60,6 +61,7 @@ class _Head:
     head: torch.nn.Module
     class_names: list[str]
     scores: HeadScores
+    rule: DecisionRule
 
 
 class Recognizer:
@@ -69,7 +71,7 @@ class Recognizer:
 
     def __init__(self, model_dir: str | Path, backend: str = "torch", device: str = "cpu", profile=None,
                  threshold: float | None = None, smoothing: int = DEFAULT_SMOOTHING, top_k: int = DEFAULT_TOP_K,
-                 watch: bool = True, threads: RuntimeThreads | None = None, score: str = DEFAULT_SCORE):
+                 watch: bool = True, threads: RuntimeThreads | None = None, score: str | None = None):
         from avcil.backends import model_backends
 
         self.threads = (threads or RuntimeThreads(backend=backend)).apply()
@@ -91,11 +93,11 @@ class Recognizer:
         if {"audio_sfx", "speech_window"} <= set(encoders) and SpeechStream.supports(self.audio_prep):
             self.speech = SpeechStream(encoders["audio_sfx"], encoders["speech_window"], self.audio_prep)
         self.backend = backend
-        self.rule = DecisionRule(score, threshold, smoothing, top_k)
+        # `score` None: each version's default (decision.default_score). A --threshold is on the scale of the score
+        # in effect when it was given; a later version that needs another score decides with that one's default.
+        self._asked = {"score": score, "threshold": threshold, "smoothing": smoothing, "top_k": top_k}
+        HeadScores(loaded.head).check_supports(score, model_dir, loaded.manifest)
         self._current = self._wrap(loaded)
-        if not self._current.scores.supports(score):
-            raise ModelDirError(f"{model_dir}: the {score} score needs the analytic readout, which this model "
-                                f"(method {loaded.manifest.get('training', {}).get('method', '?')}) does not have")
         self.last_features: tuple[np.ndarray, np.ndarray] | None = None  # the last window's, for benchmarks
         self.reloads: list[dict] = []
         self._stop = threading.Event()
@@ -103,10 +105,32 @@ class Recognizer:
         if self._watcher is not None:
             self._watcher.start()
 
-    @staticmethod
-    def _wrap(loaded: LoadedModel) -> _Head:
+    def _wrap(self, loaded: LoadedModel) -> _Head:
+        """The version's head with its scorer and decision rule; the rule (and its smoothing) carries over from the
+        version before when the score stays the same."""
         head = loaded.head.eval()
-        return _Head(loaded.version, head, loaded.class_names, HeadScores(head))
+        scores = HeadScores(head)
+        score = self._asked["score"] or default_score(scores)
+        if not scores.supports(score):
+            score = FALLBACK_SCORE
+            log.warning("%s cannot give the %s score asked for (no analytic readout); deciding with %s",
+                        loaded.version, self._asked["score"], score)
+        previous = getattr(self, "_current", None)
+        if previous is None:
+            self._threshold_score = score  # the score a --threshold given was meant for
+        if previous is not None and previous.rule.score == score:
+            rule = previous.rule
+        else:
+            threshold = self._asked["threshold"] if score == self._threshold_score else None
+            rule = DecisionRule(score, threshold, self._asked["smoothing"], self._asked["top_k"])
+            if previous is not None:
+                log.warning("%s decides with the %s score, threshold %s", loaded.version, score, rule.threshold)
+        return _Head(loaded.version, head, loaded.class_names, scores, rule)
+
+    @property
+    def rule(self) -> DecisionRule:
+        """The decision rule of the version in use."""
+        return self._current.rule
 
     @property
     def version(self) -> str:
@@ -187,11 +211,12 @@ class Recognizer:
         mark("visual_encoder")
         current = self._current
         self.last_features = (audio_features, visual_features)
+        rule = current.rule
         ranking, scores = current.scores(torch.from_numpy(audio_features), torch.from_numpy(visual_features),
-                                         (self.rule.score,))
+                                         (rule.score,))
         mark("head")
         latency = {stage: (t - marks[i][1]) * 1000 for i, (stage, t) in enumerate(marks[1:])}
-        return {**self.rule(ranking[0], float(scores[self.rule.score][0]), current.class_names),
+        return {**rule(ranking[0], float(scores[rule.score][0]), current.class_names),
                 "latency_ms": {k: round(v, 2) for k, v in latency.items()},
                 "frames_encoded_after_end": frames_encoded,
                 "speech_windows_after_end": speech_after_end,
