@@ -51,7 +51,7 @@ RUN = ["run", "--model", "no-model-needed", "--camera", "cam.mp4", "--mic", "mic
     (["--top-k", "0"], "top-k"), (["--top-k", "-3"], "top-k"), (["--top-k", "two"], "--top-k"),
     (["--hop", "0"], "--hop"), (["--hop", "-1"], "--hop"), (["--hop", "nan"], "--hop"), (["--hop", "inf"], "--hop"),
     (["--smoothing", "0"], "smoothing"), (["--smoothing", "1.5"], "--smoothing"),
-    (["--threshold", "nan"], "threshold"), (["--threshold", "2"], "threshold"),
+    (["--threshold", "nan"], "threshold"), (["--score", "softmax", "--threshold", "2"], "threshold"),
     (["--threshold", "1e400"], "threshold"), (["--score", "mahalanobis", "--threshold", "-inf"], "threshold"),
     (["--duration", "-5"], "--duration"), (["--duration", "0"], "--duration"), (["--duration", "nan"], "--duration"),
     (["--slot", "-1"], "--slot"), (["--threads", "-2"], "--threads"), (["--score", "cosine"], "--score")])
