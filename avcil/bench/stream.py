@@ -39,6 +39,8 @@ from avcil.runtime.decision import SCORES, HeadScores
 EVENT_OVERLAP_S = 1.0
 TARGET_RECALL = 0.9
 RULES = [{"score": s, "smoothing": k} for s in SCORES for k in (1, 2, 3)]
+EVENT_SETTINGS = [(start, end) for start in (1, 2, 3) for end in (1, 2, 3)]  # the event tracker's hysteresis
+EVENT_RECALL_SLACK = 0.02  # event settings within this of the best event recall compete on false events
 
 
 def _key(*parts) -> str:
@@ -104,8 +106,8 @@ class StreamWindows:
                 overlap = np.minimum(ends, event["end"]) - np.maximum(starts, event["start"])
                 event_of[overlap >= min(EVENT_OVERLAP_S, event["end"] - event["start"]) - 1e-6] = e
                 background &= overlap <= 0
-            self.streams.append({"record": stream, "ends": ends, "event_of": event_of, "background": background,
-                                 "inputs": windows["inputs"]})
+            self.streams.append({"record": stream, "ends": ends, "seconds": windows["seconds"], "event_of": event_of,
+                                 "background": background, "inputs": windows["inputs"]})
         self.background_hours = sum(b["end"] - b["start"] for s in index["streams"] for b in s["background"]) / 3600
 
 
@@ -185,6 +187,57 @@ def choose_threshold(curve: list[dict]) -> float:
     return max(p["threshold"] for p in good if p["false_accepts_per_hour"] == best)
 
 
+def tracked_event_metrics(windows: StreamWindows, labelled: list[np.ndarray], scores: list[np.ndarray],
+                          start_windows: int, end_windows: int) -> dict:
+    """The labelled windows of every stream through the event tracker (avcil.runtime.events), measured as events:
+    an event of the stream is found when a tracked event of its class overlaps it, has a wrong class when one of
+    another class does; a tracked event that overlaps no event of the stream is a false event."""
+    from avcil.runtime.decision import UNKNOWN
+    from avcil.runtime.events import EventTracker
+
+    names = windows.class_names
+    found = wrong = false_events = events = 0
+    delays = []
+    for stream, labels, score in zip(windows.streams, labelled, scores):
+        tracker = EventTracker(start_windows, end_windows)
+        tracked = []
+        for end, label, value in zip(stream["ends"], labels, score):
+            tracked += tracker.feed({"label": names[label] if label >= 0 else UNKNOWN, "score": float(value),
+                                     "window": [float(end) - stream["seconds"], float(end)]})
+        tracked += tracker.close()
+        record = [e for e in stream["record"]["events"] if e["label"] in names]
+        for event in record:
+            overlapping = [t for t in tracked if t["start"] < event["end"] and t["end"] > event["start"]]
+            mine = [t for t in overlapping if t["label"] == event["label"]]
+            events += 1
+            found += bool(mine)
+            wrong += any(t["label"] != event["label"] for t in overlapping)
+            if mine:
+                delays.append(min(t["opened_at"] for t in mine) - event["start"])
+        false_events += sum(not any(t["start"] < e["end"] and t["end"] > e["start"] for e in record) for t in tracked)
+    return {"start_windows": start_windows, "end_windows": end_windows, "events": events,
+            "event_recall": found / max(1, events), "wrong_class_share": wrong / max(1, events),
+            "false_events": false_events, "false_events_per_hour": false_events / windows.background_hours,
+            "delay_s_median": float(np.median(delays)) if delays else None}
+
+
+def event_settings(scorer: HeadScores, splits: dict) -> tuple[list[dict], dict]:
+    """Every hysteresis setting on the test streams at the default rule, and the one chosen on the val streams."""
+    from avcil.runtime.decision import DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_THRESHOLDS
+
+    rule, threshold = {"score": DEFAULT_SCORE, "smoothing": DEFAULT_SMOOTHING}, DEFAULT_THRESHOLDS[DEFAULT_SCORE]
+    measured = {}
+    for split in ("val", "test"):
+        scored = rule_scores(scorer, splits[split], rule)
+        labelled = [np.where(s >= threshold, l, -1) for l, s in scored]
+        measured[split] = [tracked_event_metrics(splits[split], labelled, [s for _, s in scored], start, end)
+                           for start, end in EVENT_SETTINGS]
+    best = max(m["event_recall"] for m in measured["val"])
+    near = [m for m in measured["val"] if m["event_recall"] >= best - EVENT_RECALL_SLACK]
+    chosen = min(near, key=lambda m: (m["false_events_per_hour"], m["start_windows"], m["end_windows"]))
+    return measured["test"], {"start_windows": chosen["start_windows"], "end_windows": chosen["end_windows"]}
+
+
 def load_split(model_dir: Path, streams_root: Path, av_digits: Path, split: str, hours: float, seed: int,
                cache: Path, class_names: list[str], backend: str) -> StreamWindows:
     from tqdm import tqdm
@@ -238,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     default = _default_row(scorer, splits)
     rows.append(default)
+    tracked, chosen = event_settings(scorer, splits)
     payload = {"model": str(model_dir), "model_version": loaded.version, "classes": loaded.class_names,
                "seed": args.seed, "backend": args.backend, "event_overlap_s": EVENT_OVERLAP_S,
                "target_recall": TARGET_RECALL, "load_before": load_before, "load_after": _load(),
@@ -246,8 +300,10 @@ def run(args: argparse.Namespace) -> int:
                "background_hours": splits["test"].background_hours,
                "default_rule": default["rule"], "event_recall": default["event_recall"],
                "false_accepts_per_hour": default["false_accepts_per_hour"],
-               "wrong_class_share": default["wrong_class_share"], "rules": rows, "curves": curves}
-    columns = [("rule", "rule"), ("threshold", "threshold (from val; the default's for the default)"), ("event_recall", "event recall"),
+               "wrong_class_share": default["wrong_class_share"], "rules": rows, "curves": curves,
+               "event_settings": tracked, "event_settings_chosen_on_val": chosen}
+    columns = [("rule", "rule"), ("threshold", "threshold (from val; the default's for the default)"),
+               ("event_recall", "event recall"),
                ("false_accepts_per_hour", "false accepts / h"), ("wrong_class_share", "wrong-class events"),
                ("delay_s_median", "delay median s"), ("delay_s_p90", "delay p90 s")]
     table = (f"Model {model_dir} ({loaded.version}, {len(loaded.class_names)} classes); test streams: "
@@ -258,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
              + "\n\nPer class, default rule:\n\n"
              + markdown_table([{"class": c, **m} for c, m in default["per_class"].items()],
                               [("class", "class"), ("events", "events"), ("event_recall", "recall"),
-                               ("wrong_class_share", "wrong-class"), ("delay_s_median", "delay median s")]))
+                               ("wrong_class_share", "wrong-class"), ("delay_s_median", "delay median s")])
+             + _events_table(tracked, chosen))
     paths = write_report(Path(args.out), args.name, payload, table, "Stream benchmark: event recall and false "
                          "accepts per hour of background, through the live path",
                          lambda p: _plot(p, curves, rows))
@@ -277,6 +334,22 @@ def _default_row(scorer: HeadScores, splits: dict) -> dict:
     scored = rule_scores(scorer, splits["test"], rule)
     test = event_metrics(splits["test"], [np.where(s >= threshold, l, -1) for l, s in scored])
     return {"rule": f"default: {DEFAULT_SCORE} s{DEFAULT_SMOOTHING}", **rule, "threshold": threshold, **test}
+
+
+def _events_table(tracked: list[dict], chosen: dict) -> str:
+    """The event tracker's settings at the default rule, on the test streams."""
+    from avcil.runtime.events import END_WINDOWS, START_WINDOWS
+
+    rows = [{**m, "setting": f"open {m['start_windows']}, close {m['end_windows']}"
+             + (" (default)" if (m["start_windows"], m["end_windows"]) == (START_WINDOWS, END_WINDOWS) else "")}
+            for m in tracked]
+    return (f"\n\nEvents (`avcil run --events`) at the default rule, test streams; the setting chosen on the val "
+            f"streams (the fewest false events per hour within {EVENT_RECALL_SLACK:.0%} of the best event recall): "
+            f"open {chosen['start_windows']}, close {chosen['end_windows']}.\n\n"
+            + markdown_table(rows, [("setting", "windows to open, to close"), ("event_recall", "event recall"),
+                                    ("false_events_per_hour", "false events / h"),
+                                    ("wrong_class_share", "wrong-class events"),
+                                    ("delay_s_median", "delay median s")]))
 
 
 def _load() -> list[float]:

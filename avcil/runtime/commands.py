@@ -41,6 +41,8 @@ def _check_run_flags(args: argparse.Namespace) -> None:
         check_number(args.duration, "--duration", 0, above=True)
     check_number(args.slot, "--slot", 0)
     check_whole(args.threads, "--threads", 0)
+    check_whole(args.event_start, "--event-start", 1)
+    check_whole(args.event_end, "--event-end", 1)
 
 
 def _check_learn_flags(args: argparse.Namespace) -> None:
@@ -60,6 +62,7 @@ def _check_learn_flags(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from avcil.runtime.events import EventTracker, EventWriter
     from avcil.runtime.recognizer import DecisionWriter, Recognizer, run_live
 
     _check_run_flags(args)
@@ -68,18 +71,26 @@ def _run(args: argparse.Namespace) -> int:
                             threads=RuntimeThreads(args.threads, backend=args.backend))
     writer = DecisionWriter(args.jsonl, None if args.quiet else sys.stdout, args.video_out,
                             video_fps=1.0 / args.hop if args.hop else 1.0)
+    events = EventWriter(args.events, EventTracker(args.event_start, args.event_end)) if args.events else None
+
+    def sink(decision: dict, window) -> None:
+        writer(decision, window)
+        if events is not None:
+            events(decision)
     print(f"model {recognizer.version} ({len(recognizer.class_names)} classes), encoders on {args.backend}",
           file=sys.stderr)
     if args.audio_only:
         print("no camera (--audio-only): deciding on sound alone, every decision marked video_missing",
               file=sys.stderr)
     try:
-        summary = run_live(recognizer, args.camera, args.mic, writer, hop=args.hop, duration=args.duration,
+        summary = run_live(recognizer, args.camera, args.mic, sink, hop=args.hop, duration=args.duration,
                            loop=args.loop, slot_s=args.slot)
     except KeyboardInterrupt:
         summary = None
     finally:
         writer.close()
+        if events is not None:
+            events.close()  # an event still open when the run ends is closed then
         recognizer.close()
     if summary is not None:
         print(f"{summary['decisions']} decisions, {summary['dropped_windows']} windows dropped, "
@@ -298,6 +309,14 @@ def add_parsers(subparsers) -> None:
     run.add_argument("--audio-only", action="store_true", help="no camera: decide on sound alone (black frames), "
                      "every decision marked video_missing")
     run.add_argument("--jsonl", metavar="FILE", help="append one JSON line per decision here")
+    from avcil.runtime.events import END_WINDOWS, START_WINDOWS
+
+    run.add_argument("--events", metavar="FILE", help="append one JSON line per event here: a label held over "
+                     "consecutive windows, with its start, end and peak score (docs/decision.md#events)")
+    run.add_argument("--event-start", type=int, default=START_WINDOWS, metavar="N", help="windows labelled a class "
+                     f"in a row that open its event (default {START_WINDOWS})")
+    run.add_argument("--event-end", type=int, default=END_WINDOWS, metavar="M", help="windows not labelled it in a "
+                     f"row that close it (default {END_WINDOWS})")
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C, "
                      "or until file sources end)")
     run.add_argument("--loop", action="store_true", help="file sources: play again from the start when done")
