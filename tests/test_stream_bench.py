@@ -62,3 +62,17 @@ def test_smoothing_is_the_recognizers_running_mean():
     rule = DecisionRule("max_logit", threshold=-10.0, smoothing=3)
     live = [rule(r, s, ["a", "b", "c"])["score"] for r, s in zip(ranking, scores)]
     assert np.allclose(smooth(scores, 3), live, atol=1e-4)
+
+
+def test_events_tracked_over_the_windows_are_matched_to_the_streams_events():
+    from avcil.bench.stream import tracked_event_metrics
+
+    # "1" labelled at the windows ending at 6 and 7 s (one event over 3-7 s: finds "1"), "1" again at 18 s (over
+    # 15-18 s: no event of the stream there, a false event); "2" never labelled.
+    labelled = labels(e6=0, e7=0, e18=0)
+    scores = np.where(labelled >= 0, 0.9, 0.1)
+    m = tracked_event_metrics(windows(), [labelled], [scores], 1, 1)
+    assert (m["events"], m["event_recall"], m["false_events"], m["wrong_class_share"]) == (2, 0.5, 1, 0.0)
+    assert m["delay_s_median"] == 2.0  # opened by the window ending at 6 s, 2 s after the event's start
+    # Two windows needed to open: the lone window at 18 s opens nothing.
+    assert tracked_event_metrics(windows(), [labelled], [scores], 2, 1)["false_events"] == 0
