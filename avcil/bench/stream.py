@@ -34,11 +34,13 @@ import torch
 
 from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
 from avcil.errors import InvalidInput
-from avcil.runtime.decision import SCORES, HeadScores
+from avcil.runtime.decision import DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_THRESHOLDS, SCORES, HeadScores
 
 EVENT_OVERLAP_S = 1.0
 TARGET_RECALL = 0.9
 RULES = [{"score": s, "smoothing": k} for s in SCORES for k in (1, 2, 3)]
+DEFAULT_RULE = {"score": DEFAULT_SCORE, "smoothing": DEFAULT_SMOOTHING}  # what `avcil run` does out of the box
+DEFAULT_THRESHOLD = DEFAULT_THRESHOLDS[DEFAULT_SCORE]
 EVENT_SETTINGS = [(start, end) for start in (1, 2, 3) for end in (1, 2, 3)]  # the event tracker's hysteresis
 EVENT_RECALL_SLACK = 0.02  # event settings within this of the best event recall compete on false events
 
@@ -221,16 +223,13 @@ def tracked_event_metrics(windows: StreamWindows, labelled: list[np.ndarray], sc
             "delay_s_median": float(np.median(delays)) if delays else None}
 
 
-def event_settings(scorer: HeadScores, splits: dict) -> tuple[list[dict], dict]:
-    """Every hysteresis setting on the test streams at the default rule, and the one chosen on the val streams."""
-    from avcil.runtime.decision import DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_THRESHOLDS
-
-    rule, threshold = {"score": DEFAULT_SCORE, "smoothing": DEFAULT_SMOOTHING}, DEFAULT_THRESHOLDS[DEFAULT_SCORE]
+def event_settings(splits: dict, scored: dict) -> tuple[list[dict], dict]:
+    """Every hysteresis setting on the test streams at the default rule (`scored`: its rule_scores per split), and
+    the one chosen on the val streams."""
     measured = {}
     for split in ("val", "test"):
-        scored = rule_scores(scorer, splits[split], rule)
-        labelled = [np.where(s >= threshold, l, -1) for l, s in scored]
-        measured[split] = [tracked_event_metrics(splits[split], labelled, [s for _, s in scored], start, end)
+        labelled = [np.where(s >= DEFAULT_THRESHOLD, l, -1) for l, s in scored[split]]
+        measured[split] = [tracked_event_metrics(splits[split], labelled, [s for _, s in scored[split]], start, end)
                            for start, end in EVENT_SETTINGS]
     best = max(m["event_recall"] for m in measured["val"])
     near = [m for m in measured["val"] if m["event_recall"] >= best - EVENT_RECALL_SLACK]
@@ -245,7 +244,6 @@ def load_split(model_dir: Path, streams_root: Path, av_digits: Path, split: str,
     from avcil.data.streams import build_streams
 
     index = build_streams(streams_root, av_digits, split, hours, seed)
-    folder = next(streams_root.glob(f"{split}-*/streams.json"), None)
     folder = Path(streams_root) / [p.parent.name for p in streams_root.glob(f"{split}-*/streams.json")
                                    if json.loads(p.read_text())["settings"] == index["settings"]][0]
     per_stream = [window_inputs(model_dir, folder, s, cache, backend)
@@ -289,9 +287,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:>16}: threshold {threshold:.3f}  recall {test['event_recall']:.3f}  "
               f"false accepts/h {test['false_accepts_per_hour']:.1f}  wrong {test['wrong_class_share']:.3f}",
               file=sys.stderr)
-    default = _default_row(scorer, splits)
+    default_scored = {split: rule_scores(scorer, splits[split], DEFAULT_RULE) for split in splits}
+    default = _default_row(splits["test"], default_scored["test"])
     rows.append(default)
-    tracked, chosen = event_settings(scorer, splits)
+    tracked, chosen = event_settings(splits, default_scored)
     payload = {"model": str(model_dir), "model_version": loaded.version, "classes": loaded.class_names,
                "seed": args.seed, "backend": args.backend, "event_overlap_s": EVENT_OVERLAP_S,
                "target_recall": TARGET_RECALL, "load_before": load_before, "load_after": _load(),
@@ -325,15 +324,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _default_row(scorer: HeadScores, splits: dict) -> dict:
-    """What `avcil run` does out of the box: the default score, smoothing and threshold, on the test streams."""
-    from avcil.runtime.decision import DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_THRESHOLDS
-
-    rule = {"score": DEFAULT_SCORE, "smoothing": DEFAULT_SMOOTHING}
-    threshold = DEFAULT_THRESHOLDS[DEFAULT_SCORE]
-    scored = rule_scores(scorer, splits["test"], rule)
-    test = event_metrics(splits["test"], [np.where(s >= threshold, l, -1) for l, s in scored])
-    return {"rule": f"default: {DEFAULT_SCORE} s{DEFAULT_SMOOTHING}", **rule, "threshold": threshold, **test}
+def _default_row(test: StreamWindows, scored: list) -> dict:
+    """What `avcil run` does out of the box, on the test streams (`scored`: the default rule's rule_scores)."""
+    metrics = event_metrics(test, [np.where(s >= DEFAULT_THRESHOLD, l, -1) for l, s in scored])
+    return {"rule": f"default: {DEFAULT_RULE['score']} s{DEFAULT_RULE['smoothing']}", **DEFAULT_RULE,
+            "threshold": DEFAULT_THRESHOLD, **metrics}
 
 
 def _events_table(tracked: list[dict], chosen: dict) -> str:

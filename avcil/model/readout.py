@@ -139,13 +139,19 @@ class AnalyticReadout(_Sums, nn.Module):
     def num_classes(self) -> int:
         return self.cross.shape[1]
 
+    def class_means(self) -> torch.Tensor:
+        """The means in the expanded space [C_seen, width] of the classes that have clips: C over the counts."""
+        counts = self.count.double()
+        seen = counts > 0
+        return (self.cross.double()[:, seen] / counts[seen]).T
+
     def class_spread(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(the class means in the expanded space [C_seen, width], the root mean squared distance of a training
         clip from its class mean, pooled over classes), from the sums alone: Σ|φ|² is the trace of G less the
         background's share."""
         counts = self.count.double()
         seen = counts > 0
-        means = (self.cross.double()[:, seen] / counts[seen]).T
+        means = self.class_means()
         square = float(self.gram.double().trace() - self.negative_square)
         within = square - float((counts[seen] * means.pow(2).sum(dim=1)).sum())
         return means, torch.tensor(max(within, 0.0) / max(float(counts.sum()), 1.0)).sqrt()

@@ -151,25 +151,19 @@ class Confined:
 
     def write_new(self, relative: str, data: bytes) -> None:
         """Create the file (never an existing one, never through a link), write it and fsync it."""
-        with self.parent(relative) as (fd, name):
-            try:
-                file_fd = os.open(name, CREATE, 0o644, dir_fd=fd)
-            except OSError as error:
-                raise self._refusal(self._parts(relative), error) from None
-        with os.fdopen(file_fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
+        self._write_synced(relative, data, CREATE)
 
     def append_synced(self, relative: str, data: bytes) -> None:
         """Append to the file (created when absent, never through a link) and fsync it."""
+        self._write_synced(relative, data, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def _write_synced(self, relative: str, data: bytes, flags: int) -> None:
         with self.parent(relative) as (fd, name):
             try:
-                file_fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                  0o644, dir_fd=fd)
+                file_fd = os.open(name, flags, 0o644, dir_fd=fd)
             except OSError as error:
                 raise self._refusal(self._parts(relative), error) from None
-        with os.fdopen(file_fd, "ab") as file:
+        with os.fdopen(file_fd, "wb") as file:  # O_APPEND, when given, still appends
             file.write(data)
             file.flush()
             os.fsync(file.fileno())

@@ -300,6 +300,8 @@ def add_recognition_flags(parser: argparse.ArgumentParser, camera_required: bool
 
 
 def add_parsers(subparsers) -> None:
+    from avcil.runtime.events import END_WINDOWS, START_WINDOWS
+
     run = subparsers.add_parser(
         "run", help="recognise live from a camera and a microphone (or paced files); one JSON line per decision",
         description="Live recognition: clip windows from the camera and the microphone, encoders on the chosen "
@@ -309,8 +311,6 @@ def add_parsers(subparsers) -> None:
     run.add_argument("--audio-only", action="store_true", help="no camera: decide on sound alone (black frames), "
                      "every decision marked video_missing")
     run.add_argument("--jsonl", metavar="FILE", help="append one JSON line per decision here")
-    from avcil.runtime.events import END_WINDOWS, START_WINDOWS
-
     run.add_argument("--events", metavar="FILE", help="append one JSON line per event here: a label held over "
                      "consecutive windows, with its start, end and peak score (docs/decision.md#events)")
     run.add_argument("--event-start", type=int, default=START_WINDOWS, metavar="N", help="windows labelled a class "

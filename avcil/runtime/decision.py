@@ -111,15 +111,6 @@ class HeadScores:
     def supports(self, score: str) -> bool:
         return score != "mahalanobis" or self.readout is not None
 
-    def check_supports(self, score: str | None, where, manifest: dict) -> None:
-        """A ModelDirError when the score asked for (None: the default, always given) needs what the head lacks."""
-        from avcil.modeldir import ModelDirError
-
-        if score is not None and not self.supports(score):
-            raise ModelDirError(f"{where}: the {score} score needs the analytic readout, which this model "
-                                f"(method {manifest.get('training', {}).get('method', '?')}) does not have")
-
-
     @torch.no_grad()
     def __call__(self, audio: torch.Tensor, visual: torch.Tensor, scores=SCORES) -> tuple[np.ndarray, dict]:
         """(ranking [B, C], {score: [B]}) of a batch of encoder features; the ranking is the softmax probabilities
@@ -179,10 +170,7 @@ class HeadScores:
         was learnt (on AV-Digits the best threshold moved from -1.3 to -0.5 between 300 and 1200 windows), its
         place between these two does not."""
         readout = self.readout
-        counts = readout.count.double()
-        seen = counts > 0
-        class_means = (readout.cross.double()[:, seen] / counts[seen]).T
-        classes = float(self._raw_relative(class_means).median())
+        classes = float(self._raw_relative(readout.class_means()).median())
         if float(readout.negative_count) == 0:
             return NO_BACKGROUND_ANCHOR, classes
         mean = readout.negative_sum.double() / float(readout.negative_count)
@@ -198,7 +186,7 @@ class HeadScores:
         total = counts.sum() + negatives
         if counts.sum() < 2:
             raise InvalidInput("the mahalanobis score needs a readout fitted on at least two clips")
-        means = (cross[:, seen] / counts[seen]).T  # [C_seen, width]
+        means = readout.class_means()  # [C_seen, width]
         mean = (cross.sum(dim=1) + negative_sum) / total
         # Background windows are one more group in the shared within-group covariance, and part of the all-clips
         # Gaussian (the "background" one of the relative distance), never a class.

@@ -97,7 +97,7 @@ class EventWriter:
         self.file = open(self.path, "a")
         self.tracker = tracker or EventTracker()
 
-    def __call__(self, decision: dict, window=None) -> None:
+    def __call__(self, decision: dict) -> None:
         self._write(self.tracker.feed(decision))
 
     def close(self) -> None:

@@ -39,8 +39,7 @@ import torch
 
 from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
 from avcil.runtime.decision import (DEFAULT_SMOOTHING, DEFAULT_TOP_K, FALLBACK_SCORE, UNKNOWN, DecisionRule,
-                                    default_score,
-                                    HeadScores)
+                                    HeadScores, default_score)
 from avcil.runtime.frame_tokens import FrameTokens
 from avcil.runtime.heap import trim_heap
 from avcil.runtime.speech_stream import SpeechStream, snap_hop
@@ -96,8 +95,8 @@ class Recognizer:
         # `score` None: each version's default (decision.default_score). A --threshold is on the scale of the score
         # in effect when it was given; a later version that needs another score decides with that one's default.
         self._asked = {"score": score, "threshold": threshold, "smoothing": smoothing, "top_k": top_k}
-        HeadScores(loaded.head).check_supports(score, model_dir, loaded.manifest)
-        self._current = self._wrap(loaded)
+        self._current = self._wrap(loaded, None)
+        self._threshold_score = self._current.rule.score  # the score a --threshold given was meant for
         self.last_features: tuple[np.ndarray, np.ndarray] | None = None  # the last window's, for benchmarks
         self.reloads: list[dict] = []
         self._stop = threading.Event()
@@ -105,23 +104,24 @@ class Recognizer:
         if self._watcher is not None:
             self._watcher.start()
 
-    def _wrap(self, loaded: LoadedModel) -> _Head:
-        """The version's head with its scorer and decision rule; the rule (and its smoothing) carries over from the
-        version before when the score stays the same."""
+    def _wrap(self, loaded: LoadedModel, previous: _Head | None) -> _Head:
+        """The version's head with its scorer and decision rule (`previous`: the version in use, None at start);
+        the rule (and its smoothing) carries over from the version before when the score stays the same."""
         head = loaded.head.eval()
         scores = HeadScores(head)
         score = self._asked["score"] or default_score(scores)
         if not scores.supports(score):
-            score = FALLBACK_SCORE
+            if previous is None:
+                raise ModelDirError(f"{self.model.root}: the {score} score needs the analytic readout, which this "
+                                    f"model (method {loaded.manifest.get('training', {}).get('method', '?')}) "
+                                    f"does not have")
             log.warning("%s cannot give the %s score asked for (no analytic readout); deciding with %s",
-                        loaded.version, self._asked["score"], score)
-        previous = getattr(self, "_current", None)
-        if previous is None:
-            self._threshold_score = score  # the score a --threshold given was meant for
+                        loaded.version, score, FALLBACK_SCORE)
+            score = FALLBACK_SCORE
         if previous is not None and previous.rule.score == score:
             rule = previous.rule
         else:
-            threshold = self._asked["threshold"] if score == self._threshold_score else None
+            threshold = self._asked["threshold"] if previous is None or score == self._threshold_score else None
             rule = DecisionRule(score, threshold, self._asked["smoothing"], self._asked["top_k"])
             if previous is not None:
                 log.warning("%s decides with the %s score, threshold %s", loaded.version, score, rule.threshold)
@@ -165,7 +165,8 @@ class Recognizer:
             return False
         self.reloads.append({"time": time.time(), "from": self._current.version, "to": loaded.version,
                              "refused": loaded.refused})
-        self._current = self._wrap(loaded)  # one reference assignment: a decision sees the old or the new head
+        # One reference assignment: a decision sees the old or the new head.
+        self._current = self._wrap(loaded, self._current)
         log.info("now using model %s (%d classes)", loaded.version, len(loaded.class_names))
         trim_heap()  # the old head's memory, else kept by this thread's arena (avcil.runtime.heap)
         return True
