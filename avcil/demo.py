@@ -196,10 +196,11 @@ def _learn_new_digit(model_dir: Path, profile, paths: list[Path]) -> tuple[dict,
 def _learn_background(model_dir: Path, profile, cache: Path, count: int) -> dict:
     from avcil.data.streams import build_background_clips
     from avcil.runtime.background import learn_background
+    from avcil.runtime.file_windows import cached_window_views
 
     paths = build_background_clips(cache / "streams", count, progress=False)
     started = time.perf_counter()
-    features, cached = _background_features(profile, paths, cache / "background-windows")
+    features, cached = cached_window_views(profile, paths, cache / "background-windows")
     encode_seconds = time.perf_counter() - started
     summary = learn_background(model_dir, features["audio"], features["visual"],
                                (features["probe_audio"], features["probe_visual"]), [str(p) for p in paths])
@@ -207,29 +208,6 @@ def _learn_background(model_dir: Path, profile, cache: Path, count: int) -> dict
     say(f"    learnt background from {len(paths)} clips ({summary['background_windows']} windows) in "
         f"{summary['seconds']:.2f} s, {encoded} ({summary['parent']} -> {summary['version']})")
     return {**summary, "encode_seconds": round(encode_seconds, 2), "features_cached": cached}
-
-
-def _background_features(profile, paths: list[Path], folder: Path) -> tuple[dict, bool]:
-    """The window views (what `learn --background` learns) and whole-clip probes (what its guard checks) of the
-    background clips, cached per encoder profile and clip set: they cost minutes and never change."""
-    import hashlib
-
-    from avcil.runtime.file_windows import DEFAULT_VIEWS, encode_window_views
-
-    key = hashlib.sha256(json.dumps([profile.describe(), [p.name for p in paths], [p.stat().st_size for p in paths],
-                                     DEFAULT_VIEWS], sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = folder / f"{key}.npz"
-    if path.is_file():
-        with np.load(path) as stored:
-            return {name: stored[name] for name in stored.files}, True
-    audio, visual = encode_window_views(profile, paths, progress=False)
-    probe_audio, probe_visual = profile.encode_files(paths, progress=False)
-    features = {"audio": audio, "visual": visual, "probe_audio": probe_audio, "probe_visual": probe_visual}
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial.npz")
-    np.savez(partial, **features)
-    partial.replace(path)  # a killed run leaves no half-written cache behind
-    return features, False
 
 
 def _wait_for(recognizer, version: str, timeout_s: float = 10.0) -> None:

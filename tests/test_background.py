@@ -66,13 +66,13 @@ def test_a_class_offered_as_background_is_refused_naming_it(analytic_model, toy_
 
 
 def test_the_demos_background_features_are_encoded_once_then_read_back(tiny_profile, toy_clips, tmp_path):
-    from avcil.demo import _background_features
+    from avcil.runtime.file_windows import cached_window_views
 
     paths = toy_clips["green"][:2]
-    first, cached = _background_features(tiny_profile, paths, tmp_path)
+    first, cached = cached_window_views(tiny_profile, paths, tmp_path)
     assert not cached and first["audio"].shape[0] == 2 * DEFAULT_VIEWS and first["probe_audio"].shape[0] == 2
-    again, cached = _background_features(tiny_profile, paths, tmp_path)
+    again, cached = cached_window_views(tiny_profile, paths, tmp_path)
     assert cached and all(np.array_equal(first[k], again[k]) for k in first)
     assert [p.name for p in tmp_path.iterdir()] == [next(tmp_path.iterdir()).name]  # one file, no partial left
-    _, cached = _background_features(tiny_profile, toy_clips["green"][:1], tmp_path)
+    _, cached = cached_window_views(tiny_profile, toy_clips["green"][:1], tmp_path)
     assert not cached  # another clip set is encoded anew

@@ -10,7 +10,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from avcil.bench import accuracy, distributed, gpu, head_speed, latency, load, soak, stream, update
+    from avcil.bench import (accuracy, correction, distributed, enrol, gpu, head_speed, latency, load, soak,
+                             stream, update)
     from avcil.train.options import add_training_flags
 
     bench = subparsers.add_parser("bench", help="benchmarks that write JSON, a markdown table and a plot")
@@ -29,7 +30,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             ("load", load, "decision latency quiet and beside 1 and 2 CPU-bound competitor processes"),
             ("soak", soak, "live recognition for N minutes with field learning: RSS, fds, latency, gaps"),
             ("stream", stream, "event recall and false accepts per hour of background on AV-Digits streams, "
-                               "through the live path (replayed)")):
+                               "through the live path (replayed)"),
+            ("correction", correction, "what one 'that was not X' (avcil learn --not) costs in event recall and "
+                                       "buys in false accepts, on the stream benchmark"),
+            ("enrol", enrol, "event recall of a class learnt in the field from 1-40 clips, on the stream "
+                             "benchmark; sets the default clip count")):
         parser = kinds.add_parser(name, help=text)
         module.add_flags(parser)
         parser.set_defaults(func=_bench, bench_func=module.run)

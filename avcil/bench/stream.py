@@ -34,7 +34,8 @@ import torch
 
 from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
 from avcil.errors import InvalidInput
-from avcil.runtime.decision import DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_THRESHOLDS, SCORES, HeadScores
+from avcil.runtime.decision import (DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_THRESHOLDS, REJECTED, SCORES,
+                                    HeadScores)
 
 EVENT_OVERLAP_S = 1.0
 TARGET_RECALL = 0.9
@@ -114,13 +115,14 @@ class StreamWindows:
 
 
 def rule_scores(scorer: HeadScores, windows: StreamWindows, rule: dict) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per stream: (label index per window before the threshold, smoothed open-set score per window)."""
+    """Per stream: (label index per window before the threshold, -1 where a correction (`avcil learn --not`)
+    rejects the window; smoothed open-set score per window)."""
     out = []
     for stream in windows.streams:
         ranking, scores = scorer.of_inputs(torch.from_numpy(stream["inputs"]), (rule["score"],))
         ranking = smooth(ranking, rule["smoothing"])
         score = smooth(scores[rule["score"]], rule["smoothing"])
-        out.append((ranking.argmax(axis=1), score))
+        out.append((np.where(scores[REJECTED], -1, ranking.argmax(axis=1)), score))
     return out
 
 

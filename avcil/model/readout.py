@@ -122,13 +122,21 @@ class AnalyticReadout(_Sums, nn.Module):
         self.register_buffer("negative_sum", torch.zeros(width))
         self.register_buffer("negative_count", torch.tensor(0.0))
         self.register_buffer("negative_square", torch.tensor(0.0, dtype=torch.float64))  # Σ |φ|² of background
+        # Corrections ("that was not X", `avcil learn --not`): windows the model labelled a class they do not hold,
+        # kept as they are (readout inputs) with the class they were mistaken for. They are not in the sums: one
+        # window added to the Gaussians gives its own unusual directions variance and stops being unusual, which on
+        # the stream benchmark drew a fifth of the events' windows to it (docs/decision.md#that-was-not-x).
+        self.register_buffer("rejection_inputs", torch.zeros(0, in_dim))
+        self.register_buffer("rejection_class", torch.zeros(0, dtype=torch.long))
 
     def _check(self) -> float:
         return 0.0 if self.expand is None else fingerprint(self.expand)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("negative_sum", "negative_count", "negative_square"):  # model dirs from before background learning have none
-            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        for name in ("negative_sum", "negative_count", "negative_square", "rejection_inputs", "rejection_class"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())  # model dirs from before they existed
+        for name in ("rejection_inputs", "rejection_class"):  # as many rows as were stored
+            setattr(self, name, torch.empty_like(state_dict[prefix + name]))
         stored = state_dict.get(prefix + "expand_check")  # self.expand_check: this expansion's, from __init__
         if stored is not None and float(stored) != float(self.expand_check):
             raise InvalidInput("the analytic readout's random expansion regenerated here differs from the one it "
@@ -180,6 +188,15 @@ class AnalyticReadout(_Sums, nn.Module):
         phi = self.expanded(x).double()
         self.add({"gram": phi.T @ phi, "negative_sum": phi.sum(dim=0), "negative_count": torch.tensor(len(phi)),
                   "negative_square": phi.pow(2).sum()})
+
+    @torch.no_grad()
+    def add_rejections(self, x: torch.Tensor, class_index: int) -> None:
+        """Keep windows (readout inputs [n, in_dim]) that were labelled class `class_index` and hold none of the
+        classes; no solve needed: the decision reads them (avcil.runtime.decision.HeadScores.rejected)."""
+        if not 0 <= class_index < self.num_classes:
+            raise InvalidInput(f"no class {class_index} among the readout's {self.num_classes}")
+        self.rejection_inputs = torch.cat([self.rejection_inputs, x.float()])
+        self.rejection_class = torch.cat([self.rejection_class, torch.full((len(x),), class_index, dtype=torch.long)])
 
     def standardise(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Fix the per-input standardisation (once, from the first clips; over all ranks' clips under torchrun)."""

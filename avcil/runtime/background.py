@@ -1,4 +1,4 @@
-"""Learning background: windows that hold none of the model's classes, added on purpose.
+"""Learning what is none of the classes: background added on purpose, and corrections ("that was not X").
 
     windows = encode_window_views(profile, files)     # what live windows see of each file: the rows learnt
     probes = profile.encode_files(files)               # one whole-clip row per file: the rows the guard checks
@@ -19,6 +19,10 @@ clip is shifted from its training clips by the silence and frames around it (1.2
 on the toy clips of the tests), which would blur the line. Neither the ridge output (windows the model wrongly
 takes for a class, the most useful background there is, have high outputs too) nor the class's output on its own
 clips after the update (the ridge, wider than it has clips, still fits them) can tell.
+
+A correction (`learn_not`, `avcil learn --not LABEL`) is a window the model labelled LABEL that holds none of the
+classes. It is kept as it is beside the readout's sums, not added to them (avcil/model/readout.py says why), and
+the decision rule makes every window nearer to it than to the class means `unknown` (docs/decision.md).
 """
 
 from __future__ import annotations
@@ -61,12 +65,65 @@ def learn_background(model_dir: str | Path, audio: np.ndarray, visual: np.ndarra
     """Add these windows (features) as background; commit and return a summary with the new version. `probes`:
     one whole-clip (audio, visual) row per source, what the guard checks (default: each window is its own
     source, as recorded clips are)."""
-    if len(audio) == 0 or len(audio) != len(visual):
-        raise InvalidInput(f"learning background needs windows: got {len(audio)} audio and {len(visual)} visual rows")
+    _check_windows(audio, visual, "learning background")
     probes = (audio, visual) if probes is None else probes
-    sources = list(sources) if sources is not None else [f"recorded clip {i + 1}" for i in range(len(probes[0]))]
+    sources = _source_names(sources, len(probes[0]))
     if len(sources) != len(probes[0]):
         raise InvalidInput(f"learning background: {len(sources)} sources for {len(probes[0])} probe rows")
+    suspects = []
+
+    def change(loaded, head, readout) -> tuple[str, dict]:
+        suspects.extend(resembled_classes(readout, _readout_inputs(head, *probes), loaded.class_names, sources))
+        if suspects and not force:
+            raise InvalidInput("not learnt as background: " + "; ".join(suspects) + ". Background must hold none "
+                               "of the classes; leave those files out, or pass --force to add them anyway")
+        readout.accumulate_background(_readout_inputs(head, audio, visual))
+        readout.solve()
+        return (f"learnt background from {len(sources)} source(s), {len(audio)} windows",
+                {"background_windows": len(audio), "sources": len(sources), "forced_past": suspects if force else []})
+
+    summary, readout = _update_readout(model_dir, "background", change)
+    return {**summary, "background_windows": len(audio), "background_windows_total": int(readout.negative_count),
+            "sources": len(sources), "suspects_forced": suspects if force else []}
+
+
+def learn_not(model_dir: str | Path, label: str, audio: np.ndarray, visual: np.ndarray,
+              sources: Sequence[str] | None = None) -> dict:
+    """"That was not `label`": keep these windows (features) as corrections of class `label`; from the new
+    version on, a window nearer to one of them than to every class mean is `unknown` (HeadScores.rejected).
+    Commit and return a summary with the new version. Nothing else in the model changes: the classes, their
+    scores elsewhere, the background."""
+    _check_windows(audio, visual, f"correcting {label!r}")
+    sources = _source_names(sources, len(audio))
+
+    def change(loaded, head, readout) -> tuple[str, dict]:
+        names = loaded.class_names
+        if label not in names:
+            raise InvalidInput(f"no class {label!r} to correct: the model ({loaded.version}) knows "
+                               f"{', '.join(map(repr, names))}")
+        readout.add_rejections(_readout_inputs(head, audio, visual), names.index(label))
+        return (f"learnt that {len(sources)} source(s), {len(audio)} windows, are not {label!r}",
+                {"not": label, "windows": len(audio), "sources": len(sources)})
+
+    summary, readout = _update_readout(model_dir, "a correction", change)
+    return {**summary, "not": label, "windows": len(audio), "sources": len(sources),
+            "corrections_total": len(readout.rejection_inputs)}
+
+
+def _check_windows(audio: np.ndarray, visual: np.ndarray, doing: str) -> None:
+    if len(audio) == 0 or len(audio) != len(visual):
+        raise InvalidInput(f"{doing} needs windows: got {len(audio)} audio and {len(visual)} visual rows")
+
+
+def _source_names(sources: Sequence[str] | None, count: int) -> list[str]:
+    """The sources' names, or each recorded clip its own source."""
+    return list(sources) if sources is not None else [f"recorded clip {i + 1}" for i in range(count)]
+
+
+def _update_readout(model_dir: str | Path, what: str, change) -> tuple[dict, torch.nn.Module]:
+    """Under the model dir's writer lock: load the current version, let `change(loaded, head, readout)` update its
+    analytic readout and return (note, field_learning details), commit the result as a new version. ({version,
+    parent, seconds}, the readout); `seconds` runs to just before the commit."""
     model = ModelDir(model_dir)
     started = time.perf_counter()
     with model.writer():
@@ -74,24 +131,15 @@ def learn_background(model_dir: str | Path, audio: np.ndarray, visual: np.ndarra
         head = loaded.head.eval()
         readout = head.readout
         if readout is None or not hasattr(readout, "accumulate_background"):
-            raise ModelDirError(f"{model.root}: background is learnt by the analytic readout, which this model "
-                                f"does not have (train it with the default method)")
-        suspects = resembled_classes(readout, _readout_inputs(head, *probes), loaded.class_names, sources)
-        if suspects and not force:
-            raise InvalidInput("not learnt as background: " + "; ".join(suspects) + ". Background must hold none "
-                               "of the classes; leave those files out, or pass --force to add them anyway")
-        readout.accumulate_background(_readout_inputs(head, audio, visual))
-        readout.solve()
+            raise ModelDirError(f"{model.root}: {what} is learnt by the analytic readout, which this model does "
+                                f"not have (train it with the default method)")
+        note, details = change(loaded, head, readout)
         seconds = time.perf_counter() - started
         version = model.commit(
             head, loaded.memory, loaded.manifest["classes"], loaded.manifest["features"],
-            extra={"parent": loaded.version, "training": loaded.manifest.get("training"),
-                   "note": f"learnt background from {len(sources)} source(s), {len(audio)} windows",
-                   "field_learning": {"background_windows": len(audio), "sources": len(sources),
-                                      "forced_past": suspects if force else [], "seconds": round(seconds, 3)}})
-    return {"version": version, "parent": loaded.version, "background_windows": len(audio),
-            "background_windows_total": int(readout.negative_count), "sources": len(sources),
-            "suspects_forced": suspects if force else [], "seconds": seconds}
+            extra={"parent": loaded.version, "training": loaded.manifest.get("training"), "note": note,
+                   "field_learning": {**details, "seconds": round(seconds, 3)}})
+    return {"version": version, "parent": loaded.version, "seconds": seconds}, readout
 
 
 def _readout_inputs(head, audio: np.ndarray, visual: np.ndarray) -> torch.Tensor:

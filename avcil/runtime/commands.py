@@ -110,11 +110,12 @@ def _learn(args: argparse.Namespace) -> int:
     if args.refine and args.method != "analytic":
         raise InvalidInput("--refine follows an analytic update with a gradient one; it goes with --method analytic")
     model = ModelDir(args.model)
-    if args.background:
+    if args.background or args.not_label is not None:
         with _writer(model, args):
-            return _learn_background(args, model)
+            return _learn_negatives(args, model)
     if not args.label:
-        raise InvalidInput("name the new class with --label NAME (or add background with --background)")
+        raise InvalidInput("name the new class with --label NAME (or add background with --background, or a "
+                           "correction with --not LABEL)")
     with _writer(model, args):
         summary, audio, visual, settings = _learn_first(args, model)
     if args.refine:
@@ -173,36 +174,54 @@ def _learn_first(args: argparse.Namespace, model) -> tuple:
     return summary, audio, visual, settings
 
 
-def _learn_background(args: argparse.Namespace, model) -> int:
-    """`avcil learn --background`: windows of files or live recordings that hold none of the classes."""
+def _learn_negatives(args: argparse.Namespace, model) -> int:
+    """`avcil learn --background` (windows of files or recordings that hold none of the classes) and `avcil learn
+    --not LABEL` (windows the model labelled LABEL that are not it): what live windows see of each file, learnt as
+    none of the classes."""
     from avcil.model.encoders import profile_from_record
-    from avcil.runtime.background import learn_background
+    from avcil.runtime.background import learn_background, learn_not
     from avcil.runtime.file_windows import encode_window_views
     from avcil.runtime.field import record_clips
 
+    flag = "--background" if args.background else "--not"
+    if args.background and args.not_label is not None:
+        raise InvalidInput("--background and --not are two different things: give one")
     if args.label or args.method != "analytic" or args.refine:
-        raise InvalidInput("--background takes no --label, --method or --refine: it is an analytic update")
+        raise InvalidInput(f"{flag} takes no --label, --method or --refine: it is an analytic update")
+    if args.force and not args.background:
+        raise InvalidInput("--force goes with --background (it adds files that look like a class)")
     loaded = model.load(with_memory=False)
     model.check_exemplars(loaded)  # the new version keeps them: refused before anything is encoded
+    if args.not_label is not None and args.not_label not in loaded.class_names:
+        raise InvalidInput(f"--not {args.not_label!r}: the model ({loaded.version}) has no such class; it knows "
+                           f"{', '.join(map(repr, loaded.class_names))}")
     profile = profile_from_record(loaded.manifest["features"].get("profile"))
     started = time.perf_counter()
+    probes = sources = None  # recorded: each clip is its own source
     if args.files:
         audio, visual = encode_window_views(profile, args.files)  # what live windows will see of each file
-        probes, sources = profile.encode_files(args.files, progress=False), list(args.files)  # what the guard checks
+        sources = list(args.files)
+        if args.background:
+            probes = profile.encode_files(args.files, progress=False)  # what the guard checks
     elif args.camera and args.mic and args.clips:
         audio, visual = record_clips(args.camera, args.mic, args.clips, profile, args.countdown)
-        probes, sources = None, None  # each recorded clip is its own source
     else:
-        raise InvalidInput("name the background: --files F... or --camera SRC --mic SRC --clips N")
+        raise InvalidInput(f"name what {flag} learns: --files F... or --camera SRC --mic SRC --clips N")
     encode_seconds = time.perf_counter() - started
-    summary = learn_background(args.model, audio, visual, probes, sources, force=args.force)
+    if args.background:
+        summary = learn_background(args.model, audio, visual, probes, sources, force=args.force)
+        line = (f"learnt background from {{sources}} source(s), {{background_windows}} windows "
+                f"({{background_windows_total}} in all)")
+    else:
+        summary = learn_not(args.model, args.not_label, audio, visual, sources)
+        line = ("learnt that {sources} source(s), {windows} windows, are not {not!r}: windows like them are "
+                "'unknown' from now on ({corrections_total} corrections in all)")
     summary.update(encode_seconds=round(encode_seconds, 3), learn_seconds=round(summary.pop("seconds"), 3))
     if args.json:
         print(json.dumps(summary), flush=True)
     else:
-        print(f"learnt background from {summary['sources']} source(s), {summary['background_windows']} windows "
-              f"({summary['background_windows_total']} in all) in {summary['learn_seconds']:.2f} s after "
-              f"{encode_seconds:.1f} s of encoding: {summary['parent']} -> {summary['version']}", flush=True)
+        print(line.format(**summary) + f" in {summary['learn_seconds']:.2f} s after {encode_seconds:.1f} s of "
+              f"encoding: {summary['parent']} -> {summary['version']}", flush=True)
     return 0
 
 
@@ -340,6 +359,8 @@ def add_parsers(subparsers) -> None:
     learn.add_argument("--background", action="store_true", help="the files or recordings hold none of the "
                        "classes: learn them as background, which the model answers 'unknown' to")
     learn.add_argument("--force", action="store_true", help="with --background: add files that look like a class")
+    learn.add_argument("--not", dest="not_label", metavar="LABEL", help="the files or recordings were labelled LABEL "
+                       "and are not it (nor any class): from the new version on, windows like them are 'unknown'")
     learn.add_argument("--files", nargs="+", metavar="F", help="video files (with sound) of the new class")
     learn.add_argument("--camera", metavar="SRC", help="record from this camera (with --mic and --clips)")
     learn.add_argument("--mic", metavar="SRC", help="record from this microphone")

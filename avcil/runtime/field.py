@@ -103,7 +103,7 @@ def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np
         head = loaded.head
         if method == "avcil":
             check_gradient_update(manifest, model.root)
-        update = _analytic_update if method == "analytic" else _gradient_update
+        update = analytic_update if method == "analytic" else _gradient_update
         details = update(head, classes, clips, memory, settings, progress, label, log)
         if memory is not None:
             memory.update(clips, {new_index: np.arange(len(audio))}, embed=fused_embedder(head))
@@ -125,7 +125,7 @@ def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np
             "memory_clips": len(memory) if memory is not None else 0, "seconds": seconds, **details}
 
 
-def _analytic_update(head, classes, clips, memory, settings, progress, label, log) -> dict:
+def analytic_update(head, classes, clips, memory, settings, progress, label, log) -> dict:
     """Add the class's clips to the readout's statistics and solve: exact joint least squares, no replay."""
     config = settings.train_config()
     details = {}

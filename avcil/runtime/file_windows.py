@@ -13,6 +13,8 @@ what a file source gives there: silence and its first or last frame.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -57,3 +59,23 @@ def encode_window_views(profile, paths: Sequence[str | Path], views: int = DEFAU
         audio.append(a)
         visual.append(v)
     return np.concatenate(audio), np.concatenate(visual)
+
+
+def cached_window_views(profile, paths: list[Path], folder: Path) -> tuple[dict, bool]:
+    """({audio, visual}: the window views (what `learn --background` learns), {probe_audio, probe_visual}: the
+    whole-clip features (what its guard checks)) of media files, and whether they were read back: cached in
+    `folder` per encoder profile and file set, for clips that cost minutes to encode and never change."""
+    key = hashlib.sha256(json.dumps([profile.describe(), [p.name for p in paths], [p.stat().st_size for p in paths],
+                                     DEFAULT_VIEWS], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = folder / f"{key}.npz"
+    if path.is_file():
+        with np.load(path) as stored:
+            return {name: stored[name] for name in stored.files}, True
+    audio, visual = encode_window_views(profile, paths, progress=False)
+    probe_audio, probe_visual = profile.encode_files(paths, progress=False)
+    features = {"audio": audio, "visual": visual, "probe_audio": probe_audio, "probe_visual": probe_visual}
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, **features)
+    partial.replace(path)  # a killed run leaves no half-written cache behind
+    return features, False

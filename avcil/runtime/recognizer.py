@@ -39,7 +39,7 @@ import torch
 
 from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
 from avcil.runtime.decision import (DEFAULT_SMOOTHING, DEFAULT_TOP_K, FALLBACK_SCORE, UNKNOWN, DecisionRule,
-                                    HeadScores, default_score)
+                                    REJECTED, HeadScores, default_score)
 from avcil.runtime.frame_tokens import FrameTokens
 from avcil.runtime.heap import trim_heap
 from avcil.runtime.speech_stream import SpeechStream, snap_hop
@@ -217,7 +217,8 @@ class Recognizer:
                                          (rule.score,))
         mark("head")
         latency = {stage: (t - marks[i][1]) * 1000 for i, (stage, t) in enumerate(marks[1:])}
-        return {**rule(ranking[0], float(scores[rule.score][0]), current.class_names),
+        rejected = bool(scores[REJECTED][0]) if REJECTED in scores else False
+        return {**rule(ranking[0], float(scores[rule.score][0]), current.class_names, rejected),
                 "latency_ms": {k: round(v, 2) for k, v in latency.items()},
                 "frames_encoded_after_end": frames_encoded,
                 "speech_windows_after_end": speech_after_end,
