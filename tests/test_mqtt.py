@@ -280,8 +280,10 @@ def test_discovery_events_state_and_availability(brokers):
         feed(publisher, relay, "..rrr..bb.")  # red opens at window 2, closes after 2 misses; blue opens at 7
         listener.wait(lambda l: len(l.on("avcil/kitchen/event")) == 1, what="the red event")
         red = listener.on("avcil/kitchen/event")[0]
-        assert {"label", "start", "end", "peak_score", "windows", "model_version", "start_time", "end_time"} <= set(red)
-        assert (red["label"], red["event_type"], red["start"], red["end"], red["windows"]) == ("red", "red", 1.0, 3.5, 3)
+        assert {"label", "start", "end", "peak_score", "windows", "model_version", "start_time",
+                "end_time"} <= set(red)
+        assert (red["label"], red["event_type"], red["start"], red["end"], red["windows"]) == (
+            "red", "red", 1.0, 3.5, 3)
         assert 0 < red["end_time"] - red["start_time"] == pytest.approx(2.5, abs=0.01)
         states = lambda: [s["event"] for s in listener.on("avcil/kitchen/state")]  # noqa: E731
         listener.wait(lambda l: states()[-1:] == ["blue"], what="the blue event under way")

@@ -24,6 +24,7 @@ reached, refuses the credentials or goes away is one line on stderr (not one per
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
@@ -45,12 +46,14 @@ DEFAULT_PREFIX = "avcil"
 DISCOVERY_PREFIX = "homeassistant"  # Home Assistant's default discovery prefix
 PASSWORD_ENV = "AVCIL_MQTT_PASSWORD"
 DEVICE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what Home Assistant allows in a discovery topic's node id
-RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 16  # paho doubles the wait after each failed try, up to the max
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1, 8  # paho doubles the wait after each failed try, up to the max
 KEEPALIVE_S = 15  # a broker that vanished without closing the connection is noticed within 1.5 times this
 KEPT_WHILE_AWAY = 1000  # events kept for a broker that is away: hours of events at a few a minute
 PAHO_QUEUE = 2000  # paho's own cap on messages not yet acknowledged (its queue while a connection is half-dead)
 CLOSE_WAIT_S = 3.0  # the end of a run waits this long for the broker to take its last events
 URL_FORM = "mqtt://[user@]host[:port][/prefix] (or mqtts:// for TLS)"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ def add_mqtt_flags(parser) -> None:
     """--mqtt and its companions, shared by `avcil run` and `avcil serve`; checked by mqtt_target."""
     parser.add_argument("--mqtt", metavar="URL", help=f"publish each event and the device's state to this MQTT "
                         f"broker, announced to Home Assistant by MQTT discovery: {URL_FORM}; prefix default "
-                        f"{DEFAULT_PREFIX!r} (README, MQTT)")
+                        f"{DEFAULT_PREFIX!r} (README: Events to Home Assistant)")
     parser.add_argument("--mqtt-password-file", metavar="F", help=f"the broker password, the first line of this "
                         f"file (default: ${PASSWORD_ENV}; never in the URL, where `ps` would show it)")
     parser.add_argument("--mqtt-device-id", metavar="ID", help="this device in the topics and in Home Assistant "
@@ -231,6 +234,9 @@ class MqttPublisher:
         client.max_queued_messages_set(PAHO_QUEUE)
         client.on_connect, client.on_disconnect = self._on_connect, self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
+        # A bug in a callback is logged, not raised in paho's thread, where it would end reconnecting for good.
+        client.suppress_exceptions = True
+        client.enable_logger(log)
         client.connect_async(target.host, target.port, keepalive=KEEPALIVE_S)
         self.client = client
         client.loop_start()
@@ -245,6 +251,8 @@ class MqttPublisher:
                           + "; recognition goes on without it, retrying with back-off")
             return
         with self._lock:
+            if self._closing:
+                return  # a connection made while the run ends: 'online' now would outlive it
             self._connected = True
             self._publish(self.topics["availability"], "online", retain=True)
             self._announce()
@@ -270,8 +278,10 @@ class MqttPublisher:
             was_connected, self._connected = self._connected, False
         self._up.clear()
         if was_connected and not self._closing:
-            self._trouble("lost", f"mqtt: lost the broker {self.target.broker} ({reason}); recognition goes on, "
-                                  f"events kept for it while it reconnects with back-off")
+            # A broker that vanished gives no reason ("Unspecified error"); one that said why is named.
+            why = "" if reason.getName() == "Unspecified error" else f" ({reason})"
+            self._trouble("lost", f"mqtt: lost the broker {self.target.broker}{why}; recognition goes on, events "
+                                  f"kept for it while it reconnects with back-off")
 
     def _on_connect_fail(self, client, userdata) -> None:
         if not self._closing:

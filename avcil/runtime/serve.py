@@ -575,8 +575,9 @@ def add_parser(subparsers) -> None:
     serve = subparsers.add_parser(
         "serve", help="the device's web page: live view, add a class, versions and rollback, behind a token",
         description="Serve the device's page: the camera with the current label, the decisions and their latency, "
-                    "a form that records and learns a new class from this camera and microphone, the model's "
-                    "versions with rollback. Every request needs the token (printed at start, or --token-file).")
+                    "the events (a label held over windows; with --mqtt also sent to a broker), a form that records "
+                    "and learns a new class from this camera and microphone, the model's versions with rollback. "
+                    "Every request needs the token (printed at start, or --token-file).")
     add_recognition_flags(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this device "
                        "only; 0.0.0.0 opens the page to the network)")
