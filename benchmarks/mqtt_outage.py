@@ -175,6 +175,7 @@ def main() -> int:
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
+    shutil.rmtree(work, ignore_errors=True)
     return 0
 
 
