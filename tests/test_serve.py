@@ -20,13 +20,14 @@ from pathlib import Path
 import pytest
 
 from avcil.cli import main
-from conftest import free_port
+from conftest import TOY_CLASSES, free_port, make_clip
 from test_record import playing_tone
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every endpoint: all answer 401 without the token.
 ENDPOINTS = [("GET", "/"), ("GET", "/static/app.js"), ("GET", "/static/style.css"), ("GET", "/video.mjpg"),
              ("GET", "/api/status"), ("GET", "/api/decisions?after=0"), ("GET", "/api/events"),
+             ("GET", "/api/detections?after=0"),
              ("GET", "/api/learn"), ("GET", "/api/versions"), ("POST", "/api/learn"), ("POST", "/api/rollback")]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -334,3 +335,53 @@ def test_a_person_watches_adds_a_class_and_rolls_back_from_the_page(tmp_path, to
     assert (tmp_path / "serve-page.png").stat().st_size > 10_000
     if os.environ.get("AVCIL_KEEP_SCREENSHOT"):  # for a person to look at: benchmarks/results/serve-page.png
         shutil.copy(tmp_path / "serve-page.png", ROOT / "benchmarks" / "results" / "serve-page.png")
+
+
+def test_the_page_shows_the_events_under_way_and_done_and_mqtt_gets_them_too(tmp_path, toy_model, servers):
+    """File sources (a red clip, then a blue one) through `avcil serve --mqtt`: the page shows each event under way,
+    then the two events done; the broker gets the same two."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from test_mqtt import Broker, Listener
+
+    broker = Broker(tmp_path / "broker").start()
+    listener = Listener(broker.port, "avcil/page/#")
+    clips = [make_clip(tmp_path / f"{name}.mp4", *TOY_CLASSES[name], seconds=5.0) for name in ("red", "blue")]
+    files = ",".join(map(str, clips))
+    token = "t0ken-" + "y" * 26
+    (tmp_path / "token").write_text(token + "\n")
+    browser = chromium(tmp_path / "chromium-profile")
+    try:
+        server = servers(toy_model, files, {}, "--token-file", str(tmp_path / "token"), "--event-start", "2",
+                         "--event-end", "2", "--mqtt", f"mqtt://127.0.0.1:{broker.port}", "--mqtt-device-id", "page",
+                         mic=files)
+        browser.get(f"http://127.0.0.1:{server.port}/?token={token}")
+        wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+        ongoing = lambda: browser.find_element(By.ID, "ongoing").text  # noqa: E731
+        wait.until(lambda b: ongoing().startswith("under way: red since "))
+        assert "MQTT mqtt://127.0.0.1" in browser.find_element(By.ID, "mqtt").text
+        wait.until(lambda b: ongoing().startswith("under way: blue since "))
+
+        def rows() -> list[list[str]]:
+            return browser.execute_script("return Array.from(document.querySelectorAll('#detections tbody tr'), "
+                                          "row => Array.from(row.cells, cell => cell.textContent))")
+
+        wait.until(lambda b: [row[0] for row in rows()] == ["blue", "red"])  # newest first, once the files ended
+        wait.until(lambda b: ongoing() == "no event under way")
+        for label, start, end, peak, windows in rows():
+            assert re.fullmatch(r"\d\.\d\d", peak) and int(windows) >= 2 and ":" in start and ":" in end
+        done = server.api("GET", "/api/detections?after=0", token)[1]
+        assert [e["n"] for e in done["detections"]] == [1, 2] and done["ongoing"] is None and done["last"] == 2
+        assert server.api("GET", "/api/detections?after=1", token)[1]["detections"] == done["detections"][1:]
+        listener.wait(lambda l: len(l.on("avcil/page/event")) == 2, what="the two events over MQTT")
+        published = listener.on("avcil/page/event")
+        assert [(e["label"], e["start"], e["end"]) for e in published] == [
+            (e["label"], e["start"], e["end"]) for e in done["detections"]]
+        assert server.api("GET", "/api/status", token)[1]["mqtt"]["state"] == "closed"
+        assert server.stop() == 0, server.stderr()
+        assert "Traceback" not in server.stderr()
+    finally:
+        browser.quit()
+        listener.close()
+        broker.kill()

@@ -41,6 +41,13 @@ def _check_run_flags(args: argparse.Namespace) -> None:
         check_number(args.duration, "--duration", 0, above=True)
     check_number(args.slot, "--slot", 0)
     check_whole(args.threads, "--threads", 0)
+    check_event_flags(args)
+
+
+def check_event_flags(args: argparse.Namespace) -> None:
+    """The event settings (add_event_flags) of `avcil run` and `avcil serve`."""
+    from avcil.runtime.inputs import check_whole
+
     check_whole(args.event_start, "--event-start", 1)
     check_whole(args.event_end, "--event-end", 1)
 
@@ -62,23 +69,32 @@ def _check_learn_flags(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from avcil.runtime.events import EventTracker, EventWriter
+    from avcil.runtime.events import EventFile, EventRelay, EventTracker
+    from avcil.runtime.mqtt import MqttPublisher, mqtt_target
     from avcil.runtime.recognizer import DecisionWriter, Recognizer, run_live
 
     _check_run_flags(args)
+    target = mqtt_target(args)
     recognizer = Recognizer(args.model, args.backend, args.device, threshold=args.threshold,
                             smoothing=args.smoothing, top_k=args.top_k, score=args.score,
                             threads=RuntimeThreads(args.threads, backend=args.backend))
     writer = DecisionWriter(args.jsonl, None if args.quiet else sys.stdout, args.video_out,
                             video_fps=1.0 / args.hop if args.hop else 1.0)
-    events = EventWriter(args.events, EventTracker(args.event_start, args.event_end)) if args.events else None
+    print(f"model {recognizer.version} ({len(recognizer.class_names)} classes), encoders on {args.backend}",
+          file=sys.stderr)
+    publisher = MqttPublisher(target, classes=lambda: recognizer.class_names) if target else None
+    # Events are tracked once, for every outlet that takes them: the file, the broker.
+    outlets = ([EventFile(args.events)] if args.events else []) + ([publisher] if publisher else [])
+    events = EventRelay(EventTracker(args.event_start, args.event_end), outlets) if outlets else None
+    if publisher is not None:
+        publisher.start(recognizer.version)  # connects in the background: the first decision does not wait for it
 
     def sink(decision: dict, window) -> None:
         writer(decision, window)
+        if publisher is not None:
+            publisher.decision(decision)
         if events is not None:
             events(decision)
-    print(f"model {recognizer.version} ({len(recognizer.class_names)} classes), encoders on {args.backend}",
-          file=sys.stderr)
     if args.audio_only:
         print("no camera (--audio-only): deciding on sound alone, every decision marked video_missing",
               file=sys.stderr)
@@ -90,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         writer.close()
         if events is not None:
-            events.close()  # an event still open when the run ends is closed then
+            events.close()  # an event still open when the run ends is closed then, and given to every outlet
         recognizer.close()
     if summary is not None:
         print(f"{summary['decisions']} decisions, {summary['dropped_windows']} windows dropped, "
@@ -318,8 +334,18 @@ def add_recognition_flags(parser: argparse.ArgumentParser, camera_required: bool
                         f"{DEFAULT_TOP_K})")
 
 
-def add_parsers(subparsers) -> None:
+def add_event_flags(parser: argparse.ArgumentParser) -> None:
+    """How decisions become events (avcil.runtime.events), shared by `avcil run` and `avcil serve`."""
     from avcil.runtime.events import END_WINDOWS, START_WINDOWS
+
+    parser.add_argument("--event-start", type=int, default=START_WINDOWS, metavar="N", help="windows labelled a "
+                        f"class in a row that open its event (default {START_WINDOWS})")
+    parser.add_argument("--event-end", type=int, default=END_WINDOWS, metavar="M", help="windows not labelled it "
+                        f"in a row that close it (default {END_WINDOWS})")
+
+
+def add_parsers(subparsers) -> None:
+    from avcil.runtime.mqtt import add_mqtt_flags
 
     run = subparsers.add_parser(
         "run", help="recognise live from a camera and a microphone (or paced files); one JSON line per decision",
@@ -332,10 +358,8 @@ def add_parsers(subparsers) -> None:
     run.add_argument("--jsonl", metavar="FILE", help="append one JSON line per decision here")
     run.add_argument("--events", metavar="FILE", help="append one JSON line per event here: a label held over "
                      "consecutive windows, with its start, end and peak score (docs/decision.md#events)")
-    run.add_argument("--event-start", type=int, default=START_WINDOWS, metavar="N", help="windows labelled a class "
-                     f"in a row that open its event (default {START_WINDOWS})")
-    run.add_argument("--event-end", type=int, default=END_WINDOWS, metavar="M", help="windows not labelled it in a "
-                     f"row that close it (default {END_WINDOWS})")
+    add_event_flags(run)
+    add_mqtt_flags(run)
     run.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C, "
                      "or until file sources end)")
     run.add_argument("--loop", action="store_true", help="file sources: play again from the start when done")

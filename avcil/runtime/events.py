@@ -6,13 +6,19 @@
             ...
     events = tracker.close()                 # the event still open when the run ends
 
+    relay = EventRelay(tracker, [EventFile(path), publisher, page_log])   # one tracker, every outlet
+    relay(decision) ... relay.close()
+
 A label opens an event after `start_windows` consecutive windows labelled it (not `unknown`); the event ends after
 `end_windows` consecutive windows that are not labelled it, at the end of its last window labelled it. One event is
 open at a time: another label that opens closes the open one first. Each event: `label`, `start` (the start of its
 first window), `end`, `peak_score` (the highest decision score among its windows), `windows` (how many were labelled
 it), `opened_at` (the end of the window that opened it: when a listener could first know) and `model_version` (of
 its first window). Times are the decisions' `window` times: the sources' monotonic
-clock, the same as the decision lines'. The defaults are measured by `avcil bench stream` (docs/decision.md#events).
+clock, the same as the decision lines'. Where the decisions carry their wall-clock `time` (those of `avcil run` and
+`avcil serve` do), the event also has `start_time` and `end_time`: `start` and `end` on the wall clock (Unix
+seconds), for a page or a home-automation system that shows when it happened. The defaults are measured by
+`avcil bench stream` (docs/decision.md#events).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from avcil.errors import InvalidInput
 from avcil.runtime.decision import UNKNOWN
@@ -37,6 +44,7 @@ class EventTracker:
     _candidate: list = field(default_factory=list, init=False, repr=False)  # windows of a label not yet open
     _open: dict | None = field(default=None, init=False, repr=False)
     _misses: int = field(default=0, init=False, repr=False)
+    _wall_offset: float | None = field(default=None, init=False, repr=False)  # wall clock minus the sources' clock
 
     def __post_init__(self) -> None:
         for name in ("start_windows", "end_windows"):
@@ -68,10 +76,16 @@ class EventTracker:
             self._open = {"label": label, "start": first["window"][0], "end": first["window"][1],
                           "peak_score": first["score"], "windows": 1, "opened_at": decision["window"][1],
                           "model_version": first.get("model_version")}
+            self._wall_offset = _wall_offset(decision)
             for later in rest:
                 self._extend(later)
             self._candidate = []
         return closed
+
+    @property
+    def open_event(self) -> dict | None:
+        """The event open now (a copy, with its times so far), or None."""
+        return self._with_wall_times(dict(self._open)) if self._open is not None else None
 
     def close(self) -> list[dict]:
         """The event still open, closed now (the end of the run)."""
@@ -85,27 +99,86 @@ class EventTracker:
         self._misses = 0
 
     def _close_open(self) -> dict:
-        event, self._open, self._misses = self._open, None, 0
+        event, self._open, self._misses = self._with_wall_times(self._open), None, 0
+        return event
+
+    def _with_wall_times(self, event: dict) -> dict:
+        if self._wall_offset is not None:
+            event.update(start_time=round(event["start"] + self._wall_offset, 3),
+                         end_time=round(event["end"] + self._wall_offset, 3))
         return event
 
 
-class EventWriter:
-    """Decisions in, event lines out (`avcil run --events FILE`): one JSON line per event, flushed as it closes."""
+def _wall_offset(decision: dict) -> float | None:
+    """Wall clock minus the sources' clock, from a decision made `latency_ms.total` after its window ended at
+    wall-clock `time`; None for a decision without its `time`. Taken once per event: the two clocks drift apart by
+    far less than a window over an event's seconds."""
+    if "time" not in decision:
+        return None
+    latency_s = (decision.get("latency_ms") or {}).get("total", 0.0) / 1000
+    return decision["time"] - latency_s - decision["window"][1]
 
-    def __init__(self, path: str | Path, tracker: EventTracker | None = None):
-        self.path = Path(path)
-        self.file = open(self.path, "a")
-        self.tracker = tracker or EventTracker()
 
-    def __call__(self, decision: dict) -> None:
-        self._write(self.tracker.feed(decision))
+class EventOutlet(Protocol):
+    """Where events go (a file, an MQTT broker, the device's page)."""
+
+    def event(self, event: dict) -> None:
+        """An event, closed."""
+
+    def ongoing(self, event: dict | None) -> None:
+        """The open event changed: one opened (a copy of it), or the last one closed and none is open (None)."""
 
     def close(self) -> None:
-        self._write(self.tracker.close())
-        self.file.close()
+        """The run ended; the last event was given already."""
 
-    def _write(self, events: list[dict]) -> None:
-        for event in events:
-            self.file.write(json.dumps(event) + "\n")
-        if events:
-            self.file.flush()
+
+class EventRelay:
+    """Decisions in, events out to every outlet: the events are tracked once, whichever outlets take them."""
+
+    def __init__(self, tracker: EventTracker, outlets: list[EventOutlet]):
+        self.tracker, self.outlets = tracker, outlets
+
+    def __call__(self, decision: dict) -> None:
+        was_open = self.tracker.open_event
+        self._send(self.tracker.feed(decision), was_open)
+
+    def close(self) -> None:
+        """Close the event still open (the end of the run), give it out, then close every outlet."""
+        was_open = self.tracker.open_event
+        try:
+            self._send(self.tracker.close(), was_open)
+        finally:
+            for outlet in self.outlets:
+                outlet.close()
+
+    def _send(self, closed: list[dict], was_open: dict | None) -> None:
+        for event in closed:
+            for outlet in self.outlets:
+                outlet.event(event)
+        now_open = self.tracker.open_event
+        if _identity(now_open) != _identity(was_open):
+            for outlet in self.outlets:
+                outlet.ongoing(now_open)
+
+
+def _identity(event: dict | None) -> tuple | None:
+    """What tells one open event from the next: its label and first window (its end and peak move as it goes)."""
+    return None if event is None else (event["label"], event["start"])
+
+
+class EventFile:
+    """`avcil run --events FILE`: one JSON line per event, appended and flushed as it closes."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.file = open(self.path, "a")
+
+    def event(self, event: dict) -> None:
+        self.file.write(json.dumps(event) + "\n")
+        self.file.flush()
+
+    def ongoing(self, event: dict | None) -> None:
+        pass  # the file holds finished events only
+
+    def close(self) -> None:
+        self.file.close()

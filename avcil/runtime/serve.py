@@ -1,6 +1,7 @@
 """`avcil serve`: the device's web page. Live view (the camera with the current label drawn on it, as MJPEG; the
-decision feed, as server-sent events; per-stage latency), adding a class recorded from the device's own camera and
-microphone, the model's versions and rollback; every request behind a token.
+decision feed, as server-sent events; per-stage latency; the recent events and the one under way), adding a class
+recorded from the device's own camera and microphone, the model's versions and rollback; every request behind a
+token. With --mqtt the events also go to a broker, as `avcil run --mqtt` sends them (avcil.runtime.mqtt).
 
 One camera and one microphone (a device opens each once): the server opens the pair at start (LiveInput) and
 shares it. Recognition keeps deciding while a new class is recorded: the recording reads the same frame history and
@@ -37,7 +38,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from avcil.errors import AvcilError, InvalidInput
-from avcil.runtime.commands import add_recognition_flags, check_recognition_flags
+from avcil.runtime.commands import add_event_flags, add_recognition_flags, check_event_flags, check_recognition_flags
 from avcil.runtime.inputs import check_label, check_number, check_port, check_version_name, check_whole
 from avcil.runtime.page_guards import HostAllowList, allowed_hosts, same_site_path
 from avcil.runtime.page_json import BodyTooLarge, read_json_object
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 TOKEN_COOKIE = "avcil_token"
 MIN_TOKEN_CHARS = 16  # a token file with less guards the device with less than ~96 bits
 KEPT_DECISIONS = 600  # what /api/decisions can return: minutes of decisions at a few a second
+KEPT_EVENTS = 200  # what /api/detections can return: the recent events (an hour's worth at a few a minute)
 MJPEG_FPS = 5.0  # the live view: a few frames a second is what a person watching a label needs
 MJPEG_WIDTH = 480  # frames are scaled to this width, so that the label reads on a small camera's picture
 EVENT_POLL_S = 0.05  # how often the decision stream looks for new decisions: well under a hop, and cheap
@@ -78,6 +80,35 @@ class DecisionLog:
     def latest(self) -> dict | None:
         with self.lock:
             return self.kept[-1] if self.kept else None
+
+
+class EventLog:
+    """The page's outlet of events (avcil.runtime.events.EventOutlet): the recent ones, numbered from 1 as they
+    closed, and the one under way."""
+
+    def __init__(self, keep: int = KEPT_EVENTS):
+        self.kept: deque[dict] = deque(maxlen=keep)
+        self.count = 0
+        self.open: dict | None = None
+        self.lock = threading.Lock()
+
+    def event(self, event: dict) -> None:
+        with self.lock:
+            self.count += 1
+            self.kept.append({"n": self.count, **event})
+
+    def ongoing(self, event: dict | None) -> None:
+        with self.lock:
+            self.open = event
+
+    def close(self) -> None:
+        pass
+
+    def after(self, n: int, limit: int = 100) -> dict:
+        """The events numbered after `n` (the newest `limit`), the one under way, and the last number."""
+        with self.lock:
+            return {"detections": [e for e in self.kept if e["n"] > n][-limit:], "ongoing": self.open,
+                    "last": self.count}
 
 
 class LearnJob:
@@ -120,13 +151,17 @@ class Busy(InvalidInput):
 
 
 class DeviceService:
-    """The model dir, the recogniser, the one camera/microphone pair, the decisions and the learning job."""
+    """The model dir, the recogniser, the one camera/microphone pair, the decisions, their events (to the page and,
+    with an MqttTarget, to a broker) and the learning job."""
 
     def __init__(self, model_dir: str | Path, camera: str, microphone: str, backend: str = "torch",
-                 device: str = "cpu", hop: float | None = None, rule: dict | None = None):
+                 device: str = "cpu", hop: float | None = None, rule: dict | None = None,
+                 event_windows: tuple[int, int] | None = None, mqtt=None):
         from avcil.model.encoders import profile_from_record
         from avcil.modeldir import ModelDir
+        from avcil.runtime.events import EventRelay, EventTracker
         from avcil.runtime.live import LiveInput
+        from avcil.runtime.mqtt import MqttPublisher
         from avcil.runtime.recognizer import Recognizer, live_timing
 
         self.model_dir, self.backend = Path(model_dir), backend
@@ -140,6 +175,10 @@ class DeviceService:
         self.live = LiveInput(camera, microphone, self.recognizer.audio_prep.sample_rate, self.seconds, self.hop,
                               self.recognizer.frame_prep)
         self.decisions = DecisionLog()
+        self.events = EventLog()
+        self.publisher = MqttPublisher(mqtt, classes=lambda: self.recognizer.class_names) if mqtt else None
+        self.event_relay = EventRelay(EventTracker(*(event_windows or ())),
+                                      [self.events] + ([self.publisher] if self.publisher else []))
         self.job = LearnJob()
         self.recognition_error: str | None = None
         self.stopping = threading.Event()
@@ -149,6 +188,8 @@ class DeviceService:
     def start(self) -> "DeviceService":
         """Open the sources (a SourceError naming one that delivers nothing) and start deciding."""
         self.live.open()
+        if self.publisher is not None:
+            self.publisher.start(self.recognizer.version)  # connects in the background
         self._thread = threading.Thread(target=self._recognise, name="recognition", daemon=True)
         self._thread.start()
         return self
@@ -157,12 +198,22 @@ class DeviceService:
         from avcil.runtime.recognizer import recognise_input
 
         try:
-            recognise_input(self.recognizer, self.live, lambda decision, window: self.decisions.add(decision),
+            recognise_input(self.recognizer, self.live, lambda decision, window: self._decided(decision),
                             self.seconds, self.hop, stop=self.stopping)
             self.live.raise_failure()
         except Exception as error:  # noqa: BLE001 - shown on the page and logged; the server keeps serving
             self.recognition_error = f"recognition stopped: {error}"
             log.exception("recognition stopped")
+        finally:
+            # Recognition is over (stopped, its file sources played out, or failed): the event under way closes,
+            # to the page and the broker, which then hears 'offline'.
+            self.event_relay.close()
+
+    def _decided(self, decision: dict) -> None:
+        self.decisions.add(decision)
+        if self.publisher is not None:
+            self.publisher.decision(decision)
+        self.event_relay(decision)
 
     def stop(self) -> None:
         self.stopping.set()
@@ -176,7 +227,8 @@ class DeviceService:
         return {"version": self.recognizer.version, "classes": self.recognizer.class_names,
                 "decisions": self.decisions.count, "backend": self.backend, "latest": self.decisions.latest(),
                 "window_s": self.seconds, "hop_s": self.hop, "learning": self.job.snapshot(),
-                "recognition_error": self.recognition_error}
+                "recognition_error": self.recognition_error,
+                "mqtt": self.publisher.status() if self.publisher is not None else None}
 
     def versions(self) -> list[dict]:
         return self.model.describe_versions()
@@ -368,6 +420,15 @@ def build_app(service: DeviceService, token: str, hosts: set[str]):
             return _error("after must be a decision number (an integer)")
         return JSONResponse({"decisions": service.decisions.after(after), "last": service.decisions.count})
 
+    async def detections(request):
+        """The recognition events (avcil.runtime.events) closed after `?after=N`, and the one under way. Not
+        /api/events: that is the decisions' stream of server-sent events."""
+        try:
+            after = int(request.query_params.get("after", "0"))
+        except ValueError:
+            return _error("after must be an event number (an integer)")
+        return JSONResponse(service.events.after(after))
+
     async def events(request):
         """Server-sent events: each decision after `Last-Event-ID` (a reconnecting EventSource) or `?after=N`."""
         try:
@@ -401,6 +462,7 @@ def build_app(service: DeviceService, token: str, hosts: set[str]):
 
     routes = [Route("/", page), Route("/static/{name}", static), Route("/video.mjpg", video),
               Route("/api/status", status), Route("/api/decisions", decisions), Route("/api/events", events),
+              Route("/api/detections", detections),
               Route("/api/learn", learn, methods=["GET", "POST"]), Route("/api/versions", versions),
               Route("/api/rollback", rollback, methods=["POST"])]
     return Starlette(routes=routes, middleware=[Middleware(HostAllowList, names=hosts),
@@ -429,9 +491,13 @@ def read_token(path: str | None) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from avcil.runtime.mqtt import mqtt_target
+
     check_recognition_flags(args)
+    check_event_flags(args)
     check_port(args.port)
     token = read_token(args.token_file)
+    target = mqtt_target(args)
     listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -444,7 +510,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         service = DeviceService(args.model, args.camera, args.mic, args.backend, args.device, hop=args.hop,
                                 rule={"threshold": args.threshold, "smoothing": args.smoothing, "top_k": args.top_k,
-                                      "score": args.score})
+                                      "score": args.score}, event_windows=(args.event_start, args.event_end),
+                                mqtt=target)
         try:
             service.start()
             _announce(service, args, port, token)
@@ -503,11 +570,14 @@ def _announce(service: DeviceService, args: argparse.Namespace, port: int, token
 
 
 def add_parser(subparsers) -> None:
+    from avcil.runtime.mqtt import add_mqtt_flags
+
     serve = subparsers.add_parser(
         "serve", help="the device's web page: live view, add a class, versions and rollback, behind a token",
         description="Serve the device's page: the camera with the current label, the decisions and their latency, "
-                    "a form that records and learns a new class from this camera and microphone, the model's "
-                    "versions with rollback. Every request needs the token (printed at start, or --token-file).")
+                    "the events (a label held over windows; with --mqtt also sent to a broker), a form that records "
+                    "and learns a new class from this camera and microphone, the model's versions with rollback. "
+                    "Every request needs the token (printed at start, or --token-file).")
     add_recognition_flags(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this device "
                        "only; 0.0.0.0 opens the page to the network)")
@@ -517,4 +587,6 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a name or address the "
                        "page is reached by, besides the one it listens on and localhost (repeatable); requests "
                        "for any other Host are refused, as a DNS-rebinding site would send")
+    add_event_flags(serve)
+    add_mqtt_flags(serve)
     serve.set_defaults(func=_serve)

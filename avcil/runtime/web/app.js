@@ -6,7 +6,9 @@ const STAGES = ["audio_preprocess", "audio_encoder", "frame_preprocess", "visual
 const COLOURS = ["#8fb4e8", "#2f6fc4", "#f2b880", "#d9731a", "#5aa469"];
 const SHOWN_DECISIONS = 40;  // rows kept in the feed
 const CHARTED_DECISIONS = 60;  // bars in the latency chart
+const SHOWN_EVENTS = 30;  // rows kept in the events table
 let lastDecision = 0;
+let lastEvent = 0;
 const recent = [];
 let learnPolling = null;
 let shownJob = null;
@@ -36,10 +38,54 @@ async function refreshStatus() {
     $("classes").textContent = status.classes.join(", ");
     $("count").textContent = `(${status.decisions})`;
     alertLine(status.recognition_error);
+    showMqtt(status.mqtt);
     if (status.learning && status.learning.id && !learnPolling &&
         ["recording", "learning", "loading"].includes(status.learning.state)) pollLearning();
   } catch (error) {
     alertLine(`the device does not answer: ${error.message}`);
+  }
+}
+
+function showMqtt(mqtt) {
+  $("mqtt").hidden = !mqtt;
+  if (!mqtt) return;
+  $("mqtt").dataset.state = mqtt.state;
+  const said = {connected: `connected, events on ${mqtt.base}/event`, away: "broker away, events kept for it",
+                closed: "closed (recognition ended)"};
+  $("mqtt").textContent = `MQTT ${mqtt.broker}: ${said[mqtt.state]}`;
+}
+
+function clock(seconds) {
+  // Events carry wall-clock start_time/end_time (Unix seconds) besides their start/end on the sources' clock.
+  return seconds === undefined || seconds === null ? "" : new Date(seconds * 1000).toLocaleTimeString();
+}
+
+async function refreshEvents() {
+  // Recognition events: /api/detections (/api/events is the decisions' stream).
+  try {
+    const data = await api(`/api/detections?after=${lastEvent}`);
+    const ongoing = data.ongoing;
+    $("ongoing").dataset.label = ongoing ? ongoing.label : "";
+    $("ongoing").textContent = ongoing ? `under way: ${ongoing.label} since ${clock(ongoing.start_time)}`
+      : "no event under way";
+    $("event-count").textContent = `(${data.last})`;
+    const body = $("detections").querySelector("tbody");
+    for (const event of data.detections) {
+      lastEvent = event.n;
+      const row = document.createElement("tr");
+      row.className = "detection";
+      row.dataset.label = event.label;
+      for (const text of [event.label, clock(event.start_time), clock(event.end_time), event.peak_score.toFixed(2),
+                          event.windows]) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.append(cell);
+      }
+      body.prepend(row);
+    }
+    while (body.children.length > SHOWN_EVENTS) body.lastChild.remove();
+  } catch (error) {
+    alertLine(`events: ${error.message}`);
   }
 }
 
@@ -195,4 +241,6 @@ $("learn-form").addEventListener("submit", startLearning);
 refreshStatus();
 refreshVersions();
 setInterval(refreshStatus, 1000);
+refreshEvents();
+setInterval(refreshEvents, 1000);
 followDecisions();
