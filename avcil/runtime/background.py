@@ -32,6 +32,7 @@ import torch
 
 from avcil.errors import InvalidInput
 from avcil.modeldir import ModelDir, ModelDirError
+from avcil.runtime.class_space import ClassSpace, readout_inputs_of
 
 # A source this close to a class mean (in units of the classes' own spread about their means) is refused.
 RESEMBLANCE = 1.5
@@ -40,11 +41,10 @@ RESEMBLANCE = 1.5
 def resemblance(readout, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Per window (readout inputs [n, in_dim]): the index of the nearest class mean and the distance to it in
     units of the training clips' spread about their class means."""
-    means, spread = readout.class_spread()
-    seen = np.flatnonzero((readout.count > 0).numpy())
-    distances = torch.cdist(readout.expanded(inputs.float()).double(), means) / spread.clamp_min(1e-12)
+    space = ClassSpace(readout)
+    distances = space.class_distances(inputs)
     nearest = distances.argmin(dim=1)
-    return seen[nearest.numpy()], distances.gather(1, nearest[:, None])[:, 0].numpy()
+    return space.seen[nearest.numpy()], distances.gather(1, nearest[:, None])[:, 0].numpy()
 
 
 def resembled_classes(readout, probes: torch.Tensor, names: list[str], sources: Sequence[str]) -> list[str]:
@@ -76,11 +76,11 @@ def learn_background(model_dir: str | Path, audio: np.ndarray, visual: np.ndarra
         if readout is None or not hasattr(readout, "accumulate_background"):
             raise ModelDirError(f"{model.root}: background is learnt by the analytic readout, which this model "
                                 f"does not have (train it with the default method)")
-        suspects = resembled_classes(readout, _readout_inputs(head, *probes), loaded.class_names, sources)
+        suspects = resembled_classes(readout, readout_inputs_of(head, *probes), loaded.class_names, sources)
         if suspects and not force:
             raise InvalidInput("not learnt as background: " + "; ".join(suspects) + ". Background must hold none "
                                "of the classes; leave those files out, or pass --force to add them anyway")
-        readout.accumulate_background(_readout_inputs(head, audio, visual))
+        readout.accumulate_background(readout_inputs_of(head, audio, visual))
         readout.solve()
         seconds = time.perf_counter() - started
         version = model.commit(
@@ -93,9 +93,3 @@ def learn_background(model_dir: str | Path, audio: np.ndarray, visual: np.ndarra
             "background_windows_total": int(readout.negative_count), "sources": len(sources),
             "suspects_forced": suspects if force else [], "seconds": seconds}
 
-
-def _readout_inputs(head, audio: np.ndarray, visual: np.ndarray) -> torch.Tensor:
-    """The readout's inputs [n, in_dim] of features."""
-    audio_t, visual_t = (torch.from_numpy(np.asarray(x, np.float32)) for x in (audio, visual))
-    with torch.no_grad():
-        return head.readout_inputs(audio_t, visual_t, head.features(audio_t, visual_t).fused)
