@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from avcil.demo import BACKGROUND_CLIPS, clip_files
     from avcil.model.encoders import profile_from_record
     from avcil.modeldir import ModelDir
+    from avcil.runtime.class_space import readout_inputs_of
     from avcil.runtime.file_windows import cached_window_views
     from avcil.train.benchmarks import default_cache
 
@@ -95,8 +96,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"learning the demo's background ({BACKGROUND_CLIPS} clips) into {base_version} ...")
         paths = build_background_clips(cache / "streams", BACKGROUND_CLIPS, progress=False)
         background, _ = cached_window_views(profile, paths, cache / "background-windows")
-        from avcil.runtime.background import _readout_inputs
-        head.readout.accumulate_background(_readout_inputs(head, background["audio"], background["visual"]))
+        head.readout.accumulate_background(readout_inputs_of(head, background["audio"], background["visual"]))
         head.readout.solve()
     files = clip_files(csv)[("train", args.label)][:max(COUNTS)]
     say(f"encoding {len(files)} training clips of {args.label!r}, whole and as recorded windows ...")

@@ -215,14 +215,35 @@ class AnalyticReadout(_Sums, nn.Module):
     @torch.no_grad()
     def solve(self) -> None:
         """W = (G + γI)⁻¹ C in float64. γ > 0 keeps it regular whatever the data (one clip, repeated clips)."""
-        gram = self.gram.double()
-        # γ relative to the mean diagonal, so that one setting serves features of any scale and any clip count.
-        ridge = self.spec["ridge"] * max(float(gram.diagonal().mean()), 1e-12)
-        system = gram + ridge * torch.eye(len(gram), dtype=torch.float64)
-        solution = torch.linalg.solve(system, self.cross.double())
+        solution = torch.linalg.solve(self.ridge_system(self.gram.double()), self.cross.double())
         if not torch.isfinite(solution).all():
             raise InvalidInput("the analytic readout's solution is not finite; are there NaN or Inf features?")
         self.weight = solution.to(self.weight.dtype)
+
+    def ridge_system(self, gram: torch.Tensor) -> torch.Tensor:
+        """G + γI (float64) for a sum of φᵀφ. γ relative to the mean diagonal, so that one setting serves features
+        of any scale and any clip count."""
+        ridge = self.spec["ridge"] * max(float(gram.diagonal().mean()), 1e-12)
+        return gram + ridge * torch.eye(len(gram), dtype=torch.float64)
+
+    @torch.no_grad()
+    def left_out_outputs(self, x: torch.Tensor, learnt: torch.Tensor | None = None) -> torch.Tensor:
+        """For clips (readout inputs [n, in_dim]) of a class this readout has not learnt: the ridge outputs
+        [n, num_classes + 1] that each clip would get once the class (the last column) is added, learnt from the
+        `learnt` clips (a bool mask; default all) other than the clip itself. Exact and from one solve: leaving a
+        learnt clip i out of the sums is a rank-one change, so its output is (ŷ_i - h_i y_i) / (1 - h_i), with ŷ_i
+        its output with every learnt clip in, y_i its target and h_i = φ_iᵀ (G + γI)⁻¹ φ_i its leverage (γ as
+        `solve` sets it with every learnt clip in G)."""
+        phi = self.expanded(x).double()
+        learnt = torch.ones(len(phi), dtype=torch.bool) if learnt is None else learnt.bool()
+        taught = phi[learnt]
+        factor = torch.linalg.cholesky(self.ridge_system(self.gram.double() + taught.T @ taught))
+        cross = torch.cat([self.cross.double(), taught.sum(dim=0)[:, None]], dim=1)
+        outputs = phi @ torch.cholesky_solve(cross, factor)
+        leverage = (phi * torch.cholesky_solve(phi.T, factor).T).sum(dim=1) * learnt
+        target = torch.zeros_like(outputs)
+        target[:, -1] = learnt.double()
+        return (outputs - leverage[:, None] * target) / (1 - leverage)[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.spec["scale"] * (self.expanded(x) @ self.weight)

@@ -36,6 +36,7 @@ import torch
 
 from avcil.errors import InvalidInput
 from avcil.modeldir import ModelDir, ModelDirError
+from avcil.runtime.class_space import ClassSpace, readout_inputs_of
 
 # A source this close to a class mean (in units of the classes' own spread about their means) is refused.
 RESEMBLANCE = 1.5
@@ -44,11 +45,10 @@ RESEMBLANCE = 1.5
 def resemblance(readout, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Per window (readout inputs [n, in_dim]): the index of the nearest class mean and the distance to it in
     units of the training clips' spread about their class means."""
-    means, spread = readout.class_spread()
-    seen = np.flatnonzero((readout.count > 0).numpy())
-    distances = torch.cdist(readout.expanded(inputs.float()).double(), means) / spread.clamp_min(1e-12)
+    space = ClassSpace(readout)
+    distances = space.class_distances(inputs)
     nearest = distances.argmin(dim=1)
-    return seen[nearest.numpy()], distances.gather(1, nearest[:, None])[:, 0].numpy()
+    return space.seen[nearest.numpy()], distances.gather(1, nearest[:, None])[:, 0].numpy()
 
 
 def resembled_classes(readout, probes: torch.Tensor, names: list[str], sources: Sequence[str]) -> list[str]:
@@ -73,11 +73,11 @@ def learn_background(model_dir: str | Path, audio: np.ndarray, visual: np.ndarra
     suspects = []
 
     def change(loaded, head, readout) -> tuple[str, dict]:
-        suspects.extend(resembled_classes(readout, _readout_inputs(head, *probes), loaded.class_names, sources))
+        suspects.extend(resembled_classes(readout, readout_inputs_of(head, *probes), loaded.class_names, sources))
         if suspects and not force:
             raise InvalidInput("not learnt as background: " + "; ".join(suspects) + ". Background must hold none "
                                "of the classes; leave those files out, or pass --force to add them anyway")
-        readout.accumulate_background(_readout_inputs(head, audio, visual))
+        readout.accumulate_background(readout_inputs_of(head, audio, visual))
         readout.solve()
         return (f"learnt background from {len(sources)} source(s), {len(audio)} windows",
                 {"background_windows": len(audio), "sources": len(sources), "forced_past": suspects if force else []})
@@ -101,7 +101,7 @@ def learn_not(model_dir: str | Path, label: str, audio: np.ndarray, visual: np.n
         if label not in names:
             raise InvalidInput(f"no class {label!r} to correct: the model ({loaded.version}) knows "
                                f"{', '.join(map(repr, names))}")
-        readout.add_rejections(_readout_inputs(head, audio, visual), names.index(label))
+        readout.add_rejections(readout_inputs_of(head, audio, visual), names.index(label))
         return (f"learnt that {len(sources)} source(s), {len(audio)} windows, are not {label!r}",
                 {"not": label, "windows": len(audio), "sources": len(sources)})
 
@@ -141,9 +141,3 @@ def _update_readout(model_dir: str | Path, what: str, change) -> tuple[dict, tor
                    "field_learning": {**details, "seconds": round(seconds, 3)}})
     return {"version": version, "parent": loaded.version, "seconds": seconds}, readout
 
-
-def _readout_inputs(head, audio: np.ndarray, visual: np.ndarray) -> torch.Tensor:
-    """The readout's inputs [n, in_dim] of features."""
-    audio_t, visual_t = (torch.from_numpy(np.asarray(x, np.float32)) for x in (audio, visual))
-    with torch.no_grad():
-        return head.readout_inputs(audio_t, visual_t, head.features(audio_t, visual_t).fused)

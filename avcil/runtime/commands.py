@@ -156,6 +156,8 @@ def _learn_first(args: argparse.Namespace, model) -> tuple:
     """Under the writer lock: the refusals, the clips recorded or encoded, the class learnt and committed.
     (summary, audio, visual, settings)."""
     from avcil.model.encoders import profile_from_record
+    from avcil.runtime.clip_signals import measure_signals
+    from avcil.runtime.enrol_checks import gate_enrolment
     from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, learn_class,
                                      record_clips)
 
@@ -169,15 +171,26 @@ def _learn_first(args: argparse.Namespace, model) -> tuple:
     model.check_exemplars(loaded)
     profile = profile_from_record(manifest["features"].get("profile"))
     encode_started = time.perf_counter()
+    signals = []  # what each clip's recording shows, for the enrolment gate
     if args.files:
         # Whole clips, the view the model's other classes were trained from: a class learnt from live-window views
         # beside classes learnt from whole clips draws live windows of every class to it (docs/decision.md).
-        audio, visual = profile.encode_files(args.files)
+        audio, visual = profile.encode_files(args.files, on_decoded=lambda path, clip: signals.append(
+            measure_signals(clip.waveform, clip.frames)))
+        clips = list(args.files)
     else:
         if not (args.camera and args.mic and args.clips):
             raise InvalidInput("name the clips of the new class: --files F... or --camera SRC --mic SRC --clips N")
-        audio, visual = record_clips(args.camera, args.mic, args.clips, profile, args.countdown)
+        audio, visual = record_clips(args.camera, args.mic, args.clips, profile, args.countdown,
+                                     on_recorded=lambda n, window: signals.append(
+                                         measure_signals(window.waveform, window.frames)))
+        clips = [f"clip {n}" for n in range(1, len(audio) + 1)]
     encode_seconds = time.perf_counter() - encode_started
+    # The enrolment gate, before anything is committed: suspect clips named (and dropped if asked), a class of
+    # suspect clips only refused, the class's separation from the others measured.
+    audio, visual, findings = gate_enrolment(args.label, loaded, audio, visual, signals, clips, args.drop_suspect,
+                                             exemplars=lambda: model.load(loaded.version).memory,
+                                             log=lambda line: print(line, file=sys.stderr, flush=True))
     given = {"epochs": args.epochs, "batch_size": args.batch_size, "exemplar_batch_size": args.exemplar_batch_size,
              "instance_weight": args.instance_weight, "precision": args.precision}
     settings = FieldSettings(**{k: v for k, v in given.items() if v is not None})
@@ -185,7 +198,7 @@ def _learn_first(args: argparse.Namespace, model) -> tuple:
     # writer lock, loading and verifying the version, the update, the memory update) to just before the commit;
     # writing the new version is not included.
     summary = learn_class(args.model, args.label, audio, visual, settings, method=args.method)
-    summary.update(encode_seconds=round(encode_seconds, 3), learn_seconds=round(summary["seconds"], 3))
+    summary.update(encode_seconds=round(encode_seconds, 3), learn_seconds=round(summary["seconds"], 3), **findings)
     _report_learnt(summary, args.json)
     return summary, audio, visual, settings
 
@@ -243,7 +256,8 @@ def _learn_negatives(args: argparse.Namespace, model) -> int:
 
 def _report_learnt(summary: dict, as_json: bool) -> None:
     if as_json:
-        keys = ("version", "parent", "label", "clips", "method", "encode_seconds", "learn_seconds", "memory_clips")
+        keys = ("version", "parent", "label", "clips", "method", "encode_seconds", "learn_seconds", "memory_clips",
+                "suspect", "separation")
         print(json.dumps({k: summary[k] for k in keys if k in summary}), flush=True)
     else:
         print(f"learnt {summary['label']!r} from {summary['clips']} clips ({summary['method']}) in "
@@ -373,8 +387,10 @@ def add_parsers(subparsers) -> None:
 
     learn = subparsers.add_parser(
         "learn", help="add a class to a model dir from files or from clips recorded live",
-        description="Learn a new class on the device: encode its clips, add the class to the head's analytic readout "
-                    "in closed form (default; milliseconds, exact joint least squares over everything seen) or run "
+        description="Learn a new class on the device: encode its clips, check them (the enrolment gate names "
+                    "clips that look wrong; docs/architecture.md#the-enrolment-gate), add the class to the head's "
+                    "analytic readout in closed form (default; milliseconds, exact joint least squares over "
+                    "everything seen) or run "
                     "one AV-CIL gradient step with the current head as teacher and the exemplars replayed "
                     "(--method avcil), update the memory, commit a new version. A running `avcil run` on the "
                     "same model dir picks it up from its next decision.")
@@ -395,8 +411,12 @@ def add_parsers(subparsers) -> None:
                        "classifier decides")
     learn.add_argument("--refine", action="store_true", help="after the analytic commit, also run the gradient "
                        "step at low priority and commit it as a later version")
+    learn.add_argument("--drop-suspect", action="store_true", help="leave out the clips the enrolment gate finds "
+                       "suspect (silent or clipped audio, a dark, frozen or blurred camera, near-duplicates, clips "
+                       "closer to another class); without it they are learnt, a line each saying so")
     learn.add_argument("--json", action="store_true", help="print one JSON object per committed version: version, "
-                       "label, clips, method, encode_seconds, learn_seconds")
+                       "label, clips, method, encode_seconds, learn_seconds, suspect (the gate's clips: clip, "
+                       "reasons, dropped), separation (nearest_class, margin, weakest_margin, recognised)")
     defaults = FieldSettings()
     learn.add_argument("--epochs", type=int, help=f"epochs of the gradient update (default {defaults.epochs})")
     learn.add_argument("--batch-size", type=int, help=f"new clips per batch (default {defaults.batch_size})")

@@ -177,7 +177,7 @@ def _gradient_update(head, classes, clips, memory, settings, progress, label, lo
 
 
 def record_clips(camera: str, microphone: str, count: int, profile, countdown_s: float = 3.0,
-                 pause_s: float = 1.0, out=None) -> tuple[np.ndarray, np.ndarray]:
+                 pause_s: float = 1.0, out=None, on_recorded=None) -> tuple[np.ndarray, np.ndarray]:
     """Record `count` clips of the profile's window length from live sources, with a countdown before each and
     a progress line, and encode them (see `record_from`)."""
     from avcil.runtime.live import LiveInput
@@ -187,7 +187,8 @@ def record_clips(camera: str, microphone: str, count: int, profile, countdown_s:
     seconds = window_seconds(profile.audio_prep)
     with LiveInput(camera, microphone, profile.audio_prep.sample_rate, seconds, seconds, profile.frame_prep) as live:
         return record_from(live, count, profile, countdown_s, pause_s,
-                           on_step=lambda step: print(step_line(step), file=out, flush=True))
+                           on_step=lambda step: print(step_line(step), file=out, flush=True),
+                           on_recorded=on_recorded)
 
 
 def step_line(step: dict) -> str:
@@ -198,10 +199,11 @@ def step_line(step: dict) -> str:
 
 
 def record_from(live, count: int, profile, countdown_s: float = 3.0, pause_s: float = 1.0,
-                on_step=lambda step: None) -> tuple[np.ndarray, np.ndarray]:
+                on_step=lambda step: None, on_recorded=None) -> tuple[np.ndarray, np.ndarray]:
     """Record `count` clips of the profile's window length from an open LiveInput (avcil.runtime.live), which
     may be deciding meanwhile, and encode them. Before each clip, `on_step` gets {"clip", "of", "countdown": s}
-    once a second, then {"clip", "of", "recording_s"} as the clip starts. A clip without a new camera frame or
+    once a second, then {"clip", "of", "recording_s"} as the clip starts; `on_recorded(n, window)` gets each
+    recorded window (avcil.runtime.windows.Window: its waveform and frames). A clip without a new camera frame or
     with only silence is an error (a stalled stream or a muted input would otherwise teach the class a still
     picture or silence)."""
     from avcil.runtime.sources import SourceError
@@ -225,6 +227,8 @@ def record_from(live, count: int, profile, countdown_s: float = 3.0, pause_s: fl
         if not np.any(np.abs(window.waveform) > SILENT_PEAK):
             raise SourceError(f"microphone {live.microphone_name!r} recorded only silence during clip {n}/{count}; "
                               f"is it muted, or the wrong input?")
+        if on_recorded is not None:
+            on_recorded(n, window)
         audio_input, visual_input = profile.clip_inputs(window.waveform, window.rate, window.frames)
         audio_inputs.append(audio_input)
         visual_inputs.append(visual_input)

@@ -82,6 +82,13 @@ def check_whole(value, field: str, low: int = 1, high: float = math.inf) -> int:
     return int(number)
 
 
+def check_flag(value, field: str) -> bool:
+    """true or false, as JSON writes them (not 0, 1 or a string)."""
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{field} must be true or false, got {value!r}")
+    return value
+
+
 def check_port(value, field: str = "--port") -> int:
     """A TCP port to listen on; 0 asks the system for a free one."""
     return check_whole(value, field, 0, 65535)

@@ -39,7 +39,7 @@ from urllib.parse import urlencode
 
 from avcil.errors import AvcilError, InvalidInput
 from avcil.runtime.commands import add_event_flags, add_recognition_flags, check_event_flags, check_recognition_flags
-from avcil.runtime.inputs import check_label, check_number, check_port, check_version_name, check_whole
+from avcil.runtime.inputs import check_flag, check_label, check_number, check_port, check_version_name, check_whole
 from avcil.runtime.page_guards import HostAllowList, allowed_hosts, same_site_path
 from avcil.runtime.page_json import BodyTooLarge, read_json_object
 
@@ -239,27 +239,39 @@ class DeviceService:
         before = self.model.current()
         return {"before": before, "after": self.model.rollback(version)}
 
-    def learn(self, label: str, clips: int, countdown_s: float) -> dict:
+    def learn(self, label: str, clips: int, countdown_s: float, drop_suspect: bool = False) -> dict:
         """Check the name against the current version's classes (an InvalidInput, nothing recorded, for a known
-        one), then record and learn in the background; the job's state says how it goes."""
+        one), then record, check (the enrolment gate; `drop_suspect` leaves out the clips it finds suspect) and
+        learn in the background; the job's state says how it goes."""
         from avcil.runtime.field import check_new_label
 
         check_new_label([c["name"] for c in self.model.manifest()["classes"]], label, Path("this device"))
         number = self.job.begin(label, clips)
-        threading.Thread(target=self._learn, args=(label, clips, countdown_s), name=f"learn {label}",
+        threading.Thread(target=self._learn, args=(label, clips, countdown_s, drop_suspect), name=f"learn {label}",
                          daemon=True).start()
         return {"id": number, **self.job.snapshot()}
 
-    def _learn(self, label: str, clips: int, countdown_s: float) -> None:
+    def _learn(self, label: str, clips: int, countdown_s: float, drop_suspect: bool = False) -> None:
+        from avcil.runtime.clip_signals import measure_signals
+        from avcil.runtime.enrol_checks import gate_enrolment, suspect_summary
         from avcil.runtime.field import learn_class, record_from, step_line
 
         def step(event: dict) -> None:
             self.job.update(step=event, message=step_line(event))
 
         try:
-            audio, visual = record_from(self.live, clips, self.profile, countdown_s, pause_s=0.5, on_step=step)
-            self.job.update(state="learning", step=None, message=f"learning {label!r} from {clips} clips")
+            signals = []  # what each clip's recording shows, for the enrolment gate
+            audio, visual = record_from(self.live, clips, self.profile, countdown_s, pause_s=0.5, on_step=step,
+                                        on_recorded=lambda n, window: signals.append(
+                                            measure_signals(window.waveform, window.frames)))
+            self.job.update(state="learning", step=None, message=f"checking and learning {label!r}")
             notes = []
+            loaded = self.model.load(with_memory=False)
+            audio, visual, findings = gate_enrolment(
+                label, loaded, audio, visual, signals, [f"clip {n}" for n in range(1, clips + 1)], drop_suspect,
+                exemplars=lambda: self.model.load(loaded.version).memory, log=notes.append)
+            self.job.update(message=f"learning {label!r} from {len(audio)} clips"
+                                    f"{suspect_summary(findings['suspect'])}", **findings)
             summary = learn_class(self.model_dir, label, audio, visual, progress=False, log=notes.append)
             version = summary["version"]
             self.job.update(state="loading", version=version, message=f"committed {version}; loading it")
@@ -268,9 +280,9 @@ class DeviceService:
                 time.sleep(0.05)
             if self.recognizer.version != version:
                 raise AvcilError(f"{version} was committed but the recogniser still uses {self.recognizer.version}")
-            self.job.update(state="live", message=f"{label!r} learnt from {clips} clips in "
-                                                  f"{summary['seconds'] * 1000:.0f} ms: {version} is live",
-                            notes=notes)
+            self.job.update(state="live", message=f"{label!r} learnt from {len(audio)} clips"
+                                                  f"{suspect_summary(findings['suspect'])} in "
+                                                  f"{summary['seconds'] * 1000:.0f} ms: {version} is live", notes=notes)
         except AvcilError as error:
             self.job.update(state="failed", step=None, message=str(error))
         except Exception as error:  # noqa: BLE001 - a bug; the page says so, the log keeps the traceback
@@ -452,7 +464,8 @@ def build_app(service: DeviceService, token: str, hosts: set[str]):
             return JSONResponse(service.job.snapshot())
         return await change(request, lambda data: service.learn(
             check_label(data.get("label")), check_whole(data.get("clips", 3), "clips", 1, MAX_CLIPS),
-            check_number(data.get("countdown", 3.0), "countdown", 0, MAX_COUNTDOWN_S)), status=202)
+            check_number(data.get("countdown", 3.0), "countdown", 0, MAX_COUNTDOWN_S),
+            check_flag(data.get("drop_suspect", False), "drop_suspect")), status=202)
 
     async def versions(request):
         return answer(lambda: {"versions": service.versions(), "current": service.model.current()})

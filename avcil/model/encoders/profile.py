@@ -109,18 +109,24 @@ class EncoderProfile:
         encoders' inputs (audio, visual)."""
         return self.preprocess_audio(waveform, sample_rate), self.preprocess_frames(frames)
 
-    def file_inputs(self, path: str | Path, missing_audio: str = "error") -> tuple[np.ndarray, np.ndarray, bool]:
+    def file_inputs(self, path: str | Path, missing_audio: str = "error",
+                    on_decoded=None) -> tuple[np.ndarray, np.ndarray, bool]:
         """A media file -> the encoders' inputs and whether a missing audio track was replaced by silence. The one
         way from a file to encoder inputs: extraction, field learning, export validation and int8 calibration all
-        decode through here, so they see the same frames and samples."""
+        decode through here, so they see the same frames and samples. `on_decoded(path, clip)` is given the decoded
+        clip (avcil.data.decode.DecodedClip) before it is preprocessed: its raw sound and frames, without decoding
+        the file twice."""
         from avcil.data.decode import decode_clip
 
         clip = decode_clip(path, self.frame_prep.count, self.audio_prep.sample_rate, missing_audio)
+        if on_decoded is not None:
+            on_decoded(path, clip)
         return (*self.clip_inputs(clip.waveform, clip.sample_rate, clip.frames), clip.silent_fallback)
 
-    def encode_files(self, paths: Sequence[str | Path], batch_size: int = 8,
-                     progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Audio [n, Da] and visual [n, T, S, Dv] features of media files, `batch_size` clips per forward."""
+    def encode_files(self, paths: Sequence[str | Path], batch_size: int = 8, progress: bool = True,
+                     on_decoded=None) -> tuple[np.ndarray, np.ndarray]:
+        """Audio [n, Da] and visual [n, T, S, Dv] features of media files, `batch_size` clips per forward;
+        `on_decoded(path, clip)` for each file in order, as `file_inputs` calls it."""
         import sys
 
         from tqdm import tqdm
@@ -129,7 +135,7 @@ class EncoderProfile:
         paths = [Path(p) for p in paths]
         for start in tqdm(range(0, len(paths), batch_size), desc="encode clips", unit="batch", disable=not progress,
                           file=sys.stderr):
-            inputs = [self.file_inputs(path)[:2] for path in paths[start:start + batch_size]]
+            inputs = [self.file_inputs(path, on_decoded=on_decoded)[:2] for path in paths[start:start + batch_size]]
             a, v = self.encode_batch(*(np.stack(part) for part in zip(*inputs)))
             audio.append(a)
             visual.append(v)

@@ -180,7 +180,7 @@ async function pollLearning() {
 async function startLearning(event) {
   event.preventDefault();
   const body = {label: $("learn-label").value, clips: Number($("learn-clips").value),
-                countdown: Number($("learn-countdown").value)};
+                countdown: Number($("learn-countdown").value), drop_suspect: $("learn-drop-suspect").checked};
   const clips = `${body.clips} clip${body.clips === 1 ? "" : "s"}`;
   showJob({state: "sending", message: `asking the device to record ${clips} of '${body.label}'`});
   try {
