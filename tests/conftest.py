@@ -103,6 +103,19 @@ def toy_model(tmp_path, toy_model_template) -> Path:
 
 
 @pytest.fixture(scope="session")
+def analytic_template(tmp_path_factory, tiny_profile, toy_clips) -> Path:
+    """The red/blue toy model with the analytic readout, which background and corrections ("not X") update."""
+    return train_toy_model(tmp_path_factory.mktemp("analytic") / "model", tiny_profile, toy_clips, ["red", "blue"],
+                           method="analytic")
+
+
+@pytest.fixture
+def analytic_model(tmp_path, analytic_template) -> Path:
+    """A fresh copy of the analytic red/blue model, free to change."""
+    return Path(shutil.copytree(analytic_template, tmp_path / "model"))
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir_template(tmp_path_factory, tiny_profile) -> Path:
     """A model dir of three versions for the tiny profile, made in a second (no training): v0001 with two classes
     and their exemplars, then a class learnt in the field per version, sharing the earlier exemplar files. What the

@@ -3,26 +3,12 @@
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from avcil.modeldir import ModelDir
 from avcil.runtime.decision import HeadScores
 from avcil.runtime.file_windows import DEFAULT_VIEWS, encode_window_views, view_ends
-from conftest import avcil, train_toy_model
-
-
-@pytest.fixture(scope="module")
-def analytic_template(tmp_path_factory, tiny_profile, toy_clips):
-    return train_toy_model(tmp_path_factory.mktemp("analytic") / "model", tiny_profile, toy_clips, ["red", "blue"],
-                           method="analytic")
-
-
-@pytest.fixture
-def analytic_model(tmp_path, analytic_template):
-    import shutil
-
-    return shutil.copytree(analytic_template, tmp_path / "model")
+from conftest import avcil
 
 
 def ridge_outputs(model_dir, features) -> np.ndarray:

@@ -2,7 +2,6 @@
 unknown, through the live path, and nothing else changes."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -12,18 +11,7 @@ from avcil.errors import InvalidInput
 from avcil.modeldir import ModelDir
 from avcil.runtime.decision import REJECTED, DecisionRule, HeadScores
 from avcil.runtime.file_windows import DEFAULT_VIEWS
-from conftest import avcil, train_toy_model
-
-
-@pytest.fixture(scope="module")
-def analytic_template(tmp_path_factory, tiny_profile, toy_clips):
-    return train_toy_model(tmp_path_factory.mktemp("analytic") / "model", tiny_profile, toy_clips, ["red", "blue"],
-                           method="analytic")
-
-
-@pytest.fixture
-def analytic_model(tmp_path, analytic_template):
-    return shutil.copytree(analytic_template, tmp_path / "model")
+from conftest import avcil
 
 
 def run_labels(model, clip, tmp_path, name: str) -> list[dict]:

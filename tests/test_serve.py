@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENDPOINTS = [("GET", "/"), ("GET", "/static/app.js"), ("GET", "/static/style.css"), ("GET", "/video.mjpg"),
              ("GET", "/api/status"), ("GET", "/api/decisions?after=0"), ("GET", "/api/events"),
              ("GET", "/api/detections?after=0"),
-             ("GET", "/api/learn"), ("GET", "/api/versions"), ("POST", "/api/learn"), ("POST", "/api/rollback")]
+             ("GET", "/api/learn"), ("GET", "/api/versions"), ("POST", "/api/learn"), ("POST", "/api/rollback"),
+             ("POST", "/api/not")]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--window-size=1280,1100"]
@@ -179,6 +180,7 @@ def test_the_page_needs_its_token_and_refuses_changes_from_another_origin(tmp_pa
     assert server.request("POST", "/api/learn", learn, by_cookie)[0] == 403
     assert server.request("POST", "/api/rollback", {"version": "v0001"},
                           {"Origin": "http://evil.example"}, token=token)[0] == 403
+    assert server.request("POST", "/api/not", {"decision": 1}, {**by_cookie, "Origin": "http://evil.example"})[0] == 403
     assert server.api("GET", "/api/learn", token)[1]["state"] == "idle"
     assert server.request("GET", "/api/rollback", token=token)[0] == 405
 
@@ -197,9 +199,24 @@ def test_the_page_needs_its_token_and_refuses_changes_from_another_origin(tmp_pa
                           ("not json", "not JSON")]:
         status, answer = server.api("POST", "/api/learn", token, body)
         assert status == 400 and message in answer["error"], (body, answer)
+    # "Not X" refused: what is not kept, what is not one decision or event, a model without the analytic readout
+    # (this one), each one message, the path of the model dir in none; nothing learnt.
+    gone = server.api("GET", "/api/status", token)[1]["decisions"] + 10**6
+    for body, code, message in [({"decision": gone}, 404, f"decision {gone} is no longer kept"),
+                                ({"event": 7}, 404, "event 7 is no longer kept"),
+                                ({}, 400, 'say what was not X: {"decision": N} or {"event": K}'),
+                                ({"decision": 1, "event": 1}, 400, "say what was not X"),
+                                ({"decision": "1"}, 400, "decision must be a whole number"),
+                                ({"decision": 1}, 400, "the model dir: a correction is learnt by the analytic "
+                                                       "readout")]:
+        status, answer = server.api("POST", "/api/not", token, body)
+        assert status == code and message in answer["error"] and str(toy_model) not in answer["error"], (body, answer)
 
     # A silent microphone (nothing plays into vmic), then a stalled camera: named, and the model is unchanged.
+    # While the first records, a correction waits its turn.
     assert server.api("POST", "/api/learn", token, learn)[0] == 202
+    status, answer = server.api("POST", "/api/not", token, {"decision": 2})
+    assert status == 409 and answer["error"] == "class 'yellow' is being learnt; wait until it is done", answer
     job = server.wait_job(token)
     assert job["state"] == "failed" and "microphone 'pulse' recorded only silence" in job["message"], job
     camera.stop()
@@ -224,6 +241,33 @@ def test_a_bad_token_file_or_model_dir_is_one_line(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "none"), "--camera", "0", "--mic", "pulse", "--port", "0"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("avcil serve: error: ") and "none" in error[0], error
+
+
+def test_what_not_x_learns_from_is_kept_for_the_recent_decisions_only():
+    """The decisions by number while kept; their windows' features within both bounds, the oldest going first."""
+    import numpy as np
+
+    from avcil.runtime.serve import DecisionLog, WindowFeatures
+
+    log = DecisionLog(keep=3)
+    for k in range(5):
+        assert log.add({"label": "red", "window": [k, k + 1.0]}) == k + 1
+    assert [log.get(n) is not None for n in range(7)] == [False, False, False, True, True, True, False]
+    log.mark([2, 4], corrected="v0002")
+    assert log.get(4)["corrected"] == "v0002" and "corrected" not in log.get(5)
+    assert [d["n"] for d in log.within(3.0, 5.0)] == [4, 5]
+
+    def window(k: int) -> tuple[np.ndarray, np.ndarray]:  # 200 + 800 bytes
+        return np.full((1, 50), k, np.float32), np.full((1, 2, 2, 50), k, np.float32)
+
+    by_count, by_bytes = WindowFeatures(keep=4, budget=10**6), WindowFeatures(keep=600, budget=3000)
+    for k in range(1, 8):
+        by_count.add(k, *window(k))
+        by_bytes.add(k, *window(k))
+    assert (by_count.oldest, by_bytes.oldest, by_bytes.bytes) == (4, 5, 3000)
+    numbers, audio, visual = by_bytes.rows([3, 5, 7])
+    assert numbers == [5, 7] and audio[:, 0].tolist() == [5, 7] and visual.shape == (2, 2, 2, 50)
+    assert by_bytes.rows([1, 2]) == ([], None, None)
 
 
 def chromium(profile_dir: Path):
@@ -370,7 +414,8 @@ def test_the_page_shows_the_events_under_way_and_done_and_mqtt_gets_them_too(tmp
 
         wait.until(lambda b: [row[0] for row in rows()] == ["blue", "red"])  # newest first, once the files ended
         wait.until(lambda b: ongoing() == "no event under way")
-        for label, start, end, peak, windows in rows():
+        for label, start, end, peak, windows, correct in rows():
+            assert correct == f"not {label}"
             assert re.fullmatch(r"\d\.\d\d", peak) and int(windows) >= 2 and ":" in start and ":" in end
         done = server.api("GET", "/api/detections?after=0", token)[1]
         assert [e["n"] for e in done["detections"]] == [1, 2] and done["ongoing"] is None and done["last"] == 2
@@ -386,3 +431,71 @@ def test_the_page_shows_the_events_under_way_and_done_and_mqtt_gets_them_too(tmp
         browser.quit()
         listener.close()
         broker.kill()
+
+
+def test_not_x_on_the_page_makes_what_it_decided_unknown(tmp_path, analytic_model, toy_clips, pulse_env, mjpeg_camera,
+                                                         servers):
+    """A green clip, none of the classes, that the model labels red or blue (softmax, threshold 0): "not X" beside
+    the current label commits a new version, after which the clip's windows are unknown (rejected); the event they
+    made closes, and "not X" on its row corrects the rest of its windows."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    token = "t0ken-" + "z" * 26
+    (tmp_path / "token").write_text(token + "\n")
+    camera = mjpeg_camera(toy_clips["green"][0])
+    browser = chromium(tmp_path / "chromium-profile")
+    # Clicks the first "not X" button under `selector` at once (the current decision's is replaced every hop):
+    # [its text, its decision, its event], or null where there is none.
+    click = ("const button = document.querySelector(arguments[0] + ' button.not'); if (!button) return null; "
+             "button.click(); return [button.textContent, button.dataset.decision, button.dataset.event];")
+    try:
+        with playing_tone(tmp_path, pulse_env, "green", seconds=150):
+            server = servers(analytic_model, camera.url, pulse_env, "--token-file", str(tmp_path / "token"))
+            browser.get(f"http://127.0.0.1:{server.port}/?token={token}")
+            wait = WebDriverWait(browser, 60, poll_frequency=0.1)
+
+            def job_line() -> tuple[str, str]:
+                return browser.execute_script("const line = document.getElementById('learn-state'); "
+                                              "return [line.dataset.state, line.textContent]")
+
+            def decisions_after(n: int) -> list[dict]:
+                return server.api("GET", f"/api/decisions?after={n}", token)[1]["decisions"]
+
+            server.wait(token, lambda s: s["decisions"] >= 3, what="decisions")
+            text, number, _ = wait.until(lambda b: b.execute_script(click, "#not-current"))
+            mistaken, number = text.removeprefix("not "), int(number)
+            assert mistaken in ("red", "blue") and decisions_after(number - 1)[0]["label"] == mistaken
+            state, line = wait.until(lambda b: job_line()[0] in ("live", "failed") and job_line())
+            assert state == "live" and line == (f"'{mistaken}' corrected: v0002 (1 window of decision {number} "
+                                                f"learnt as not '{mistaken}')"), line
+            assert not browser.execute_script(f"return document.querySelector('[data-decision=\"{number}\"]')")
+            assert decisions_after(number - 1)[0]["corrected"] == "v0002"
+            versions = server.api("GET", "/api/versions", token)[1]
+            assert versions["current"] == "v0002" and f"not '{mistaken}'" in versions["versions"][-1]["note"]
+
+            # From v0002 on, the green clip's windows are unknown, and the page offers nothing to correct.
+            server.wait(token, lambda s: len([d for d in decisions_after(number) if d["model_version"] == "v0002"])
+                        >= 4, what="decisions of v0002")
+            after = [d for d in decisions_after(number) if d["model_version"] == "v0002"]
+            assert all(d["label"] == "unknown" and d["rejected"] for d in after), after
+            wait.until(lambda b: b.execute_script("return document.getElementById('label').textContent") == "unknown")
+            assert browser.execute_script("return document.querySelector('#not-current button') === null")
+            for body, message in [({"decision": after[0]["n"]}, f"decision {after[0]['n']} is unknown: nothing to "
+                                                                 f"correct"),
+                                  ({"decision": number}, f"decision {number} was already corrected (v0002)")]:
+                status, answer = server.api("POST", "/api/not", token, body)
+                assert status == 400 and answer["error"] == message, answer
+
+            # The event the mistaken windows made has closed; "not X" on its row learns its other windows.
+            text, _, event = wait.until(lambda b: b.execute_script(click, "#detections"))
+            label, event = text.removeprefix("not "), int(event)
+            state, line = wait.until(lambda b: job_line()[1].startswith(f"'{label}' corrected: v0003") and job_line())
+            assert state == "live" and line.endswith(f"of event {event} learnt as not '{label}')"), line
+            assert not browser.execute_script(f"return document.querySelector('[data-event=\"{event}\"]')")
+            status, answer = server.api("POST", "/api/not", token, {"event": event})
+            assert status == 400 and answer["error"] == f"event {event} was already corrected (v0003)", answer
+            server.wait(token, lambda s: s["version"] == "v0003", what="v0003")
+        assert server.stop() == 0, server.stderr()
+        assert "Traceback" not in server.stderr()
+    finally:
+        browser.quit()

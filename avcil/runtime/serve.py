@@ -1,7 +1,8 @@
 """`avcil serve`: the device's web page. Live view (the camera with the current label drawn on it, as MJPEG; the
 decision feed, as server-sent events; per-stage latency; the recent events and the one under way), adding a class
-recorded from the device's own camera and microphone, the model's versions and rollback; every request behind a
-token. With --mqtt the events also go to a broker, as `avcil run --mqtt` sends them (avcil.runtime.mqtt).
+recorded from the device's own camera and microphone, "not X" on a decision or an event (avcil.runtime.background
+`learn_not` with the windows it decided), the model's versions and rollback; every request behind a token. With
+--mqtt the events also go to a broker, as `avcil run --mqtt` sends them (avcil.runtime.mqtt).
 
 One camera and one microphone (a device opens each once): the server opens the pair at start (LiveInput) and
 shares it. Recognition keeps deciding while a new class is recorded: the recording reads the same frame history and
@@ -32,10 +33,12 @@ import stat
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlencode
+
+import numpy as np
 
 from avcil.errors import AvcilError, InvalidInput
 from avcil.runtime.commands import add_event_flags, add_recognition_flags, check_event_flags, check_recognition_flags
@@ -48,6 +51,10 @@ log = logging.getLogger(__name__)
 TOKEN_COOKIE = "avcil_token"
 MIN_TOKEN_CHARS = 16  # a token file with less guards the device with less than ~96 bits
 KEPT_DECISIONS = 600  # what /api/decisions can return: minutes of decisions at a few a second
+# The encoder features of the recent windows, for "not X": at most KEPT_DECISIONS windows and this many bytes. A lite
+# window is 704 audio + 8 x 49 x 320 visual floats (493 KiB): the last 133 windows, two minutes at its 0.96 s hop.
+# The tiny profile's (1.1 KiB) are kept for all KEPT_DECISIONS.
+KEPT_FEATURE_BYTES = 64 * 2**20
 KEPT_EVENTS = 200  # what /api/detections can return: the recent events (an hour's worth at a few a minute)
 MJPEG_FPS = 5.0  # the live view: a few frames a second is what a person watching a label needs
 MJPEG_WIDTH = 480  # frames are scaled to this width, so that the label reads on a small camera's picture
@@ -68,14 +75,41 @@ class DecisionLog:
         self.count = 0
         self.lock = threading.Lock()
 
-    def add(self, decision: dict) -> None:
+    def add(self, decision: dict) -> int:
+        """Keep `decision`; its number."""
         with self.lock:
             self.count += 1
             self.kept.append({"n": self.count, **decision})
+            return self.count
 
     def after(self, n: int, limit: int = 200) -> list[dict]:
         with self.lock:
             return [d for d in self.kept if d["n"] > n][-limit:]
+
+    def get(self, n: int) -> dict | None:
+        """Decision `n`, while it is kept."""
+        with self.lock:
+            index = self._index(n)
+            return None if index is None else self.kept[index]
+
+    def within(self, start: float, end: float) -> list[dict]:
+        """The kept decisions whose windows lie within [start, end] (an event's span, on the sources' clock)."""
+        with self.lock:
+            return [d for d in self.kept if start <= d["window"][0] and d["window"][1] <= end]
+
+    def mark(self, numbers: list[int], **fields) -> None:
+        """Add `fields` to the kept decisions numbered `numbers`. As new dicts: the decisions' stream may be
+        serialising the old ones meanwhile."""
+        with self.lock:
+            for n in numbers:
+                index = self._index(n)
+                if index is not None:
+                    self.kept[index] = {**self.kept[index], **fields}
+
+    def _index(self, n: int) -> int | None:
+        """Where decision `n` is in `kept` (numbers are consecutive), or None."""
+        first = self.count - len(self.kept) + 1
+        return n - first if first <= n <= self.count else None
 
     def latest(self) -> dict | None:
         with self.lock:
@@ -104,6 +138,11 @@ class EventLog:
     def close(self) -> None:
         pass
 
+    def get(self, n: int) -> dict | None:
+        """Event `n`, while it is kept."""
+        with self.lock:
+            return next((e for e in self.kept if e["n"] == n), None)
+
     def after(self, n: int, limit: int = 100) -> dict:
         """The events numbered after `n` (the newest `limit`), the one under way, and the last number."""
         with self.lock:
@@ -111,29 +150,65 @@ class EventLog:
                     "last": self.count}
 
 
+class WindowFeatures:
+    """The encoder features of the recent decisions' windows (audio [1, Da], visual [1, T, S, Dv]) by decision
+    number: what "not X" learns from. The newest KEPT_DECISIONS at most, and no more than KEPT_FEATURE_BYTES
+    together; the oldest go first."""
+
+    def __init__(self, keep: int = KEPT_DECISIONS, budget: int = KEPT_FEATURE_BYTES):
+        self.kept: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.keep, self.budget, self.bytes = keep, budget, 0
+        self.lock = threading.Lock()
+
+    def add(self, n: int, audio: np.ndarray, visual: np.ndarray) -> None:
+        # Copies: whether a backend's output array stays its own after the next window is the backend's business.
+        rows = (np.array(audio), np.array(visual))
+        with self.lock:
+            self.kept[n] = rows
+            self.bytes += rows[0].nbytes + rows[1].nbytes
+            while len(self.kept) > self.keep or (self.bytes > self.budget and len(self.kept) > 1):
+                audio, visual = self.kept.popitem(last=False)[1]
+                self.bytes -= audio.nbytes + visual.nbytes
+
+    def rows(self, numbers: list[int]) -> tuple[list[int], np.ndarray | None, np.ndarray | None]:
+        """The kept ones among `numbers`, with their features one row each: (numbers, audio, visual)."""
+        with self.lock:
+            found = [n for n in numbers if n in self.kept]
+            if not found:
+                return [], None, None
+            return found, *(np.concatenate([self.kept[n][part] for n in found]) for part in (0, 1))
+
+    @property
+    def oldest(self) -> int | None:
+        with self.lock:
+            return next(iter(self.kept), None)
+
+
 class LearnJob:
-    """What the page shows of adding a class: state idle | recording | learning | loading | live | failed, the
-    recording step (see field.record_from), a message, the version committed."""
+    """What the page shows of a change to the model that it asked for (adding a class, "not X"): state idle |
+    recording | learning | loading | live | failed, the recording step (see field.record_from), a message, the
+    version committed. One at a time."""
 
     UNDER_WAY = ("recording", "learning", "loading")
 
     def __init__(self):
         self.lock = threading.Lock()
         self.state: dict = {"state": "idle", "id": 0}
+        self.doing = ""  # what is under way, for the refusal of another
 
     def update(self, **fields) -> None:
         with self.lock:
             self.state = {**self.state, **fields, "updated": round(time.time(), 3)}
 
-    def begin(self, label: str, clips: int) -> int:
-        """Start a new job (its number), or Busy while one is under way."""
+    def begin(self, label: str, state: str, message: str, doing: str, **fields) -> int:
+        """Start a new job in `state` (its number), or Busy while one is under way. `doing`: what it is, as in
+        "class 'x' is being learnt"."""
         with self.lock:
             if self.state["state"] in self.UNDER_WAY:
-                raise Busy(f"class {self.state['label']!r} is being learnt; wait until it is done")
-            number = self.state["id"] + 1
-            self.state = {"state": "recording", "id": number, "label": label, "clips": clips, "step": None,
-                          "message": f"recording {clips} clips of {label!r}", "version": None,
-                          "updated": round(time.time(), 3)}
+                raise Busy(f"{self.doing}; wait until it is done")
+            number, self.doing = self.state["id"] + 1, doing
+            self.state = {"state": state, "id": number, "label": label, "message": message, "version": None,
+                          **fields, "updated": round(time.time(), 3)}
             return number
 
     @property
@@ -150,9 +225,13 @@ class Busy(InvalidInput):
     """A request that conflicts with work under way (answered 409)."""
 
 
+class Gone(InvalidInput):
+    """A request for a decision or an event the device no longer keeps (answered 404)."""
+
+
 class DeviceService:
-    """The model dir, the recogniser, the one camera/microphone pair, the decisions, their events (to the page and,
-    with an MqttTarget, to a broker) and the learning job."""
+    """The model dir, the recogniser, the one camera/microphone pair, the decisions and their windows' features,
+    their events (to the page and, with an MqttTarget, to a broker) and the learning job."""
 
     def __init__(self, model_dir: str | Path, camera: str, microphone: str, backend: str = "torch",
                  device: str = "cpu", hop: float | None = None, rule: dict | None = None,
@@ -175,6 +254,7 @@ class DeviceService:
         self.live = LiveInput(camera, microphone, self.recognizer.audio_prep.sample_rate, self.seconds, self.hop,
                               self.recognizer.frame_prep)
         self.decisions = DecisionLog()
+        self.features = WindowFeatures()
         self.events = EventLog()
         self.publisher = MqttPublisher(mqtt, classes=lambda: self.recognizer.class_names) if mqtt else None
         self.event_relay = EventRelay(EventTracker(*(event_windows or ())),
@@ -210,7 +290,8 @@ class DeviceService:
             self.event_relay.close()
 
     def _decided(self, decision: dict) -> None:
-        self.decisions.add(decision)
+        n = self.decisions.add(decision)
+        self.features.add(n, *self.recognizer.last_features)  # this thread's decide() has just set them
         if self.publisher is not None:
             self.publisher.decision(decision)
         self.event_relay(decision)
@@ -235,7 +316,7 @@ class DeviceService:
 
     def rollback(self, version: str) -> dict:
         if self.job.busy:
-            raise Busy("a class is being learnt; roll back when it is done")
+            raise Busy(f"{self.job.doing}; roll back when it is done")
         before = self.model.current()
         return {"before": before, "after": self.model.rollback(version)}
 
@@ -246,7 +327,8 @@ class DeviceService:
         from avcil.runtime.field import check_new_label
 
         check_new_label([c["name"] for c in self.model.manifest()["classes"]], label, Path("this device"))
-        number = self.job.begin(label, clips)
+        number = self.job.begin(label, "recording", f"recording {clips} clips of {label!r}",
+                                f"class {label!r} is being learnt", clips=clips, step=None)
         threading.Thread(target=self._learn, args=(label, clips, countdown_s, drop_suspect), name=f"learn {label}",
                          daemon=True).start()
         return {"id": number, **self.job.snapshot()}
@@ -274,20 +356,88 @@ class DeviceService:
                                     f"{suspect_summary(findings['suspect'])}", **findings)
             summary = learn_class(self.model_dir, label, audio, visual, progress=False, log=notes.append)
             version = summary["version"]
-            self.job.update(state="loading", version=version, message=f"committed {version}; loading it")
-            deadline = time.monotonic() + RELOAD_WAIT_S
-            while self.recognizer.version != version and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.recognizer.version != version:
-                raise AvcilError(f"{version} was committed but the recogniser still uses {self.recognizer.version}")
+            self._await_live(version)
             self.job.update(state="live", message=f"{label!r} learnt from {len(audio)} clips"
                                                   f"{suspect_summary(findings['suspect'])} in "
                                                   f"{summary['seconds'] * 1000:.0f} ms: {version} is live", notes=notes)
-        except AvcilError as error:
-            self.job.update(state="failed", step=None, message=str(error))
-        except Exception as error:  # noqa: BLE001 - a bug; the page says so, the log keeps the traceback
-            log.exception("learning %r failed", label)
-            self.job.update(state="failed", step=None, message=f"learning {label!r} failed: {error}")
+        except Exception as error:  # noqa: BLE001 - the job says so; this thread has no one else to tell
+            self._failed(error, f"learning {label!r}")
+
+    def correct(self, decision: int | None = None, event: int | None = None) -> dict:
+        """"That was not X" of a kept decision, or of a closed event's windows still kept and labelled its label:
+        `learn_not` with their windows' features, committed as a new version, answered once the recogniser uses
+        it. Quick (the update is milliseconds), so not on a thread of its own; the job still says it is under way,
+        which keeps it and a class being learnt apart."""
+        from avcil.runtime.background import learn_not
+
+        what = f"decision {decision}" if decision is not None else f"event {event}"
+        label, chosen = self._decision_to_correct(decision) if decision is not None else self._event_to_correct(event)
+        numbers, audio, visual = self.features.rows([d["n"] for d in chosen])
+        if not numbers:
+            raise Gone(f"{what} is too old: the device keeps the windows of decision {self.features.oldest} on")
+        windows = f"{len(numbers)} window{'s' if len(numbers) > 1 else ''}"
+        self.job.begin(label, "learning", f"learning that {what} was not {label!r} ({windows})",
+                       f"{label!r} is being corrected", decisions=numbers)
+        try:
+            summary = learn_not(self.model_dir, label, audio, visual, sources=[f"page decision {n}" for n in numbers])
+            self.decisions.mark(numbers, corrected=summary["version"])
+            self._await_live(summary["version"])
+        except AvcilError as error:  # refused (no analytic readout, a class since rolled back) or not committed
+            raise InvalidInput(self._failed(error, f"correcting {label!r}")) from None
+        except Exception as error:
+            self._failed(error, f"correcting {label!r}")
+            raise
+        self.job.update(state="live", message=f"{label!r} corrected: {summary['version']} ({windows} of {what} "
+                                              f"learnt as not {label!r})")
+        return self.job.snapshot()
+
+    def _decision_to_correct(self, n: int) -> tuple[str, list[dict]]:
+        """(its label, [the decision]) of a kept decision labelled a class not yet corrected; else the refusal."""
+        from avcil.runtime.decision import UNKNOWN
+
+        kept = self.decisions.get(n)
+        if kept is None:
+            raise Gone(f"decision {n} is no longer kept (the device keeps its last {KEPT_DECISIONS} decisions; the "
+                       f"newest is {self.decisions.count})")
+        if kept["label"] == UNKNOWN:
+            raise InvalidInput(f"decision {n} is {UNKNOWN}: nothing to correct")
+        if "corrected" in kept:
+            raise InvalidInput(f"decision {n} was already corrected ({kept['corrected']})")
+        return kept["label"], [kept]
+
+    def _event_to_correct(self, k: int) -> tuple[str, list[dict]]:
+        """(its label, its kept windows labelled it and not yet corrected) of a kept event; else the refusal."""
+        event = self.events.get(k)
+        if event is None:
+            raise Gone(f"event {k} is no longer kept (the device keeps its last {KEPT_EVENTS} events; the newest is "
+                       f"{self.events.count})")
+        labelled = [d for d in self.decisions.within(event["start"], event["end"]) if d["label"] == event["label"]]
+        if not labelled:
+            raise Gone(f"event {k} is too old: its decisions are no longer kept")
+        fresh = [d for d in labelled if "corrected" not in d]
+        if not fresh:
+            raise InvalidInput(f"event {k} was already corrected ({labelled[-1]['corrected']})")
+        return event["label"], fresh
+
+    def _await_live(self, version: str) -> None:
+        """Wait (the job loading) until the recogniser's watcher has swapped in the version just committed."""
+        self.job.update(state="loading", version=version, message=f"committed {version}; loading it")
+        deadline = time.monotonic() + RELOAD_WAIT_S
+        while self.recognizer.version != version and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.recognizer.version != version:
+            raise AvcilError(f"{version} was committed but the recogniser still uses {self.recognizer.version}")
+
+    def _failed(self, error: Exception, doing: str) -> str:
+        """The job ends failed, with the error's message (returned): an AvcilError's as it is; anything else is a
+        bug, with its traceback in the log. The page is told nothing of the file system: not the model dir's
+        path, which the model dir's own messages start with."""
+        if not isinstance(error, AvcilError):
+            log.error("%s failed", doing, exc_info=error)
+        message = str(error) if isinstance(error, AvcilError) else f"{doing} failed: {error}"
+        message = message.replace(str(self.model.root), "the model dir")
+        self.job.update(state="failed", step=None, message=message)
+        return message
 
     def frame_jpeg(self) -> bytes | None:
         """The newest camera frame with the latest decision on it, as JPEG."""
@@ -369,9 +519,21 @@ def _error(message: str, status: int = 400):
     return JSONResponse({"error": message}, status)
 
 
+REFUSAL_STATUS = ((Busy, 409), (BodyTooLarge, 413), (Gone, 404))
+
+
 def _refusal(error: AvcilError):
-    """A refused request's answer: 409 while busy, 413 for a body too large, else 400."""
-    return _error(str(error), 409 if isinstance(error, Busy) else 413 if isinstance(error, BodyTooLarge) else 400)
+    """A refused request's answer: 409 while busy, 413 for a body too large, 404 for what is no longer kept, else
+    400."""
+    return _error(str(error), next((status for kind, status in REFUSAL_STATUS if isinstance(error, kind)), 400))
+
+
+def correction_target(data: dict) -> dict:
+    """The body of POST /api/not, `{"decision": N}` or `{"event": K}`, as DeviceService.correct's keyword."""
+    given = [key for key in ("decision", "event") if key in data]
+    if len(given) != 1:
+        raise InvalidInput('say what was not X: {"decision": N} or {"event": K}, one of them')
+    return {given[0]: check_whole(data[given[0]], given[0], 1)}
 
 
 def build_app(service: DeviceService, token: str, hosts: set[str]):
@@ -385,7 +547,7 @@ def build_app(service: DeviceService, token: str, hosts: set[str]):
     files = page_files()
 
     def answer(work, *args, status: int = 200):
-        """`work(*args)` as JSON, or its refusal: 409 while busy, 413 for a body too large, else 400."""
+        """`work(*args)` as JSON, or its refusal (`_refusal`)."""
         try:
             return JSONResponse(work(*args), status)
         except AvcilError as error:
@@ -473,11 +635,15 @@ def build_app(service: DeviceService, token: str, hosts: set[str]):
     async def rollback(request):
         return await change(request, lambda data: service.rollback(check_version_name(data.get("version"))))
 
+    async def correction(request):
+        """"That was not X": {"decision": N} or {"event": K}."""
+        return await change(request, lambda data: service.correct(**correction_target(data)))
+
     routes = [Route("/", page), Route("/static/{name}", static), Route("/video.mjpg", video),
               Route("/api/status", status), Route("/api/decisions", decisions), Route("/api/events", events),
               Route("/api/detections", detections),
               Route("/api/learn", learn, methods=["GET", "POST"]), Route("/api/versions", versions),
-              Route("/api/rollback", rollback, methods=["POST"])]
+              Route("/api/rollback", rollback, methods=["POST"]), Route("/api/not", correction, methods=["POST"])]
     return Starlette(routes=routes, middleware=[Middleware(HostAllowList, names=hosts),
                                                 Middleware(TokenGate, token=token)])
 
@@ -589,7 +755,8 @@ def add_parser(subparsers) -> None:
         "serve", help="the device's web page: live view, add a class, versions and rollback, behind a token",
         description="Serve the device's page: the camera with the current label, the decisions and their latency, "
                     "the events (a label held over windows; with --mqtt also sent to a broker), a form that records "
-                    "and learns a new class from this camera and microphone, the model's versions with rollback. "
+                    "and learns a new class from this camera and microphone, \"not X\" on a decision or an event "
+                    "(learnt as avcil learn --not does), the model's versions with rollback. "
                     "Every request needs the token (printed at start, or --token-file).")
     add_recognition_flags(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this device "

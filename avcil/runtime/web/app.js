@@ -81,6 +81,9 @@ async function refreshEvents() {
         cell.textContent = text;
         row.append(cell);
       }
+      const action = document.createElement("td");
+      action.append(notButton(event.label, {event: event.n}));
+      row.append(action);
       body.prepend(row);
     }
     while (body.children.length > SHOWN_EVENTS) body.lastChild.remove();
@@ -100,6 +103,9 @@ function show(decision) {
   $("label").textContent = decision.label;
   $("label").dataset.version = decision.model_version;
   $("score").textContent = decision.score.toFixed(2);
+  // Each decision its own button: the one shown is for the decision shown, and only where it names a class.
+  const correctable = decision.label === "unknown" ? [] : [notButton(decision.label, {decision: decision.n})];
+  $("not-current").replaceChildren(...correctable);
   const top = decision.top_k.map((t) => `${t.label} ${t.score.toFixed(2)}`).join(", ");
   const row = document.createElement("li");
   row.value = decision.n;
@@ -188,6 +194,33 @@ async function startLearning(event) {
     pollLearning();
   } catch (error) {
     showJob({state: "failed", message: error.message});
+  }
+}
+
+function notButton(label, target) {
+  // "That was not X", one click: the window of this decision, or the windows of this event, learnt as not X
+  // (POST /api/not), a new version like any learning step.
+  const button = document.createElement("button");
+  button.className = "not";
+  button.textContent = `not ${label}`;
+  button.dataset.decision = target.decision || "";
+  button.dataset.event = target.event || "";
+  button.addEventListener("click", () => sayNot(button, label, target));
+  return button;
+}
+
+async function sayNot(button, label, target) {
+  button.disabled = true;
+  const what = target.decision ? `decision ${target.decision}` : `event ${target.event}`;
+  showJob({state: "learning", message: `learning that ${what} was not '${label}'`});
+  try {
+    showJob(await api("/api/not", target));
+    button.remove();  // that decision or event is corrected
+    refreshVersions();
+    refreshStatus();
+  } catch (error) {
+    showJob({state: "failed", message: error.message});
+    button.disabled = false;
   }
 }
 
