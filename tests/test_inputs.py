@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from avcil.cli import main
+from avcil.runtime.serve import MAX_CLIPS
 from conftest import avcil
 from test_serve import Server
 
@@ -120,7 +121,7 @@ def test_a_token_file_others_can_read_is_warned_about_in_one_line(page):
     ({"label": 3}, "label"), ({"label": ["x"]}, "label"),
     ({"label": "x", "clips": 0}, "clips"), ({"label": "x", "clips": -1}, "clips"),
     ({"label": "x", "clips": 2.5}, "clips"), ({"label": "x", "clips": "3"}, "clips"),
-    ({"label": "x", "clips": True}, "clips"), ({"label": "x", "clips": 21}, "clips"),
+    ({"label": "x", "clips": True}, "clips"), ({"label": "x", "clips": MAX_CLIPS + 1}, "clips"),
     ({"label": "x", "clips": 10 ** 400}, "clips"), ({"label": "x", "countdown": -1}, "countdown"),
     ({"label": "x", "countdown": 11}, "countdown"), ({"label": "x", "countdown": None}, "countdown"),
     ('{"label": "x", "clips": NaN}', "finite"), ('{"label": "x", "clips": Infinity}', "finite"),

@@ -193,7 +193,7 @@ def test_the_page_needs_its_token_and_refuses_changes_from_another_origin(tmp_pa
 
     # Bad requests: one clear message each, nothing recorded.
     for body, message in [({"label": "red"}, "already in the model"), ({"label": " "}, "needs a name"),
-                          ({"label": "x", "clips": 0}, "clips must be a whole number from 1 to 20"),
+                          ({"label": "x", "clips": 0}, "clips must be a whole number from 1 to 60"),
                           ({"label": "x", "clips": "3"}, "clips must be a whole number"),
                           ({"label": "x", "drop_suspect": "yes"}, "drop_suspect must be true or false"),
                           ("not json", "not JSON")]:

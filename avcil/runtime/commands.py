@@ -14,7 +14,7 @@ import time
 
 from avcil.errors import InvalidInput
 from avcil.backends import KINDS
-from avcil.runtime.field_settings import FIELD_METHODS, FieldSettings
+from avcil.runtime.field_settings import DEFAULT_CLIPS, FIELD_METHODS, FieldSettings
 from avcil.runtime.threads import LEARNER_THREADS, RuntimeThreads
 from avcil.train.precision import PRECISIONS
 
@@ -404,7 +404,8 @@ def add_parsers(subparsers) -> None:
     learn.add_argument("--files", nargs="+", metavar="F", help="video files (with sound) of the new class")
     learn.add_argument("--camera", metavar="SRC", help="record from this camera (with --mic and --clips)")
     learn.add_argument("--mic", metavar="SRC", help="record from this microphone")
-    learn.add_argument("--clips", type=int, metavar="N", help="number of clips to record")
+    learn.add_argument("--clips", type=int, default=DEFAULT_CLIPS, metavar="N", help=f"number of clips to record "
+                       f"(default {DEFAULT_CLIPS}: fewer find fewer of the class's events, `avcil bench enrol`)")
     learn.add_argument("--countdown", type=float, default=3.0, metavar="S", help="countdown before each clip")
     learn.add_argument("--method", choices=FIELD_METHODS, default="analytic", help="analytic (default): one "
                        "closed-form update; avcil: a gradient step (tens of seconds), after which the head's linear "

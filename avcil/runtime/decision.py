@@ -122,6 +122,18 @@ class HeadScores:
     def supports(self, score: str) -> bool:
         return score != "mahalanobis" or self.readout is not None
 
+    def prepare(self, score: str) -> None:
+        """Fit now what deciding with `score` will need (the Gaussians of the mahalanobis score and of corrections,
+        the score's anchors) rather than at the first window: on a reload the recogniser's watcher thread pays for
+        it before the swap, not the decision after it (two eigendecompositions of the 2048-wide covariance: about
+        3 s on a loaded 2-core CPU)."""
+        if self.readout is None:
+            return
+        if score == "mahalanobis":
+            self.relative_mahalanobis(self.readout.class_means()[:1].float())
+        if len(self.readout.rejection_inputs):
+            self.rejected(self.readout.class_means()[:1].float())
+
     @torch.no_grad()
     def __call__(self, audio: torch.Tensor, visual: torch.Tensor, scores=SCORES) -> tuple[np.ndarray, dict]:
         """(ranking [B, C], {score: [B]}) of a batch of encoder features; the ranking is the softmax probabilities

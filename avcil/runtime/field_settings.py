@@ -9,6 +9,11 @@ from dataclasses import dataclass
 from avcil.train.config import TrainConfig
 
 FIELD_METHODS = ("analytic", "avcil")
+# Clips recorded for a new class (`avcil learn --camera`, the page) unless told: the smallest count whose event recall
+# on the stream benchmark is within 5 points of 40 clips' (`avcil bench enrol`, benchmarks/results/
+# enrol-av-digits-lite.md). With the lite encoders on AV-Digits that is 40 itself: 20 recorded clips found 53 % of
+# the new digit's events, 40 found 80 %, fewer than 10 almost none.
+DEFAULT_CLIPS = 40
 
 
 @dataclass

@@ -125,6 +125,7 @@ class Recognizer:
             rule = DecisionRule(score, threshold, self._asked["smoothing"], self._asked["top_k"])
             if previous is not None:
                 log.warning("%s decides with the %s score, threshold %s", loaded.version, score, rule.threshold)
+        scores.prepare(rule.score)  # on a reload: here on the watcher thread, not in the next decision
         return _Head(loaded.version, head, loaded.class_names, scores, rule)
 
     @property

@@ -42,6 +42,7 @@ import numpy as np
 
 from avcil.errors import AvcilError, InvalidInput
 from avcil.runtime.commands import add_event_flags, add_recognition_flags, check_event_flags, check_recognition_flags
+from avcil.runtime.field_settings import DEFAULT_CLIPS
 from avcil.runtime.inputs import check_flag, check_label, check_number, check_port, check_version_name, check_whole
 from avcil.runtime.page_guards import HostAllowList, allowed_hosts, same_site_path
 from avcil.runtime.page_json import BodyTooLarge, read_json_object
@@ -59,7 +60,7 @@ KEPT_EVENTS = 200  # what /api/detections can return: the recent events (an hour
 MJPEG_FPS = 5.0  # the live view: a few frames a second is what a person watching a label needs
 MJPEG_WIDTH = 480  # frames are scaled to this width, so that the label reads on a small camera's picture
 EVENT_POLL_S = 0.05  # how often the decision stream looks for new decisions: well under a hop, and cheap
-MAX_CLIPS = 20
+MAX_CLIPS = 60  # above the default (DEFAULT_CLIPS), for a class that needs more
 MAX_COUNTDOWN_S = 10.0
 RELOAD_WAIT_S = 10.0  # how long a learning job waits for the recogniser to pick up the version it committed
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -309,7 +310,8 @@ class DeviceService:
                 "decisions": self.decisions.count, "backend": self.backend, "latest": self.decisions.latest(),
                 "window_s": self.seconds, "hop_s": self.hop, "learning": self.job.snapshot(),
                 "recognition_error": self.recognition_error,
-                "mqtt": self.publisher.status() if self.publisher is not None else None}
+                "mqtt": self.publisher.status() if self.publisher is not None else None,
+                "default_clips": DEFAULT_CLIPS, "max_clips": MAX_CLIPS}
 
     def versions(self) -> list[dict]:
         return self.model.describe_versions()
@@ -625,7 +627,7 @@ def build_app(service: DeviceService, token: str, hosts: set[str]):
         if request.method == "GET":
             return JSONResponse(service.job.snapshot())
         return await change(request, lambda data: service.learn(
-            check_label(data.get("label")), check_whole(data.get("clips", 3), "clips", 1, MAX_CLIPS),
+            check_label(data.get("label")), check_whole(data.get("clips", DEFAULT_CLIPS), "clips", 1, MAX_CLIPS),
             check_number(data.get("countdown", 3.0), "countdown", 0, MAX_COUNTDOWN_S),
             check_flag(data.get("drop_suspect", False), "drop_suspect")), status=202)
 

@@ -39,11 +39,22 @@ async function refreshStatus() {
     $("count").textContent = `(${status.decisions})`;
     alertLine(status.recognition_error);
     showMqtt(status.mqtt);
+    showClipBounds(status.default_clips, status.max_clips);
     if (status.learning && status.learning.id && !learnPolling &&
         ["recording", "learning", "loading"].includes(status.learning.state)) pollLearning();
   } catch (error) {
     alertLine(`the device does not answer: ${error.message}`);
   }
+}
+
+let clipsDefaulted = false;
+
+function showClipBounds(defaultClips, maxClips) {
+  // The device says how many clips a class needs (`avcil bench enrol`), once: what the operator types is kept.
+  const input = $("learn-clips");
+  input.max = maxClips;
+  if (!clipsDefaulted && !input.value) input.value = defaultClips;
+  clipsDefaulted = true;
 }
 
 function showMqtt(mqtt) {
