@@ -30,7 +30,7 @@ def fitted_head(audio, visual, labels, classes):
     head = FusionHead(HeadConfig.for_shape(shape, fusion_dim=8), num_classes=classes)
     head.set_readout(readout_spec("analytic", expansion=64, seed=1))
     with torch.no_grad():
-        inputs = head.readout_inputs(audio, visual, head.features(audio, visual).fused)
+        inputs = head.readout_inputs(audio, visual)
     head.readout.accumulate(inputs, labels)
     head.readout.solve()
     return head.eval()
@@ -74,6 +74,18 @@ def test_background_learnt_lowers_the_ridge_output_on_that_background(two_classe
     # The classes still answer, and well above the background: a threshold between them holds.
     assert (near_ranking.argmax(axis=1) == near_labels.numpy()).all()
     assert np.percentile(near_ranking.max(axis=1), 10) > np.percentile(after.max(axis=1), 90)
+
+
+def test_a_readout_of_pooled_features_decides_without_running_the_fusion_part(two_classes, monkeypatch):
+    head, (audio, visual, _), _ = two_classes
+    ranking, scores = HeadScores(head)(audio, visual)
+
+    def untrained_fusion(*args):
+        raise AssertionError("the fusion part ran for a readout that does not read it")
+
+    monkeypatch.setattr(head, "features", untrained_fusion)
+    again, scores_again = HeadScores(head)(audio, visual)
+    assert np.array_equal(ranking, again) and np.array_equal(scores["mahalanobis"], scores_again["mahalanobis"])
 
 
 def test_the_rule_smooths_over_windows_and_says_unknown_under_its_threshold():

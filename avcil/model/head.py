@@ -125,11 +125,17 @@ class FusionHead(nn.Module):
         if self.readout is not None:
             self.readout.add_classes(count)
 
-    def readout_inputs(self, audio: torch.Tensor, visual: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
-        """What the readout reads for these clips (its `features` setting)."""
+    def readout_inputs(self, audio: torch.Tensor, visual: torch.Tensor,
+                       fused: torch.Tensor | None = None) -> torch.Tensor:
+        """What the readout reads for these clips (its `features` setting). The fusion part (`features`) runs only
+        for a readout that reads its output and only when `fused` is not given: the default readout reads the
+        encoders' pooled features, and the attention and projections of a head never trained by gradient would be
+        computed for nothing on every decision and field update."""
+        kind = self.config.readout["features"]
+        if fused is None and kind != "pooled":
+            fused = self.features(audio, visual).fused
         uses_audio, uses_visual = self.audio_proj is not None, self.visual_proj is not None
-        return readout_inputs(self.config.readout["features"], audio if uses_audio else None,
-                              visual if uses_visual else None, fused)
+        return readout_inputs(kind, audio if uses_audio else None, visual if uses_visual else None, fused)
 
     def features(self, audio: torch.Tensor, visual: torch.Tensor) -> HeadOutput:
         """The fusion part alone: the fused feature, the embeddings and the attention maps, no classifier or

@@ -21,7 +21,7 @@ def readout_inputs_of(head, audio: np.ndarray, visual: np.ndarray) -> torch.Tens
     """The readout's inputs [n, in_dim] of features."""
     audio_t, visual_t = (torch.from_numpy(np.asarray(x, np.float32)) for x in (audio, visual))
     with torch.no_grad():
-        return head.readout_inputs(audio_t, visual_t, head.features(audio_t, visual_t).fused)
+        return head.readout_inputs(audio_t, visual_t)
 
 
 class ClassSpace:

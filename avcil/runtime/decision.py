@@ -139,11 +139,9 @@ class HeadScores:
         """(ranking [B, C], {score: [B]}) of a batch of encoder features; the ranking is the softmax probabilities
         when `scores` starts with `softmax`, else the ridge outputs (logits for a head without a readout). A head
         with the analytic readout adds {REJECTED: [B] bool} (see `rejected`)."""
-        out = self.head(audio, visual)
         if self.readout is None:
-            return self._from_logits(out.logits.float(), 1.0, scores, None)
-        inputs = self.head.readout_inputs(audio, visual, out.fused)
-        return self.of_inputs(inputs, scores)
+            return self._from_logits(self.head(audio, visual).logits.float(), 1.0, scores, None)
+        return self.of_inputs(self.head.readout_inputs(audio, visual), scores)  # the readout decides alone
 
     @torch.no_grad()
     def of_inputs(self, inputs: torch.Tensor, scores=SCORES) -> tuple[np.ndarray, dict]:

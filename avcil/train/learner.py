@@ -146,7 +146,7 @@ def fit_readout(head: FusionHead, spec: dict, clips: ClipSet, indices: Sequence[
             raise InvalidInput(f"features of clip(s) {', '.join(names[:5])} hold NaN or Inf; re-extract them")
         done += len(finite)
         audio, visual = audio.to(config.device), visual.to(config.device)
-        inputs.append(head.readout_inputs(audio, visual, head.features(audio, visual).fused))
+        inputs.append(head.readout_inputs(audio, visual))
         labels.append(batch_labels.to(config.device))
     if group.active:
         x = torch.cat(inputs) if inputs else torch.zeros((0, head.readout.in_dim), device=config.device)
