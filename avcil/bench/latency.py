@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from avcil.errors import InvalidInput
-from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
+from avcil.bench.report import DEFAULT_DIR, markdown_table, percentiles, write_report
 from avcil.train.plots import plt
 
 STAGES = ("audio preprocess", "frame preprocess", "audio encoder", "visual encoder", "head")
@@ -135,8 +135,7 @@ def time_interleaved(calls: dict[str, Callable[[], object]], warmup: int, iterat
 
 def summarise(seconds: list[float]) -> dict:
     ms = np.asarray(seconds) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "iterations": len(seconds),
+    return {**percentiles(ms), "mean_ms": float(ms.mean()), "iterations": len(seconds),
             "seconds": [float(x) for x in seconds]}
 
 

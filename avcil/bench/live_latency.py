@@ -17,10 +17,9 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from avcil.bench.report import DEFAULT_DIR, machine
+from avcil.bench.report import DEFAULT_DIR, machine, percentiles
 
 
 def lite_model(root: Path, backend: str):
@@ -38,10 +37,6 @@ def lite_model(root: Path, backend: str):
 
         export_onnx(root, profile, progress=False)
     return profile
-
-
-def percentiles(values: list[float]) -> dict:
-    return {f"p{q}_ms": round(float(np.percentile(values, q)), 2) for q in (50, 95, 99)} if values else {}
 
 
 def measure(backend: str, clips: list[Path]) -> dict:
@@ -66,7 +61,7 @@ def summarise(backend: str, decisions: list[dict], summary: dict, load_before: t
     stages = sorted({k for d in decisions for k in d["latency_ms"]})
     return {"backend": backend, "decisions": len(decisions), "dropped_windows": summary["dropped_windows"],
             "hop_s": summary["hop_s"], "window_s": summary["window_s"],
-            "latency": {stage: percentiles([d["latency_ms"][stage] for d in decisions]) for stage in stages},
+            "latency": {stage: percentiles([d["latency_ms"][stage] for d in decisions], digits=2) for stage in stages},
             "speech_windows_after_end": [d.get("speech_windows_after_end") for d in decisions],
             "frames_encoded_after_end": [d["frames_encoded_after_end"] for d in decisions],
             "load_average_before": load_before, "load_average_after": os.getloadavg(),

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
+from avcil.bench.report import DEFAULT_DIR, markdown_table, percentiles, write_report
 from avcil.errors import InvalidInput
 from avcil.runtime.decision import (DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_THRESHOLDS, REJECTED, SCORES,
                                     HeadScores)
@@ -158,7 +158,7 @@ def event_metrics(windows: StreamWindows, labelled: list[np.ndarray]) -> dict:
               "false_accepts": false_runs, "false_accepts_per_hour": false_runs / windows.background_hours,
               "background_hours": windows.background_hours,
               "delay_s_median": float(np.median(delays)) if delays else None,
-              "delay_s_p90": float(np.percentile(delays, 90)) if delays else None}
+              "delay_s_p90": percentiles(delays, (90,), suffix="_s")["p90_s"]}
     result["per_class"] = {
         label: {"events": s["events"], "event_recall": s["found"] / s["events"],
                 "wrong_class_share": s["wrong"] / s["events"],

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
+from avcil.bench.report import DEFAULT_DIR, markdown_table, percentiles, write_report
 from avcil.train.plots import plt
 
 TARGETS = {"latency_p95_ms": 150.0, "learn_seconds": {"analytic": 1.0, "avcil": 60.0}, "largest_gap_hops": 2.0,
@@ -150,14 +150,13 @@ def analyse(decisions: list[dict], update_start: float, update_end: float, hop: 
     during = (times >= update_start) & (times <= update_end + hop)
     gaps = np.diff(times[(times >= update_start - hop) & (times <= update_end + hop)])
 
-    def percentiles(values: np.ndarray) -> dict:
-        return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
-                "n": int(values.size)} if values.size else {"p50": None, "p95": None, "n": 0}
+    def percentiles_n(values: np.ndarray) -> dict:
+        return {**percentiles(values, (50, 95), suffix=""), "n": int(values.size)}
 
     row = {
-        "latency_quiet_ms": percentiles(latency[quiet]),
-        "latency_during_update_ms": percentiles(latency[during]),
-        "stage_p95_ms": {k: float(np.percentile([d["latency_ms"][k] for d in decisions], 95))
+        "latency_quiet_ms": percentiles_n(latency[quiet]),
+        "latency_during_update_ms": percentiles_n(latency[during]),
+        "stage_p95_ms": {k: percentiles([d["latency_ms"][k] for d in decisions], (95,), suffix="")["p95"]
                          for k in decisions[0]["latency_ms"]},
         "learn_seconds": learnt["seconds"],
         "memory_clips_after": learnt["memory_clips"],
