@@ -70,8 +70,8 @@ def stream_figures(head, windows, label: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from avcil.data.streams import build_background_clips
-    from avcil.demo import BACKGROUND_CLIPS, clip_files
+    from avcil.data.avdigits import clip_files
+    from avcil.data.streams import BACKGROUND_CLIPS, build_background_clips
     from avcil.model.encoders import profile_from_record
     from avcil.modeldir import ModelDir
     from avcil.runtime.class_space import readout_inputs_of

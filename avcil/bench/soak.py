@@ -326,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from avcil.bench.update import build_model
     from avcil.data.avdigits import build_av_digits
-    from avcil.demo import clip_files
+    from avcil.data.avdigits import clip_files
     from avcil.model.encoders import profile_from_record
     from avcil.train.benchmarks import av_digits_benchmark, default_cache
 

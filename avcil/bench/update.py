@@ -61,7 +61,7 @@ print(json.dumps(summary))
 def build_model(model_dir: Path, benchmark, method: str, epochs: int, digits: int = OLD_DIGITS) -> None:
     """A model dir with the first `digits` digits of AV-Digits (lite features; default 0-8), trained by `method`
     in one step, and a 340-clip-budget memory."""
-    from avcil.demo import first_classes
+    from avcil.data.clips import first_classes
     from avcil.train.learner import TrainConfig
     from avcil.train.methods import build_method
     from avcil.train.protocol import run_protocol
@@ -74,9 +74,8 @@ def build_model(model_dir: Path, benchmark, method: str, epochs: int, digits: in
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
-    from avcil.data.avdigits import build_av_digits
+    from avcil.data.avdigits import build_av_digits, clip_files
     from avcil.train.benchmarks import av_digits_benchmark, default_cache
-    from avcil.demo import clip_files
 
     cache = Path(args.cache) if args.cache else default_cache()
     benchmark = av_digits_benchmark(cache)
@@ -88,8 +87,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
 def measure_method(args: argparse.Namespace, work: Path, benchmark, files: dict, method: str) -> dict:
     from avcil.model.encoders import profile_from_record
-    from avcil.demo import accuracy_on_test_split, old_clips_taken
     from avcil.runtime.recognizer import Recognizer, run_live
+    from avcil.train.version_accuracy import accuracy_on_test_split, old_clips_taken
 
     model_dir = work / "model"
     build_model(model_dir, benchmark, method, args.base_epochs)
