@@ -56,10 +56,8 @@ def _play(recognizer, files: list[Path], labels: list[str], slot_s: float, sink,
 def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 12, clips_per_class: int = 1,
              train_clips: int = 40, method: str | None = None, background_clips: int = BACKGROUND_CLIPS) -> dict:
     from avcil.data.avdigits import build_av_digits, clip_files
-    from avcil.train.benchmarks import av_digits_benchmark, default_cache
     from avcil.model.encoders import profile_from_record
-    from avcil.runtime.recognizer import DecisionWriter, Recognizer
-    from avcil.runtime.windows import window_seconds
+    from avcil.train.benchmarks import av_digits_benchmark, default_cache
     from avcil.train.methods import DEFAULT_METHOD
 
     method = method or DEFAULT_METHOD
@@ -75,8 +73,25 @@ def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 12,
     base_accuracy = split_accuracy(model_dir, base_version, benchmark, OLD_DIGITS)
     say(f"    test accuracy on digits {OLD_DIGITS[0]}-{OLD_DIGITS[-1]}, every test clip (features): "
         f"{_pct(base_accuracy)}")
+    live = _live_and_field(model_dir, profile_from_record(benchmark.profile), files, cache, out, clips_per_class,
+                           train_clips, background_clips)
+    final = ModelDir(model_dir).current()
+    summary = {"model": str(model_dir), "method": method, "base_test_accuracy": base_accuracy,
+               **_test_split_after(model_dir, final, benchmark), **_field_summary(live)}
+    plot_confusions(model_dir, [base_version, final], benchmark, out / "confusion.png")
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _print_summary(summary, out)
+    return summary
 
-    profile = profile_from_record(benchmark.profile)
+
+def _live_and_field(model_dir: Path, profile, files: dict, cache: Path, out: Path, clips_per_class: int,
+                    train_clips: int, background_clips: int) -> dict:
+    """Steps 2-5: the old digits live, the new digit and the background learnt in the field while the recognizer
+    stays up, then every digit live with the version it picked up."""
+    from avcil.runtime.recognizer import DecisionWriter, Recognizer
+    from avcil.runtime.windows import window_seconds
+
     slot = window_seconds(profile.audio_prep)
     # Closed-set figures (threshold 0: every window gets its best class), comparable with the features' accuracy;
     # the open-set behaviour is `avcil bench stream`'s.
@@ -104,24 +119,24 @@ def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 12,
     finally:
         writer.close()
         recognizer.close()
-    final = ModelDir(model_dir).current()
-    summary = {
-        "model": str(model_dir), "method": method,
-        "base_test_accuracy": base_accuracy,
-        "new_class_test_accuracy": split_accuracy(model_dir, final, benchmark, [NEW_DIGIT]),
-        "old_classes_test_accuracy_after": split_accuracy(model_dir, final, benchmark, OLD_DIGITS),
-        "old_clips_taken_by_new_class": old_clips_taken(model_dir, benchmark, OLD_DIGITS, NEW_DIGIT),
-        "learn_seconds": learnt["seconds"], "encode_seconds": encode_seconds,
-        **_latency(before["paced"] + after["paced"]),
-        "live": {"before": _live_summary(before, OLD_DIGITS, []),
-                 "after": _live_summary(after, OLD_DIGITS, [NEW_DIGIT])},
-        "learnt": learnt, "background": background,
-    }
-    plot_confusions(model_dir, [base_version, final], benchmark, out / "confusion.png")
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _print_summary(summary, out)
-    return summary
+    return {"before": before, "after": after, "learnt": learnt, "encode_seconds": encode_seconds,
+            "background": background}
+
+
+def _test_split_after(model_dir: Path, version: str, benchmark: Benchmark) -> dict:
+    """Every test clip, from the features, by the version after learning."""
+    return {"new_class_test_accuracy": split_accuracy(model_dir, version, benchmark, [NEW_DIGIT]),
+            "old_classes_test_accuracy_after": split_accuracy(model_dir, version, benchmark, OLD_DIGITS),
+            "old_clips_taken_by_new_class": old_clips_taken(model_dir, benchmark, OLD_DIGITS, NEW_DIGIT)}
+
+
+def _field_summary(live: dict) -> dict:
+    before, after = live["before"], live["after"]
+    return {"learn_seconds": live["learnt"]["seconds"], "encode_seconds": live["encode_seconds"],
+            **_latency(before["paced"] + after["paced"]),
+            "live": {"before": _live_summary(before, OLD_DIGITS, []),
+                     "after": _live_summary(after, OLD_DIGITS, [NEW_DIGIT])},
+            "learnt": live["learnt"], "background": live["background"]}
 
 
 def say(text: str) -> None:
