@@ -149,12 +149,10 @@ def analyse(decisions: list[dict], update_start: float, update_end: float, hop: 
     during = (times >= update_start) & (times <= update_end + hop)
     gaps = np.diff(times[(times >= update_start - hop) & (times <= update_end + hop)])
 
-    def percentiles_n(values: np.ndarray) -> dict:
-        return {**percentiles(values, (50, 95), suffix=""), "n": int(values.size)}
-
     row = {
-        "latency_quiet_ms": percentiles_n(latency[quiet]),
-        "latency_during_update_ms": percentiles_n(latency[during]),
+        "latency_quiet_ms": {**percentiles(latency[quiet], (50, 95), suffix=""), "n": int(quiet.sum())},
+        "latency_during_update_ms": {**percentiles(latency[during], (50, 95), suffix=""),
+                                     "n": int(during.sum())},
         "stage_p95_ms": {k: percentiles([d["latency_ms"][k] for d in decisions], (95,), suffix="")["p95"]
                          for k in decisions[0]["latency_ms"]},
         "learn_seconds": learnt["seconds"],
