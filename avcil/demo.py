@@ -15,59 +15,21 @@ confusion matrices before and after learning, side by side.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from avcil.data.clips import Benchmark
+from avcil.data.clips import Benchmark, first_classes
+from avcil.data.streams import BACKGROUND_CLIPS
 from avcil.modeldir import ModelDir
+from avcil.train.version_accuracy import old_clips_taken, split_accuracy, split_decisions
 
 OLD_DIGITS = [str(d) for d in range(9)]
 NEW_DIGIT = "9"
-
-
-@dataclass
-class _Subset:
-    """Some rows of a clip set, as a clip set."""
-
-    parent: object
-    rows: np.ndarray
-
-    def __post_init__(self) -> None:
-        self.ids = [self.parent.ids[i] for i in self.rows]
-        self.labels = self.parent.labels[self.rows]
-        self.shape = self.parent.shape
-
-    def load(self, indices: Sequence[int]):
-        return self.parent.load(self.rows[np.asarray(indices, dtype=np.int64)])
-
-
-def first_classes(benchmark: Benchmark, count: int, train_clips: int) -> Benchmark:
-    """The benchmark cut down to its first `count` classes in one step, with at most `train_clips` training clips
-    per class (val and test whole)."""
-    splits = {}
-    for name, clips in benchmark.splits.items():
-        rows = np.flatnonzero(clips.labels < count)
-        if name == "train":
-            rows = np.concatenate([rows[clips.labels[rows] == c][:train_clips] for c in range(count)])
-        splits[name] = _Subset(clips, rows)
-    return Benchmark(f"{benchmark.name}-first-{count}", benchmark.class_names[:count], [list(range(count))], splits,
-                     benchmark.shape, benchmark.defaults, benchmark.profile)
-
-
-def clip_files(csv_path: Path) -> dict[tuple[str, str], list[Path]]:
-    """{(split, label): [video files]} of an AV-Digits build."""
-    files: dict[tuple[str, str], list[Path]] = {}
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            files.setdefault((row["split"], row["label"]), []).append(csv_path.parent / row["path"])
-    return files
 
 
 def _play(recognizer, files: list[Path], labels: list[str], slot_s: float, sink, paced: bool = True) -> list[dict]:
@@ -91,16 +53,11 @@ def _play(recognizer, files: list[Path], labels: list[str], slot_s: float, sink,
             for f, e, d in zip(files, labels, decisions)]
 
 
-BACKGROUND_CLIPS = 60  # background clips the demo learns as background (3-6 s each, content no stream holds)
-
-
 def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 12, clips_per_class: int = 1,
              train_clips: int = 40, method: str | None = None, background_clips: int = BACKGROUND_CLIPS) -> dict:
-    from avcil.data.avdigits import build_av_digits
-    from avcil.train.benchmarks import av_digits_benchmark, default_cache
+    from avcil.data.avdigits import build_av_digits, clip_files
     from avcil.model.encoders import profile_from_record
-    from avcil.runtime.recognizer import DecisionWriter, Recognizer
-    from avcil.runtime.windows import window_seconds
+    from avcil.train.benchmarks import av_digits_benchmark, default_cache
     from avcil.train.methods import DEFAULT_METHOD
 
     method = method or DEFAULT_METHOD
@@ -116,8 +73,25 @@ def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 12,
     base_accuracy = split_accuracy(model_dir, base_version, benchmark, OLD_DIGITS)
     say(f"    test accuracy on digits {OLD_DIGITS[0]}-{OLD_DIGITS[-1]}, every test clip (features): "
         f"{_pct(base_accuracy)}")
+    live = _live_and_field(model_dir, profile_from_record(benchmark.profile), files, cache, out, clips_per_class,
+                           train_clips, background_clips)
+    final = ModelDir(model_dir).current()
+    summary = {"model": str(model_dir), "method": method, "base_test_accuracy": base_accuracy,
+               **_test_split_after(model_dir, final, benchmark), **_field_summary(live)}
+    plot_confusions(model_dir, [base_version, final], benchmark, out / "confusion.png")
+    summary["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    _print_summary(summary, out)
+    return summary
 
-    profile = profile_from_record(benchmark.profile)
+
+def _live_and_field(model_dir: Path, profile, files: dict, cache: Path, out: Path, clips_per_class: int,
+                    train_clips: int, background_clips: int) -> dict:
+    """Steps 2-5: the old digits live, the new digit and the background learnt in the field while the recognizer
+    stays up, then every digit live with the version it picked up."""
+    from avcil.runtime.recognizer import DecisionWriter, Recognizer
+    from avcil.runtime.windows import window_seconds
+
     slot = window_seconds(profile.audio_prep)
     # Closed-set figures (threshold 0: every window gets its best class), comparable with the features' accuracy;
     # the open-set behaviour is `avcil bench stream`'s.
@@ -145,24 +119,24 @@ def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 12,
     finally:
         writer.close()
         recognizer.close()
-    final = ModelDir(model_dir).current()
-    summary = {
-        "model": str(model_dir), "method": method,
-        "base_test_accuracy": base_accuracy,
-        "new_class_test_accuracy": split_accuracy(model_dir, final, benchmark, [NEW_DIGIT]),
-        "old_classes_test_accuracy_after": split_accuracy(model_dir, final, benchmark, OLD_DIGITS),
-        "old_clips_taken_by_new_class": old_clips_taken(model_dir, benchmark, OLD_DIGITS, NEW_DIGIT),
-        "learn_seconds": learnt["seconds"], "encode_seconds": encode_seconds,
-        **_latency(before["paced"] + after["paced"]),
-        "live": {"before": _live_summary(before, OLD_DIGITS, []),
-                 "after": _live_summary(after, OLD_DIGITS, [NEW_DIGIT])},
-        "learnt": learnt, "background": background,
-    }
-    plot_confusions(model_dir, [base_version, final], benchmark, out / "confusion.png")
-    summary["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _print_summary(summary, out)
-    return summary
+    return {"before": before, "after": after, "learnt": learnt, "encode_seconds": encode_seconds,
+            "background": background}
+
+
+def _test_split_after(model_dir: Path, version: str, benchmark: Benchmark) -> dict:
+    """Every test clip, from the features, by the version after learning."""
+    return {"new_class_test_accuracy": split_accuracy(model_dir, version, benchmark, [NEW_DIGIT]),
+            "old_classes_test_accuracy_after": split_accuracy(model_dir, version, benchmark, OLD_DIGITS),
+            "old_clips_taken_by_new_class": old_clips_taken(model_dir, benchmark, OLD_DIGITS, NEW_DIGIT)}
+
+
+def _field_summary(live: dict) -> dict:
+    before, after = live["before"], live["after"]
+    return {"learn_seconds": live["learnt"]["seconds"], "encode_seconds": live["encode_seconds"],
+            **_latency(before["paced"] + after["paced"]),
+            "live": {"before": _live_summary(before, OLD_DIGITS, []),
+                     "after": _live_summary(after, OLD_DIGITS, [NEW_DIGIT])},
+            "learnt": live["learnt"], "background": live["background"]}
 
 
 def say(text: str) -> None:
@@ -261,38 +235,6 @@ def _print_summary(summary: dict, out: Path) -> None:
 def _share(rows: list[dict], digits: Sequence[str]) -> float | None:
     chosen = [r for r in rows if r["expected"] in digits]
     return sum(r["decided"] == r["expected"] for r in chosen) / len(chosen) if chosen else None
-
-
-def split_decisions(model_dir: Path, version: str, benchmark: Benchmark,
-                   classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(expected, decided) class names of every test clip of `classes`, by one version of the model dir, from the
-    cached features: the stable figure beside the few clips played live."""
-    import torch
-
-    test = benchmark.splits["test"]
-    names = np.asarray(benchmark.class_names)[test.labels]
-    rows = np.flatnonzero(np.isin(names, list(classes)))
-    audio, visual = (torch.from_numpy(x) for x in test.load(rows))
-    loaded = ModelDir(model_dir).load(version, with_memory=False)
-    with torch.no_grad():
-        decided = loaded.head.eval()(audio, visual).logits.argmax(dim=1).numpy()
-    return names[rows], np.asarray(loaded.class_names)[decided]
-
-
-def split_accuracy(model_dir: Path, version: str, benchmark: Benchmark, classes: Sequence[str]) -> float:
-    expected, decided = split_decisions(model_dir, version, benchmark, classes)
-    return float(np.mean(expected == decided))
-
-
-def accuracy_on_test_split(model_dir: Path, benchmark: Benchmark, classes: Sequence[str]) -> dict[str, float]:
-    """Per version of the model dir, its accuracy on every test clip of `classes`."""
-    return {v: split_accuracy(model_dir, v, benchmark, classes) for v in ModelDir(model_dir).list_versions()}
-
-
-def old_clips_taken(model_dir: Path, benchmark: Benchmark, old: Sequence[str], new: str) -> float:
-    """The share of the old classes' test clips that the current version decides as the new class."""
-    _, decided = split_decisions(model_dir, ModelDir(model_dir).current(), benchmark, old)
-    return float(np.mean(decided == new))
 
 
 def plot_confusions(model_dir: Path, versions: Sequence[str], benchmark: Benchmark, path: Path) -> None:

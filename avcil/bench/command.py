@@ -10,8 +10,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from avcil.bench import (accuracy, correction, distributed, enrol, gpu, head_speed, latency, load, soak,
-                             stream, update)
+    from avcil.bench import (accuracy, correction, distributed, enrol, gpu, head_speed, latency, live_latency, load,
+                             mqtt_outage, probes, soak, stream, update)
     from avcil.train.options import add_training_flags
 
     bench = subparsers.add_parser("bench", help="benchmarks that write JSON, a markdown table and a plot")
@@ -25,10 +25,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             ("gpu", gpu, "every CUDA path (encoders per precision, head training, extraction) in one short run "
                          "within a time budget; --dry-run checks it on the CPU"),
             ("latency", latency, "per-stage latency of encoders and head for each backend and profile"),
+            ("live-latency", live_latency, "decision latency of the live recognizer (lite) on paced clips, per stage"),
+            ("probes", probes, "linear probes of the lite encoder options on AV-Digits: accuracy and ms per frame"),
             ("update", update, "field learning, both methods: time to learn a class, accuracy, decision gaps"),
             ("distributed", distributed, "clips/s of extraction and training with 1 and N processes (torchrun)"),
             ("load", load, "decision latency quiet and beside 1 and 2 CPU-bound competitor processes"),
             ("soak", soak, "live recognition for N minutes with field learning: RSS, fds, latency, gaps"),
+            ("mqtt", mqtt_outage, "a Mosquitto broker killed and restarted during avcil run --mqtt: decision "
+                                  "lateness and the events a subscriber got"),
             ("stream", stream, "event recall and false accepts per hour of background on AV-Digits streams, "
                                "through the live path (replayed)"),
             ("correction", correction, "what one 'that was not X' (avcil learn --not) costs in event recall and "

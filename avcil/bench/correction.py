@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
-from avcil.bench.stream import (DEFAULT_RULE, DEFAULT_THRESHOLD, event_metrics, load_split, rule_scores,
-                                _load)
+from avcil.bench.stream import (DEFAULT_RULE, DEFAULT_THRESHOLD, checked_inputs, event_metrics, load_split,
+                                rule_scores, _load)
 from avcil.errors import InvalidInput
 from avcil.runtime.decision import HeadScores
 
@@ -61,15 +61,29 @@ def corrected_labels(head, windows, way: str, inputs: torch.Tensor, class_index:
                                                                           DEFAULT_RULE)]
 
 
+def correction_row(head, test, run: tuple[int, np.ndarray], base_labels: list[np.ndarray], base: dict,
+                   class_names: list[str]) -> dict:
+    """One false-accept run corrected by its first window, each way on its own: what it changes on the streams."""
+    s, members = run
+    first = int(members[0])
+    inputs = torch.from_numpy(test.streams[s]["inputs"][first:first + 1])
+    class_index = int(base_labels[s][first])
+    row = {"stream": s, "window": first, "run_windows": len(members), "class": class_names[class_index]}
+    for way in WAYS:
+        labels = corrected_labels(head, test, way, inputs, class_index)
+        metrics = event_metrics(test, labels)
+        row.update({f"{way}_recall_change": metrics["event_recall"] - base["event_recall"],
+                    f"{way}_false_accepts_per_hour_change": (metrics["false_accepts_per_hour"]
+                                                             - base["false_accepts_per_hour"]),
+                    f"{way}_window_unknown": bool(labels[s][first] < 0),
+                    f"{way}_run_unknown_share": float(np.mean(labels[s][members] < 0))})
+    return row
+
+
 def run(args: argparse.Namespace) -> int:
     from avcil.modeldir import ModelDir
-    from avcil.train.benchmarks import default_cache
 
-    model_dir = Path(args.model)
-    if not (model_dir / "CURRENT").exists():
-        raise InvalidInput(f"{model_dir}: not a model dir (run `avcil demo --out runs/demo` first for the default, "
-                           f"or give --model)")
-    cache = Path(args.cache) if args.cache else default_cache()
+    model_dir, cache = checked_inputs(args.model, args.cache, av_digits=False)
     loaded = ModelDir(model_dir).load(with_memory=False)
     head = loaded.head.eval()
     if HeadScores(head).readout is None or head.config.readout.get("features") != "pooled":
@@ -86,22 +100,9 @@ def run(args: argparse.Namespace) -> int:
     picked = np.random.default_rng(args.seed).permutation(len(runs))[:args.corrections]
     rows = []
     for n, r in enumerate(picked, 1):
-        s, members = runs[r]
-        first = int(members[0])
-        inputs = torch.from_numpy(test.streams[s]["inputs"][first:first + 1])
-        class_index = int(base_labels[s][first])
-        row = {"stream": s, "window": first, "run_windows": len(members), "class": loaded.class_names[class_index]}
-        for way in WAYS:
-            labels = corrected_labels(head, test, way, inputs, class_index)
-            metrics = event_metrics(test, labels)
-            row.update({f"{way}_recall_change": metrics["event_recall"] - base["event_recall"],
-                        f"{way}_false_accepts_per_hour_change": (metrics["false_accepts_per_hour"]
-                                                                 - base["false_accepts_per_hour"]),
-                        f"{way}_window_unknown": bool(labels[s][first] < 0),
-                        f"{way}_run_unknown_share": float(np.mean(labels[s][members] < 0))})
-        rows.append(row)
-        print(f"correction {n}/{len(picked)}: not {row['class']!r}: recall {row['not_recall_change']:+.4f} "
-              f"(as background {row['background_recall_change']:+.4f})", file=sys.stderr, flush=True)
+        rows.append(correction_row(head, test, runs[r], base_labels, base, loaded.class_names))
+        print(f"correction {n}/{len(picked)}: not {rows[-1]['class']!r}: recall {rows[-1]['not_recall_change']:+.4f} "
+              f"(as background {rows[-1]['background_recall_change']:+.4f})", file=sys.stderr, flush=True)
     summary = [_summary(way, rows) for way in WAYS]
     payload = {"model": str(model_dir), "model_version": loaded.version, "seed": args.seed, "backend": args.backend,
                "background_hours": test.background_hours, "events": base["events"],

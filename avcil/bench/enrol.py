@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
-from avcil.bench.stream import DEFAULT_RULE, DEFAULT_THRESHOLD, _load, event_metrics, load_split, rule_scores
+from avcil.bench.stream import (DEFAULT_RULE, DEFAULT_THRESHOLD, _load, checked_inputs, event_metrics, load_split,
+                                rule_scores)
 from avcil.errors import InvalidInput
 from avcil.runtime.decision import HeadScores
 
@@ -69,23 +70,38 @@ def stream_figures(head, windows, label: str) -> dict:
             "false_accepts_per_hour": metrics["false_accepts_per_hour"]}
 
 
-def run(args: argparse.Namespace) -> int:
-    from avcil.data.streams import build_background_clips
-    from avcil.demo import BACKGROUND_CLIPS, clip_files
-    from avcil.model.encoders import profile_from_record
-    from avcil.modeldir import ModelDir
+def learn_demo_background(head, profile, cache: Path) -> None:
+    """The background `avcil demo` learns (BACKGROUND_CLIPS clips), into `head`'s readout."""
+    from avcil.data.streams import BACKGROUND_CLIPS, build_background_clips
     from avcil.runtime.class_space import readout_inputs_of
     from avcil.runtime.file_windows import cached_window_views
-    from avcil.train.benchmarks import default_cache
 
-    model = ModelDir(args.model)
-    if not (model.root / "CURRENT").exists():
-        raise InvalidInput(f"{model.root}: not a model dir (run `avcil demo --out runs/demo` first for the default, "
-                           f"or give --model)")
-    cache = Path(args.cache) if args.cache else default_cache()
-    csv = cache / "av-digits" / "clips.csv"
-    if not csv.is_file():
-        raise InvalidInput(f"{csv.parent}: no AV-Digits build (run `avcil demo` or `avcil data av-digits` first)")
+    paths = build_background_clips(cache / "streams", BACKGROUND_CLIPS, progress=False)
+    background, _ = cached_window_views(profile, paths, cache / "background-windows")
+    head.readout.accumulate_background(readout_inputs_of(head, background["audio"], background["visual"]))
+    head.readout.solve()
+
+
+def enrolments(head, classes: list[dict], label: str, features: tuple, clips: int, count: int, seeds: int,
+               windows) -> list[dict]:
+    """The stream figures of `label` learnt from `count` of its `clips` clips (`features`: (audio, visual) of all of
+    them), one random subset per seed (one run when `count` takes them all)."""
+    runs = []
+    for seed in range(seeds) if count < clips else range(1):
+        pick = np.sort(np.random.default_rng(seed).permutation(clips)[:count])
+        audio, visual = (part[pick] for part in features)
+        runs.append(stream_figures(learnt(head, classes, label, audio, visual), windows, label))
+    return runs
+
+
+def run(args: argparse.Namespace) -> int:
+    from avcil.data.avdigits import clip_files
+    from avcil.data.streams import BACKGROUND_CLIPS
+    from avcil.model.encoders import profile_from_record
+    from avcil.modeldir import ModelDir
+
+    model_dir, cache = checked_inputs(args.model, args.cache)
+    model, csv = ModelDir(model_dir), cache / "av-digits" / "clips.csv"
     base_version = _version_before(model, args.label)
     loaded = model.load(base_version, with_memory=False)
     head, classes = loaded.head.eval(), loaded.manifest["classes"]
@@ -94,10 +110,7 @@ def run(args: argparse.Namespace) -> int:
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     if loaded.head.readout.negative_count == 0:
         say(f"learning the demo's background ({BACKGROUND_CLIPS} clips) into {base_version} ...")
-        paths = build_background_clips(cache / "streams", BACKGROUND_CLIPS, progress=False)
-        background, _ = cached_window_views(profile, paths, cache / "background-windows")
-        head.readout.accumulate_background(readout_inputs_of(head, background["audio"], background["visual"]))
-        head.readout.solve()
+        learn_demo_background(head, profile, cache)
     files = clip_files(csv)[("train", args.label)][:max(COUNTS)]
     say(f"encoding {len(files)} training clips of {args.label!r}, whole and as recorded windows ...")
     features = {"files": profile.encode_files(files, progress=False), "recorded": recorded_views(profile, files)}
@@ -107,13 +120,8 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for view in VIEWS:
         for count in COUNTS:
-            seeds = range(args.seeds) if count < len(files) else range(1)
-            runs = []
-            for seed in seeds:
-                pick = np.sort(np.random.default_rng(seed).permutation(len(files))[:count])
-                audio, visual = (part[pick] for part in features[view])
-                runs.append(stream_figures(learnt(head, classes, args.label, audio, visual), windows, args.label))
-            rows.append(_row(view, count, runs))
+            rows.append(_row(view, count, enrolments(head, classes, args.label, features[view], len(files), count,
+                                                     args.seeds, windows)))
             say(f"{view:>8} {count:>2} clips: recall of {args.label!r} {rows[-1]['new_recall_mean']:.3f}, old "
                 f"{rows[-1]['old_recall_mean']:.3f}, false accepts/h {rows[-1]['false_accepts_per_hour_mean']:.1f}")
     default = default_count(rows, "recorded")

@@ -27,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from avcil.errors import InvalidInput
-from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
+from avcil.bench.report import DEFAULT_DIR, markdown_table, percentiles, write_report
 from avcil.train.plots import plt
 
 STAGES = ("audio preprocess", "frame preprocess", "audio encoder", "visual encoder", "head")
@@ -135,8 +135,7 @@ def time_interleaved(calls: dict[str, Callable[[], object]], warmup: int, iterat
 
 def summarise(seconds: list[float]) -> dict:
     ms = np.asarray(seconds) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "iterations": len(seconds),
+    return {**percentiles(ms), "mean_ms": float(ms.mean()), "iterations": len(seconds),
             "seconds": [float(x) for x in seconds]}
 
 
@@ -282,6 +281,25 @@ def run(args: argparse.Namespace) -> int:
     rows += kept
     peak = max([peak] + [r["matmul_gflops_per_s"] for r in rows if "matmul_gflops_per_s" in r])
     goals = targets(rows)
+    table = describe(rows, goals, kept, peak, args)
+    payload = {"settings": {"profiles": profiles, "backends": kinds, "batches": batches, "iterations": args.iterations,
+                            "warmup": args.warmup, "device": args.device, "threads": args.threads,
+                            "paper_weights": "random (speed only)",
+                            # Other processes on the same cores slow every number down: keep the evidence.
+                            "load_average_before": load_before, "load_average_after": os.getloadavg(),
+                            # On oversubscribed cores OpenMP's default spinning slowed torch 20x (3.6 s vs 0.17 s
+                            # for one Lite0 frame at load 5): PASSIVE was set for runs on a shared machine.
+                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
+               "matmul_peak_gflops_per_s": peak, "targets": goals, "rows": rows}
+    paths = write_report(args.out_dir, f"latency-{args.device.split(':')[0]}", payload, table,
+                         "Per-stage latency", lambda path: plot(rows, batches[0], path))
+    print(table)
+    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    return 0
+
+
+def describe(rows: list[dict], goals: dict, kept: list[dict], peak: float, args: argparse.Namespace) -> str:
+    """The markdown table of every row, what its columns mean, and whether each target was met."""
     table = markdown_table(rows, [("profile", "profile"), ("stage", "stage"), ("backend", "backend"),
                                   ("batch", "batch"), ("p50_ms", "p50 (ms)"), ("p95_ms", "p95 (ms)"),
                                   ("p99_ms", "p99 (ms)"), ("gflop", "GFLOP"), ("gflops_per_s", "GFLOP/s"),
@@ -301,20 +319,7 @@ def run(args: argparse.Namespace) -> int:
     if kept:
         table += (f"\nRows of {', '.join(sorted({r['profile'] for r in kept}))} are kept from the previous report "
                   f"(not measured in this run; its date is in their `measured` field of the JSON).\n")
-    payload = {"settings": {"profiles": profiles, "backends": kinds, "batches": batches, "iterations": args.iterations,
-                            "warmup": args.warmup, "device": args.device, "threads": args.threads,
-                            "paper_weights": "random (speed only)",
-                            # Other processes on the same cores slow every number down: keep the evidence.
-                            "load_average_before": load_before, "load_average_after": os.getloadavg(),
-                            # On oversubscribed cores OpenMP's default spinning slowed torch 20x (3.6 s vs 0.17 s
-                            # for one Lite0 frame at load 5): PASSIVE was set for runs on a shared machine.
-                            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")},
-               "matmul_peak_gflops_per_s": peak, "targets": goals, "rows": rows}
-    paths = write_report(args.out_dir, f"latency-{args.device.split(':')[0]}", payload, table,
-                         "Per-stage latency", lambda path: plot(rows, batches[0], path))
-    print(table)
-    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
-    return 0
+    return table
 
 
 def plot(rows: list[dict], batch: int, path: Path) -> None:

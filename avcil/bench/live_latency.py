@@ -1,26 +1,25 @@
 """Decision latency of the live recogniser with the lite profile: from a window's end to its decision, on paced
 AV-Digits clips (video and sound played in real time, as a camera and a microphone deliver them).
 
-    python -m avcil.bench.live_latency [--backend onnxruntime] [--clips 6] [--out benchmarks/results]
+    avcil bench live-latency [--backend onnxruntime] [--clips 6] [--out-dir benchmarks/results]
 
 The head is random (10 classes): the latency does not depend on what it learnt. The model dir is made in a
-temporary folder, its encoders exported to ONNX for the onnxruntime backend. Writes live-latency-cpu.{json,md}
-with p50/p95/p99 of the total and of each stage, the windows' speech windows and frames left to encode after
-their end, and the 1-minute load average before and after (the machine may be shared).
+temporary folder, its encoders exported to ONNX for the onnxruntime backend. Writes
+live-latency-cpu-BACKEND.{json,md,png} with p50/p95/p99 of the total and of each stage, the windows' speech windows
+and frames left to encode after their end, and the 1-minute load average before and after (the machine may be
+shared).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from avcil.bench.report import DEFAULT_DIR, machine
+from avcil.bench.report import DEFAULT_DIR, machine, percentiles, write_report
 
 
 def lite_model(root: Path, backend: str):
@@ -38,10 +37,6 @@ def lite_model(root: Path, backend: str):
 
         export_onnx(root, profile, progress=False)
     return profile
-
-
-def percentiles(values: list[float]) -> dict:
-    return {f"p{q}_ms": round(float(np.percentile(values, q)), 2) for q in (50, 95, 99)} if values else {}
 
 
 def measure(backend: str, clips: list[Path]) -> dict:
@@ -66,45 +61,60 @@ def summarise(backend: str, decisions: list[dict], summary: dict, load_before: t
     stages = sorted({k for d in decisions for k in d["latency_ms"]})
     return {"backend": backend, "decisions": len(decisions), "dropped_windows": summary["dropped_windows"],
             "hop_s": summary["hop_s"], "window_s": summary["window_s"],
-            "latency": {stage: percentiles([d["latency_ms"][stage] for d in decisions]) for stage in stages},
+            "latency": {stage: percentiles([d["latency_ms"][stage] for d in decisions], digits=2) for stage in stages},
             "speech_windows_after_end": [d.get("speech_windows_after_end") for d in decisions],
             "frames_encoded_after_end": [d["frames_encoded_after_end"] for d in decisions],
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}  # torch's threads on a shared machine (latency.py)
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     from avcil.data.avdigits import build_av_digits
     from avcil.train.benchmarks import default_cache
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime"))
-    parser.add_argument("--clips", type=int, default=6, help="test clips played one after another (2 s each)")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     csv_path = Path(build_av_digits(default_cache() / "av-digits"))
     clips = sorted(csv_path.parent.glob("clips/test/*/*.mp4"))[::12][:args.clips]
-    result = {"machine": machine(), "clips": [str(c) for c in clips], **measure(args.backend, clips)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"live-latency-cpu-{args.backend}"
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
-    rows = "\n".join(f"| {stage} | {v.get('p50_ms')} | {v.get('p95_ms')} | {v.get('p99_ms')} |"
-                     for stage, v in result["latency"].items())
-    text = (f"# Live decision latency, lite profile, {args.backend}\n\n{result['decisions']} decisions on "
-            f"{len(clips)} paced AV-Digits test clips, window {result['window_s']} s, hop {result['hop_s']:.2f} s, "
-            f"{result['dropped_windows']} windows dropped; {machine()['threads']} threads, OMP_WAIT_POLICY "
-            f"{result['omp_wait_policy'] or 'unset'}; 1-min load average "
-            f"{result['load_average_before'][0]:.1f} before, {result['load_average_after'][0]:.1f} after (the "
-            f"machine was shared).\n\n| stage | p50 (ms) | p95 (ms) | p99 (ms) |\n|---|---|---|---|\n{rows}\n\n"
-            f"`total` is from the window's end to the decision. Speech windows embedded after the end, per "
-            f"decision: {result['speech_windows_after_end']}; frames: {result['frames_encoded_after_end']}.\n")
-    (args.out / f"{name}.md").write_text(text)
+    result = {"clips": [str(c) for c in clips], **measure(args.backend, clips)}
+    text = describe(result, len(clips))
+    write_report(args.out_dir, f"live-latency-cpu-{args.backend}", result, text,
+                 f"Live decision latency, lite profile, {args.backend}", lambda path: plot(result, path))
     print(text)
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def describe(result: dict, clips: int) -> str:
+    rows = "\n".join(f"| {stage} | {v.get('p50_ms')} | {v.get('p95_ms')} | {v.get('p99_ms')} |"
+                     for stage, v in result["latency"].items())
+    return (f"{result['decisions']} decisions on {clips} paced AV-Digits test clips, window {result['window_s']} s, "
+            f"hop {result['hop_s']:.2f} s, {result['dropped_windows']} windows dropped; {machine()['threads']} "
+            f"threads, OMP_WAIT_POLICY {result['omp_wait_policy'] or 'unset'}; 1-min load average "
+            f"{result['load_average_before'][0]:.1f} before, {result['load_average_after'][0]:.1f} after (the "
+            f"machine was shared).\n\n| stage | p50 (ms) | p95 (ms) | p99 (ms) |\n|---|---|---|---|\n{rows}\n\n"
+            f"`total` is from the window's end to the decision. Speech windows embedded after the end, per "
+            f"decision: {result['speech_windows_after_end']}; frames: {result['frames_encoded_after_end']}.\n")
+
+
+def plot(result: dict, path: Path) -> None:
+    """p50/p95/p99 of each stage, side by side."""
+    from avcil.train.plots import plt
+
+    stages = list(result["latency"])
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(stages)), 3.5))
+    for offset, key in zip((-0.25, 0.0, 0.25), ("p50_ms", "p95_ms", "p99_ms")):
+        ax.bar([i + offset for i in range(len(stages))], [result["latency"][s][key] or 0 for s in stages], 0.25,
+               label=key.split("_")[0])
+    ax.set(xticks=range(len(stages)), xticklabels=stages, ylabel="latency (ms)",
+           title=f"live decision latency, {result['backend']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="onnxruntime", choices=("torch", "onnxruntime"))
+    parser.add_argument("--clips", type=int, default=6, help="test clips played one after another (2 s each)")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_DIR)

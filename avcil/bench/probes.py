@@ -1,12 +1,12 @@
 """Linear probes of the lite profile's encoder options on AV-Digits: which features carry the digit, per modality,
 and what each visual option costs per frame.
 
-    python -m avcil.bench.probes [--visual lite0-224-head,lite0-224-b11,...] [--out benchmarks/results]
+    avcil bench probes [--visual lite0-224-head,lite0-224-b11,...] [--out-dir benchmarks/results]
 
 Every clip of the AV-Digits build is decoded once; each option's encoder runs in ONNX Runtime (exported from the
 PyTorch module, as the runtime runs it); a clip's features are pooled to one vector (audio as the encoder gives it;
 visual tokens mean + max over frames and positions), standardised, and a logistic regression is fitted on the train
-split and scored on the test split. Writes lite-probes.{json,md} with the accuracy of every option and combination
+split and scored on the test split. Writes lite-probes.{json,md,png} with the accuracy of every option and combination
 and the ms per frame (visual) or per window (audio) at batch 1 on this machine's threads, and the load average
 around the run (the numbers are only comparable within one run on a busy machine).
 """
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from avcil.bench.report import DEFAULT_DIR, markdown_table, machine
+from avcil.bench.report import DEFAULT_DIR, machine, markdown_table, write_report
 
 ITERATIONS = 15
 
@@ -222,19 +222,14 @@ def run_probes(clips_csv: Path, visual_names: list[str], frame_count: int = 8, c
             "load_average_1min": load, "iterations": ITERATIONS, "runtime": "onnxruntime (CPU)"}
 
 
-def write(payload: dict, out: Path) -> None:
-    import json
-
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lite-probes.json").write_text(json.dumps({"machine": machine(), **payload}, indent=2))
+def describe(payload: dict) -> str:
     timing = payload["audio_timing"]
     table = markdown_table(payload["results"], [("features", "features"), ("dim", "pooled dim"),
                                                 ("tokens", "tokens T,S,Dv"), ("gflop_per_frame", "GFLOP / frame"),
                                                 ("ms_per_frame", "ms / frame"),
                                                 ("test_accuracy", "test accuracy"),
                                                 ("five_fold_accuracy", "5-fold accuracy")])
-    text = (f"# Linear probes of the lite encoders on AV-Digits\n\n"
-            f"Logistic regression on standardised pooled features, {payload['train_clips']} train -> "
+    return (f"Logistic regression on standardised pooled features, {payload['train_clips']} train -> "
             f"{payload['test_clips']} test clips; visual tokens pooled mean + max over {payload['frames_per_clip']} "
             f"frames and all positions. ONNX Runtime, batch 1, {machine()['threads']} threads, median of "
             f"{payload['iterations']}; 1-min load average during the run: "
@@ -243,31 +238,47 @@ def write(payload: dict, out: Path) -> None:
             f"80 ms) {timing['speech_ms_per_window']:.1f} ms. ms are from a shared machine (see the load); GFLOP "
             f"are counted on the PyTorch modules. 5-fold: all 600 clips in 5 stratified folds (folds share "
             f"speakers and handwriting, the splits do not).\n\nThe profile keeps lite0-224-b16 (7 x 7 x 320): see "
-            f"avcil/model/encoders/lite.py for why.\n\nRerun: `python -m avcil.bench.probes` (add `--cache DIR` to "
+            f"avcil/model/encoders/lite.py for why.\n\nRerun: `avcil bench probes` (add `--cache DIR` to "
             f"keep features between runs).\n")
-    (out / "lite-probes.md").write_text(text)
 
 
-def main(argv: list[str] | None = None) -> int:
+def plot(payload: dict, path: Path) -> None:
+    """Test and 5-fold accuracy of every option and combination, one bar pair each."""
+    from avcil.train.plots import plt
+
+    rows = payload["results"]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.5))
+    for offset, key in ((-0.2, "test_accuracy"), (0.2, "five_fold_accuracy")):
+        ax.barh([i + offset for i in range(len(rows))], [r.get(key) or 0 for r in rows], 0.4,
+                label=key.replace("_", " "))
+    ax.set(yticks=range(len(rows)), yticklabels=[r["features"] for r in rows], xlabel="linear probe accuracy",
+           xlim=(0, 1))
+    ax.invert_yaxis()
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
     from avcil.data.avdigits import build_av_digits
     from avcil.train.benchmarks import default_cache
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--visual", default=",".join(VISUAL_OPTIONS),
-                        help=f"comma-separated visual options (default all: {', '.join(VISUAL_OPTIONS)})")
-    parser.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads")
-    parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="keep each option's pooled features here, so that a rerun only computes new options")
-    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     clips_csv = build_av_digits(default_cache() / "av-digits")
     payload = run_probes(Path(clips_csv), [n for n in args.visual.split(",") if n], cache=args.cache)
-    write(payload, args.out)
-    print((args.out / "lite-probes.md").read_text())
+    text = describe(payload)
+    write_report(args.out_dir, "lite-probes", payload, text, "Linear probes of the lite encoders on AV-Digits",
+                 lambda path: plot(payload, path))
+    print(text)
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--visual", default=",".join(VISUAL_OPTIONS),
+                        help=f"comma-separated visual options (default all: {', '.join(VISUAL_OPTIONS)})")
+    parser.add_argument("--threads", type=int, default=None, help="torch / ONNX Runtime threads")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep each option's pooled features here, so that a rerun only computes new options")

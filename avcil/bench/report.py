@@ -6,8 +6,9 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
+import numpy as np
 import torch
 
 import avcil
@@ -19,6 +20,19 @@ def machine() -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "avcil": avcil.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 95, 99), suffix: str = "_ms",
+                digits: int | None = None) -> dict:
+    """{"p50_ms": ..., "p95_ms": ..., "p99_ms": ...} of `values` (numpy's linear interpolation), each rounded to
+    `digits` when given; None for each when there are no values. The one percentile helper of the benchmarks."""
+    values = np.asarray(list(values), dtype=float)
+    def one(q: float):
+        if not values.size:
+            return None
+        value = float(np.percentile(values, q))
+        return round(value, digits) if digits is not None else value
+    return {f"p{q:g}{suffix}": one(q) for q in qs}
 
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avcil.bench.live_latency import percentiles
+from avcil.bench.report import percentiles
 from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
 
 TARGETS = {"rss_growth_after_warmup": 0.05, "dropped_windows": 0, "largest_gap_hops": 2.0,
@@ -99,12 +99,12 @@ def analyse(decisions: list[dict], samples: list[dict], learns: list[dict], relo
         before = dropped[rows[0] - 1] if rows[0] > 0 else 0
         scored = inside & known
         buckets.append({"from_min": round(low / 60, 2), "to_min": round((low + bucket_s) / 60, 2),
-                        "decisions": int(inside.sum()), **percentiles(list(latency[inside])),
+                        "decisions": int(inside.sum()), **percentiles(latency[inside], digits=2),
                         "dropped_windows": int(dropped[rows[-1]] - before),
                         "largest_gap_hops": round(float(bucket_gaps.max()), 2) if bucket_gaps.size else None,
                         "accuracy": round(float(correct[scored].mean()), 3) if scored.any() else None})
     result["buckets"] = buckets
-    result["latency_ms"] = percentiles(list(latency))
+    result["latency_ms"] = percentiles(latency, digits=2)
     result["dropped_windows"] = int(dropped[-1])
     result["largest_gap_hops"] = round(float(gaps.max()), 2) if gaps.size else None
     result["gaps_over_2_hops"] = int((gaps > 2.0 + 0.05).sum())  # 5 %: a decision's own latency jitter
@@ -326,7 +326,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from avcil.bench.update import build_model
     from avcil.data.avdigits import build_av_digits
-    from avcil.demo import clip_files
+    from avcil.data.avdigits import clip_files
     from avcil.model.encoders import profile_from_record
     from avcil.train.benchmarks import av_digits_benchmark, default_cache
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
+from avcil.bench.report import DEFAULT_DIR, markdown_table, percentiles, write_report
 from avcil.errors import InvalidInput
 from avcil.runtime.decision import (DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_THRESHOLDS, REJECTED, SCORES,
                                     HeadScores)
@@ -158,7 +158,7 @@ def event_metrics(windows: StreamWindows, labelled: list[np.ndarray]) -> dict:
               "false_accepts": false_runs, "false_accepts_per_hour": false_runs / windows.background_hours,
               "background_hours": windows.background_hours,
               "delay_s_median": float(np.median(delays)) if delays else None,
-              "delay_s_p90": float(np.percentile(delays, 90)) if delays else None}
+              "delay_s_p90": percentiles(delays, (90,), suffix="_s")["p90_s"]}
     result["per_class"] = {
         label: {"events": s["events"], "event_recall": s["found"] / s["events"],
                 "wrong_class_share": s["wrong"] / s["events"],
@@ -253,19 +253,27 @@ def load_split(model_dir: Path, streams_root: Path, av_digits: Path, split: str,
     return StreamWindows(index, folder, per_stream, class_names)
 
 
-def run(args: argparse.Namespace) -> int:
-    from avcil.bench.report import machine
-    from avcil.modeldir import ModelDir
+def checked_inputs(model: str | Path, cache: str | Path | None, av_digits: bool = True) -> tuple[Path, Path]:
+    """(model dir, cache) of a benchmark on the streams, refused with what to run first where the model dir or (with
+    `av_digits`) the AV-Digits build is missing."""
     from avcil.train.benchmarks import default_cache
 
-    model_dir = Path(args.model)
+    model_dir = Path(model)
     if not (model_dir / "CURRENT").exists():
         raise InvalidInput(f"{model_dir}: not a model dir (run `avcil demo --out runs/demo` first for the default, "
                            f"or give --model)")
-    cache = Path(args.cache) if args.cache else default_cache()
+    cache = Path(cache) if cache else default_cache()
+    if av_digits and not (cache / "av-digits" / "clips.csv").is_file():
+        raise InvalidInput(f"{cache / 'av-digits'}: no AV-Digits build (run `avcil demo` or `avcil data av-digits` "
+                           f"first)")
+    return model_dir, cache
+
+
+def run(args: argparse.Namespace) -> int:
+    from avcil.modeldir import ModelDir
+
+    model_dir, cache = checked_inputs(args.model, args.cache)
     av_digits = cache / "av-digits"
-    if not (av_digits / "clips.csv").is_file():
-        raise InvalidInput(f"{av_digits}: no AV-Digits build (run `avcil demo` or `avcil data av-digits` first)")
     loaded = ModelDir(model_dir).load(with_memory=False)
     head = loaded.head.eval()
     scorer = HeadScores(head)
@@ -277,18 +285,7 @@ def run(args: argparse.Namespace) -> int:
     splits = {split: load_split(model_dir, cache / "streams", av_digits, split, hours, args.seed,
                                 cache / "stream-windows", loaded.class_names, args.backend)
               for split, hours in (("val", args.val_hours), ("test", args.hours))}
-    rows, curves = [], {}
-    for rule in RULES:
-        name = f"{rule['score']} s{rule['smoothing']}"
-        val_curve = sweep(splits["val"], rule_scores(scorer, splits["val"], rule))
-        threshold = choose_threshold(val_curve)
-        scored = rule_scores(scorer, splits["test"], rule)
-        test = event_metrics(splits["test"], [np.where(s >= threshold, l, -1) for l, s in scored])
-        curves[name] = sweep(splits["test"], scored)
-        rows.append({"rule": name, **rule, "threshold": threshold, **test})
-        print(f"{name:>16}: threshold {threshold:.3f}  recall {test['event_recall']:.3f}  "
-              f"false accepts/h {test['false_accepts_per_hour']:.1f}  wrong {test['wrong_class_share']:.3f}",
-              file=sys.stderr)
+    rows, curves = _rule_rows(scorer, splits)
     default_scored = {split: rule_scores(scorer, splits[split], DEFAULT_RULE) for split in splits}
     default = _default_row(splits["test"], default_scored["test"])
     rows.append(default)
@@ -303,20 +300,11 @@ def run(args: argparse.Namespace) -> int:
                "false_accepts_per_hour": default["false_accepts_per_hour"],
                "wrong_class_share": default["wrong_class_share"], "rules": rows, "curves": curves,
                "event_settings": tracked, "event_settings_chosen_on_val": chosen}
-    columns = [("rule", "rule"), ("threshold", "threshold (from val; the default's for the default)"),
-               ("event_recall", "event recall"),
-               ("false_accepts_per_hour", "false accepts / h"), ("wrong_class_share", "wrong-class events"),
-               ("delay_s_median", "delay median s"), ("delay_s_p90", "delay p90 s")]
     table = (f"Model {model_dir} ({loaded.version}, {len(loaded.class_names)} classes); test streams: "
              f"{splits['test'].background_hours:.2f} h of background, {rows[0]['events']} events; thresholds chosen "
              f"on val streams ({splits['val'].background_hours:.2f} h). Seed {args.seed}, backend {args.backend}, "
              f"machine load {load_before} before. Default rule: **{default['rule']}**.\n\n"
-             + markdown_table(rows, columns)
-             + "\n\nPer class, default rule:\n\n"
-             + markdown_table([{"class": c, **m} for c, m in default["per_class"].items()],
-                              [("class", "class"), ("events", "events"), ("event_recall", "recall"),
-                               ("wrong_class_share", "wrong-class"), ("delay_s_median", "delay median s")])
-             + _events_table(tracked, chosen))
+             + _rules_table(rows, default) + _events_table(tracked, chosen))
     paths = write_report(Path(args.out), args.name, payload, table, "Stream benchmark: event recall and false "
                          "accepts per hour of background, through the live path",
                          lambda p: _plot(p, curves, rows))
@@ -324,6 +312,34 @@ def run(args: argparse.Namespace) -> int:
                                               "wrong_class_share", "background_hours")}) if args.json else
           f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
     return 0
+
+
+def _rule_rows(scorer: HeadScores, splits: dict[str, StreamWindows]) -> tuple[list[dict], dict]:
+    """Each rule of RULES at the threshold its val curve chooses, on the test streams; with its test curve."""
+    rows, curves = [], {}
+    for rule in RULES:
+        name = f"{rule['score']} s{rule['smoothing']}"
+        val_curve = sweep(splits["val"], rule_scores(scorer, splits["val"], rule))
+        threshold = choose_threshold(val_curve)
+        scored = rule_scores(scorer, splits["test"], rule)
+        test = event_metrics(splits["test"], [np.where(s >= threshold, l, -1) for l, s in scored])
+        curves[name] = sweep(splits["test"], scored)
+        rows.append({"rule": name, **rule, "threshold": threshold, **test})
+        print(f"{name:>16}: threshold {threshold:.3f}  recall {test['event_recall']:.3f}  "
+              f"false accepts/h {test['false_accepts_per_hour']:.1f}  wrong {test['wrong_class_share']:.3f}",
+              file=sys.stderr)
+    return rows, curves
+
+
+def _rules_table(rows: list[dict], default: dict) -> str:
+    columns = [("rule", "rule"), ("threshold", "threshold (from val; the default's for the default)"),
+               ("event_recall", "event recall"),
+               ("false_accepts_per_hour", "false accepts / h"), ("wrong_class_share", "wrong-class events"),
+               ("delay_s_median", "delay median s"), ("delay_s_p90", "delay p90 s")]
+    return (markdown_table(rows, columns) + "\n\nPer class, default rule:\n\n"
+            + markdown_table([{"class": c, **m} for c, m in default["per_class"].items()],
+                             [("class", "class"), ("events", "events"), ("event_recall", "recall"),
+                              ("wrong_class_share", "wrong-class"), ("delay_s_median", "delay median s")]))
 
 
 def _default_row(test: StreamWindows, scored: list) -> dict:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
+from avcil.bench.report import DEFAULT_DIR, markdown_table, percentiles, write_report
 from avcil.train.plots import plt
 
 TARGETS = {"latency_p95_ms": 150.0, "learn_seconds": {"analytic": 1.0, "avcil": 60.0}, "largest_gap_hops": 2.0,
@@ -61,7 +61,7 @@ print(json.dumps(summary))
 def build_model(model_dir: Path, benchmark, method: str, epochs: int, digits: int = OLD_DIGITS) -> None:
     """A model dir with the first `digits` digits of AV-Digits (lite features; default 0-8), trained by `method`
     in one step, and a 340-clip-budget memory."""
-    from avcil.demo import first_classes
+    from avcil.data.clips import first_classes
     from avcil.train.learner import TrainConfig
     from avcil.train.methods import build_method
     from avcil.train.protocol import run_protocol
@@ -74,9 +74,8 @@ def build_model(model_dir: Path, benchmark, method: str, epochs: int, digits: in
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
-    from avcil.data.avdigits import build_av_digits
+    from avcil.data.avdigits import build_av_digits, clip_files
     from avcil.train.benchmarks import av_digits_benchmark, default_cache
-    from avcil.demo import clip_files
 
     cache = Path(args.cache) if args.cache else default_cache()
     benchmark = av_digits_benchmark(cache)
@@ -88,8 +87,8 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
 def measure_method(args: argparse.Namespace, work: Path, benchmark, files: dict, method: str) -> dict:
     from avcil.model.encoders import profile_from_record
-    from avcil.demo import accuracy_on_test_split, old_clips_taken
     from avcil.runtime.recognizer import Recognizer, run_live
+    from avcil.train.version_accuracy import accuracy_on_test_split, old_clips_taken
 
     model_dir = work / "model"
     build_model(model_dir, benchmark, method, args.base_epochs)
@@ -150,14 +149,11 @@ def analyse(decisions: list[dict], update_start: float, update_end: float, hop: 
     during = (times >= update_start) & (times <= update_end + hop)
     gaps = np.diff(times[(times >= update_start - hop) & (times <= update_end + hop)])
 
-    def percentiles(values: np.ndarray) -> dict:
-        return {"p50": float(np.percentile(values, 50)), "p95": float(np.percentile(values, 95)),
-                "n": int(values.size)} if values.size else {"p50": None, "p95": None, "n": 0}
-
     row = {
-        "latency_quiet_ms": percentiles(latency[quiet]),
-        "latency_during_update_ms": percentiles(latency[during]),
-        "stage_p95_ms": {k: float(np.percentile([d["latency_ms"][k] for d in decisions], 95))
+        "latency_quiet_ms": {**percentiles(latency[quiet], (50, 95), suffix=""), "n": int(quiet.sum())},
+        "latency_during_update_ms": {**percentiles(latency[during], (50, 95), suffix=""),
+                                     "n": int(during.sum())},
+        "stage_p95_ms": {k: percentiles([d["latency_ms"][k] for d in decisions], (95,), suffix="")["p95"]
                          for k in decisions[0]["latency_ms"]},
         "learn_seconds": learnt["seconds"],
         "memory_clips_after": learnt["memory_clips"],

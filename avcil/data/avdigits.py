@@ -588,3 +588,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rebuild even when a build with these settings exists")
     p.set_defaults(func=_run_command)
     return data
+
+
+def clip_files(csv_path: Path) -> dict[tuple[str, str], list[Path]]:
+    """{(split, label): [video files]} of an AV-Digits build."""
+    files: dict[tuple[str, str], list[Path]] = {}
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            files.setdefault((row["split"], row["label"]), []).append(csv_path.parent / row["path"])
+    return files

@@ -100,3 +100,32 @@ def equal_steps(num_classes: int, num_steps: int) -> list[list[int]]:
         raise InvalidInput(f"{num_classes} classes cannot be split into {num_steps} equal steps")
     per = num_classes // num_steps
     return [list(range(s * per, (s + 1) * per)) for s in range(num_steps)]
+
+
+@dataclass
+class ClipSubset:
+    """Some rows of a clip set, as a clip set."""
+
+    parent: object
+    rows: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.ids = [self.parent.ids[i] for i in self.rows]
+        self.labels = self.parent.labels[self.rows]
+        self.shape = self.parent.shape
+
+    def load(self, indices: Sequence[int]):
+        return self.parent.load(self.rows[np.asarray(indices, dtype=np.int64)])
+
+
+def first_classes(benchmark: Benchmark, count: int, train_clips: int) -> Benchmark:
+    """The benchmark cut down to its first `count` classes in one step, with at most `train_clips` training clips
+    per class (val and test whole)."""
+    splits = {}
+    for name, clips in benchmark.splits.items():
+        rows = np.flatnonzero(clips.labels < count)
+        if name == "train":
+            rows = np.concatenate([rows[clips.labels[rows] == c][:train_clips] for c in range(count)])
+        splits[name] = ClipSubset(clips, rows)
+    return Benchmark(f"{benchmark.name}-first-{count}", benchmark.class_names[:count], [list(range(count))], splits,
+                     benchmark.shape, benchmark.defaults, benchmark.profile)

@@ -287,7 +287,11 @@ def build_streams(out: str | Path, av_digits: str | Path, split: str = "test", b
     return result
 
 
-def build_background_clips(out: str | Path, count: int = 60, seed: int = 0, progress: bool = True) -> list[Path]:
+BACKGROUND_CLIPS = 60  # background clips the demo learns as background (3-6 s each, content no stream holds)
+
+
+def build_background_clips(out: str | Path, count: int = BACKGROUND_CLIPS, seed: int = 0,
+                           progress: bool = True) -> list[Path]:
     """`count` clips of 3-6 s of background from the `train` third of the content (never in val or test streams):
     OUT/background-<hash>/bg-NNN.mp4 with their sound tracks. A second call with the same settings returns them."""
     from tqdm import tqdm

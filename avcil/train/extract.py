@@ -189,8 +189,7 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
     if device:
         profile.to(device)
     if batch_size is None:
-        on_gpu = next(profile.visual.parameters()).device.type != "cpu"
-        batch_size = 16 if on_gpu else 2
+        batch_size = _default_batch_size(profile)
     out = Path(out)
     started = time.perf_counter()
     listed, done, todo = group.from_main(_missing(entries, out, profile, limit, group) if group.is_main else None,
@@ -204,20 +203,7 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
         bar = tqdm(total=len(todo), unit="clip", desc=f"extract {profile.name}" + (
             f" ({group.world} processes)" if group.active else ""), disable=not (progress and group.is_main),
                    file=sys.stderr)
-        last_flush = last_report = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            prepared = _ahead(pool, lambda e: _prepare(e, profile, missing_audio), mine, window=2 * batch_size)
-            for batch in _batches(prepared, batch_size):
-                _encode_and_store(batch, profile, writer, summary)
-                if time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
-                    writer.flush()
-                    last_flush = time.perf_counter()
-                summary["processed"] += len(batch)
-                if time.perf_counter() - last_report > PROGRESS_EVERY_SECONDS:
-                    _report_progress(shard, group, summary)
-                    last_report = time.perf_counter()
-                bar.update(max(0, _all_processed(out, group, summary) - bar.n))
-                bar.set_postfix(failed=len(summary["failures"]), refresh=False)
+        _extract_share(mine, profile, missing_audio, workers, batch_size, writer, (out, shard, group), summary, bar)
         bar.close()
     if group.active:
         _report_progress(shard, group, summary)
@@ -225,6 +211,40 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
     seconds = time.perf_counter() - started
     if group.is_main:
         write_json(out / FAILURES_FILE, {"failures": summary["failures"], "silent_audio": summary["silent_audio"]})
+    return _final_summary(summary, seconds, profile, group)
+
+
+def _extract_share(mine: list[ClipEntry], profile: EncoderProfile, missing_audio: str, workers: int,
+                   batch_size: int, writer: FeatureStoreWriter, where: tuple[Path, Path, Group], summary: dict,
+                   bar) -> None:
+    """Decode this rank's clips on `workers` threads, a few batches ahead, and encode and store them batch by batch;
+    the store is flushed and the progress reported every so often (`where`: the store, this rank's shard, the
+    group)."""
+    out, shard, group = where
+    last_flush = last_report = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        prepared = _ahead(pool, lambda e: _prepare(e, profile, missing_audio), mine, window=2 * batch_size)
+        for batch in _batches(prepared, batch_size):
+            _encode_and_store(batch, profile, writer, summary)
+            if time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
+                writer.flush()
+                last_flush = time.perf_counter()
+            summary["processed"] += len(batch)
+            if time.perf_counter() - last_report > PROGRESS_EVERY_SECONDS:
+                _report_progress(shard, group, summary)
+                last_report = time.perf_counter()
+            bar.update(max(0, _all_processed(out, group, summary) - bar.n))
+            bar.set_postfix(failed=len(summary["failures"]), refresh=False)
+
+
+def _default_batch_size(profile: EncoderProfile) -> int:
+    """2 on a CPU, where larger batches of 224² frames run slower per frame; 16 on a GPU."""
+    on_gpu = next(profile.visual.parameters()).device.type != "cpu"
+    return 16 if on_gpu else 2
+
+
+def _final_summary(summary: dict, seconds: float, profile: EncoderProfile, group: Group) -> dict:
+    """The summary as returned: the bookkeeping keys dropped, the rates and sizes added."""
     for internal in ("extracted_ids", "processed"):
         summary.pop(internal)
     summary.update(failed=len(summary["failures"]), seconds=round(seconds, 3),

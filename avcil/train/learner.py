@@ -195,36 +195,19 @@ class Learner:
         group = distributed.current()
         head.to(cfg.device)
         model = distributed.data_parallel(head, group)  # the head itself in one process
-        if teacher is not None:
-            teacher.to(cfg.device).eval()
-            teacher.requires_grad_(False)
-        run_teacher = teacher is not None and any(getattr(t, "uses_teacher", False) for t in terms)
-        old_classifier = teacher.classifier.weight.detach() if teacher is not None else None
+        run_teacher, old_classifier = _frozen_teacher(teacher, terms, cfg.device)
         dtype = compute_dtype(cfg.precision, cfg.device)
         autocast = torch.autocast(torch.device(cfg.device).type, dtype=dtype, enabled=dtype != torch.float32)
         optimizer = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        exemplars = memory.as_clip_set() if memory is not None else None
-        mixed = exemplars is not None and self.method.batch == "mixed"
-        new_loader = batches(train, train_indices, cfg.batch_size, True, cfg.seed, cfg.num_workers,
-                             extra=exemplars if mixed else None, group=group)
-        exemplar_stream = None
-        if exemplars is not None and not mixed:
-            exemplar_stream = _cycle(batches(exemplars, range(len(exemplars.labels)), cfg.exemplar_batch_size,
-                                             True, cfg.seed + 1, group=group))
+        new_loader, exemplar_stream = self._loaders(train, train_indices, memory, group)
         best = (-1.0, 0, copy.deepcopy(head.state_dict()))
         history, clips_seen, start = [], 0, time.perf_counter()
         bar = tqdm(range(cfg.epochs), desc=step_name, disable=not self.progress, leave=False, unit="epoch")
         for epoch in bar:
             model.train()
             sums: dict[str, float] = {}
-            for audio, visual, labels, is_exemplar in new_loader:
-                if exemplar_stream is not None:
-                    ex_audio, ex_visual, ex_labels, _ = next(exemplar_stream)
-                    audio, visual = torch.cat([audio, ex_audio]), torch.cat([visual, ex_visual])
-                    labels = torch.cat([labels, ex_labels])
-                    is_exemplar = torch.cat([is_exemplar, torch.ones(len(ex_labels), dtype=torch.bool)])
-                audio, visual = audio.to(cfg.device), visual.to(cfg.device)
-                labels, is_exemplar = labels.to(cfg.device), is_exemplar.to(cfg.device)
+            for batch in new_loader:
+                audio, visual, labels, is_exemplar = _with_exemplars(batch, exemplar_stream, cfg.device)
                 with autocast:
                     out = model(audio, visual).for_losses()
                     old = None
@@ -253,3 +236,38 @@ class Learner:
         clips_seen = group.sum([clips_seen], "the end of a step")[0]  # every rank's clips: the run's throughput
         return StepReport(best[1], best[0] if val is not None else None, seconds,
                           clips_per_second=clips_seen / seconds if seconds else 0.0, loss_history=history)
+
+    def _loaders(self, train: ClipSet, train_indices: Sequence[int], memory: ExemplarMemory | None,
+                 group: Group) -> tuple:
+        """The new clips' batches (with the exemplars mixed in, for a "mixed" method) and, otherwise, an endless
+        stream of exemplar batches to append to each (None without a memory)."""
+        cfg = self.config
+        exemplars = memory.as_clip_set() if memory is not None else None
+        mixed = exemplars is not None and self.method.batch == "mixed"
+        new_loader = batches(train, train_indices, cfg.batch_size, True, cfg.seed, cfg.num_workers,
+                             extra=exemplars if mixed else None, group=group)
+        exemplar_stream = None
+        if exemplars is not None and not mixed:
+            exemplar_stream = _cycle(batches(exemplars, range(len(exemplars.labels)), cfg.exemplar_batch_size,
+                                             True, cfg.seed + 1, group=group))
+        return new_loader, exemplar_stream
+
+
+def _frozen_teacher(teacher: FusionHead | None, terms, device) -> tuple[bool, torch.Tensor | None]:
+    """Freeze the previous step's head on `device`; (whether a term needs its outputs, its classifier's weights)."""
+    if teacher is None:
+        return False, None
+    teacher.to(device).eval()
+    teacher.requires_grad_(False)
+    return any(getattr(t, "uses_teacher", False) for t in terms), teacher.classifier.weight.detach()
+
+
+def _with_exemplars(batch: tuple, exemplar_stream, device) -> tuple:
+    """(audio, visual, labels, is_exemplar) of a batch of new clips, the next exemplar batch appended, on `device`."""
+    audio, visual, labels, is_exemplar = batch
+    if exemplar_stream is not None:
+        ex_audio, ex_visual, ex_labels, _ = next(exemplar_stream)
+        audio, visual = torch.cat([audio, ex_audio]), torch.cat([visual, ex_visual])
+        labels = torch.cat([labels, ex_labels])
+        is_exemplar = torch.cat([is_exemplar, torch.ones(len(ex_labels), dtype=torch.bool)])
+    return audio.to(device), visual.to(device), labels.to(device), is_exemplar.to(device)

@@ -50,12 +50,7 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig,
     """`on_step(state)` after every step, with what `resume=state` needs to go on from the next step exactly as
     if the run had not stopped (each step seeds its own training; exemplar choice is seeded per class)."""
     ranges = check_steps(benchmark)
-    both = [t.name for t in method.terms if getattr(t, "needs_both_modalities", False)]
-    if modality != "audio-visual" and both:
-        raise InvalidInput(f"method {method.name} uses {', '.join(both)}, which need both modalities; with modality "
-                         f"{modality!r} remove them (--without {','.join(both)}) or pick another method")
-    if memory_budget < len(benchmark.class_names) and method.memory:
-        ExemplarMemory(memory_budget).quota(len(benchmark.class_names))  # fails early with the budget message
+    _check_method(benchmark, method, memory_budget, modality)
     torch.manual_seed(config.seed)
     head = FusionHead(HeadConfig.for_shape(benchmark.shape, fusion_dim, modality))
     memory = ExemplarMemory(memory_budget, method.memory, memory_precision, config.seed) if method.memory else None
@@ -66,10 +61,8 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig,
     step_accuracy: list[float] = []
     reports: list[StepReport] = []
     record = {"train": config.to_dict(), "method": method.describe(), "memory_budget": memory_budget,
-              "memory_precision": memory_precision, "fusion_dim": head.config.fusion_dim,
-              "modality": modality, "benchmark": {"name": benchmark.name, "steps": benchmark.steps,
-                                                  "classes": len(benchmark.class_names),
-                                                  "shape": benchmark.shape.to_dict()}}
+              "memory_precision": memory_precision, "fusion_dim": head.config.fusion_dim, "modality": modality,
+              "benchmark": _benchmark_record(benchmark)}
     settings = _settings_key(record)
     done, earlier_seconds = 0, 0.0
     if resume is not None:
@@ -104,18 +97,32 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig,
         if on_step is not None:
             on_step(_state(settings, step + 1, head, memory, matrix, step_accuracy, reports,
                            earlier_seconds + time.perf_counter() - start))
-    results = {
-        "method": method.name,
-        "dataset": benchmark.name,
-        "accuracy_matrix": matrix,
-        **metrics.summarise(matrix, step_accuracy),
-        "steps": [{"classes": list(range(s, e)), "best_epoch": r.best_epoch, "best_val_accuracy": r.best_val_accuracy,
-                   "train_seconds": r.seconds, "train_clips_per_second": r.clips_per_second}
-                  for (s, e), r in zip(ranges, reports)],
-        "seconds": earlier_seconds + time.perf_counter() - start,
-        "config": record,
-    }
+    results = {"method": method.name, "dataset": benchmark.name, "accuracy_matrix": matrix,
+               **metrics.summarise(matrix, step_accuracy), "steps": _step_rows(ranges, reports),
+               "seconds": earlier_seconds + time.perf_counter() - start, "config": record}
     return ProtocolResult(head, memory, results)
+
+
+def _check_method(benchmark: Benchmark, method: Method, memory_budget: int, modality: str) -> None:
+    """Refuse, before any training, a method whose terms need a modality the run leaves out, or a memory budget
+    too small for one exemplar per class."""
+    both = [t.name for t in method.terms if getattr(t, "needs_both_modalities", False)]
+    if modality != "audio-visual" and both:
+        raise InvalidInput(f"method {method.name} uses {', '.join(both)}, which need both modalities; with modality "
+                         f"{modality!r} remove them (--without {','.join(both)}) or pick another method")
+    if memory_budget < len(benchmark.class_names) and method.memory:
+        ExemplarMemory(memory_budget).quota(len(benchmark.class_names))  # fails early with the budget message
+
+
+def _benchmark_record(benchmark: Benchmark) -> dict:
+    return {"name": benchmark.name, "steps": benchmark.steps, "classes": len(benchmark.class_names),
+            "shape": benchmark.shape.to_dict()}
+
+
+def _step_rows(ranges: list[tuple[int, int]], reports: list[StepReport]) -> list[dict]:
+    return [{"classes": list(range(s, e)), "best_epoch": r.best_epoch, "best_val_accuracy": r.best_val_accuracy,
+             "train_seconds": r.seconds, "train_clips_per_second": r.clips_per_second}
+            for (s, e), r in zip(ranges, reports)]
 
 
 def _settings_key(record: dict) -> str:
