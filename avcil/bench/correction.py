@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                                         ("false_accepts_per_hour_change_mean", "false accepts / h change, mean"),
                                         ("window_unknown_share", "corrected window unknown"),
                                         ("run_unknown_share_mean", "its run's windows unknown")]))
-    paths = write_report(Path(args.out), args.name, payload, table, "Corrections: one \"that was not X\" on the "
+    paths = write_report(Path(args.out_dir), args.name, payload, table, "Corrections: one \"that was not X\" on the "
                          "stream benchmark", lambda p: _plot(p, rows))
     print(json.dumps({k: payload[k] for k in ("corrections", "summary")}) if args.json else
           f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
@@ -163,6 +163,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         "(default 50, or all there are)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the streams and of the runs picked")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="encoders' backend")
-    parser.add_argument("--out", default=str(DEFAULT_DIR), help="where the JSON, markdown and plot go")
+    parser.add_argument("--out-dir", "--out", dest="out_dir", default=str(DEFAULT_DIR),
+                        help="where the JSON, markdown and plot go")
     parser.add_argument("--name", default="correction-av-digits-lite", help="file name of the results")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")

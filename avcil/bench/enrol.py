@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
                  ("view", "clips as"), ("clips", "clips"), ("new_recall", f"event recall of {args.label!r}"),
                  ("old_recall", "old classes' event recall"), ("false_accepts_per_hour", "false accepts / h"),
                  ("new_wrong_class", f"{args.label!r} events with a wrong label")]))
-    paths = write_report(Path(args.out), args.name, payload, table, "Enrolment: event recall against clips learnt "
+    paths = write_report(Path(args.out_dir), args.name, payload, table, "Enrolment: event recall against clips learnt "
                          "from", lambda p: _plot(p, rows, before, args.label))
     print(json.dumps({"default_clips": default, "rows": rows}) if args.json else
           f"default clips {default}; wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
@@ -218,6 +218,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=5, help="random clip subsets per count (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the streams")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="encoders' backend")
-    parser.add_argument("--out", default=str(DEFAULT_DIR), help="where the JSON, markdown and plot go")
+    parser.add_argument("--out-dir", "--out", dest="out_dir", default=str(DEFAULT_DIR),
+                        help="where the JSON, markdown and plot go")
     parser.add_argument("--name", default="enrol-av-digits-lite", help="file name of the results")
     parser.add_argument("--json", action="store_true", help="print the default count and the rows as JSON")

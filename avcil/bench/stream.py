@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
              f"on val streams ({splits['val'].background_hours:.2f} h). Seed {args.seed}, backend {args.backend}, "
              f"machine load {load_before} before. Default rule: **{default['rule']}**.\n\n"
              + _rules_table(rows, default) + _events_table(tracked, chosen))
-    paths = write_report(Path(args.out), args.name, payload, table, "Stream benchmark: event recall and false "
+    paths = write_report(Path(args.out_dir), args.name, payload, table, "Stream benchmark: event recall and false "
                          "accepts per hour of background, through the live path",
                          lambda p: _plot(p, curves, rows))
     print(json.dumps({k: payload[k] for k in ("default_rule", "event_recall", "false_accepts_per_hour",
@@ -404,6 +404,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
                         "which each rule's threshold is chosen")
     parser.add_argument("--seed", type=int, default=0, help="seed of the streams' layout and content")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="encoders' backend")
-    parser.add_argument("--out", default=str(DEFAULT_DIR), help="where the JSON, markdown and plot go")
+    parser.add_argument("--out-dir", "--out", dest="out_dir", default=str(DEFAULT_DIR),
+                        help="where the JSON, markdown and plot go")
     parser.add_argument("--name", default="stream-av-digits-lite", help="file name of the results")
     parser.add_argument("--json", action="store_true", help="print the default rule's figures as one JSON object")
