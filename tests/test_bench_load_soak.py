@@ -3,6 +3,8 @@ reports show come out of these, so they are checked on runs whose answers are kn
 
 import json
 import os
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -88,9 +90,19 @@ def test_process_resources_see_a_file_opened_and_closed():
     assert process_resources()["open_fds"] == before["open_fds"] and before["rss_mb"] > 10
 
 
-def test_competitors_run_until_they_are_stopped():
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (clock ticks of 1/100 s)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_competitors_burn_cpu_until_they_are_stopped():
     processes = start_competitors(2)
     try:
+        deadline = time.monotonic() + 30  # a loaded machine starts them late: wait for work, not for a fixed time
+        while time.monotonic() < deadline and min(cpu_seconds(p.pid) for p in processes) < 0.3:
+            time.sleep(0.1)
+        assert all(cpu_seconds(p.pid) >= 0.3 for p in processes)  # each is working, not waiting or gone
         assert all(p.poll() is None for p in processes)
     finally:
         stop_competitors(processes)

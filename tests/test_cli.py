@@ -15,7 +15,7 @@ def imported(*argv: str) -> set[str]:
 
 def test_help_lists_every_command_without_importing_any():
     result = subprocess.run([sys.executable, "-m", "avcil", "--help"], capture_output=True, text=True, timeout=60)
-    for command in ("train", "bench", "extract", "data", "export", "run", "learn", "model", "demo"):
+    for command in ("train", "bench", "extract", "data", "export", "run", "learn", "model", "serve", "demo"):
         assert f"    {command}" in result.stdout
     modules = imported("--help")
     assert not {"torch", "matplotlib", "transformers", "cv2"} & modules
