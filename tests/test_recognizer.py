@@ -58,7 +58,9 @@ def test_a_new_version_is_picked_up_while_recognising(toy_model, tiny_profile, t
                               kwargs={"hop": 0.25, "loop": True, "stop": stop})
     worker.start()
     try:
-        time.sleep(2.0)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(decisions) < 3:  # some decisions by the first version
+            time.sleep(0.1)
         features = tiny_profile.encode_files(toy_clips["green"][:4], progress=False)
         learn_class(toy_model, "green", *features, FieldSettings(epochs=40, batch_size=16, exemplar_batch_size=16),
                     progress=False)
