@@ -14,6 +14,8 @@ FIELD_METHODS = ("analytic", "avcil")
 # enrol-av-digits-lite.md). With the lite encoders on AV-Digits that is 40 itself: 20 recorded clips found 53 % of
 # the new digit's events, 40 found 80 %, fewer than 10 almost none.
 DEFAULT_CLIPS = 40
+# How long a learner waits for another writer of the model dir (another `avcil learn`, a rollback) before failing.
+DEFAULT_LOCK_WAIT_S = 600.0
 
 
 @dataclass
