@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from avcil.errors import InvalidInput
-from avcil.runtime.decision import DEFAULT_TOP_K
+from avcil.runtime.decision import DEFAULT_SMOOTHING, DEFAULT_TOP_K
 from avcil.runtime.field_settings import DEFAULT_LOCK_WAIT_S
 
 # Between two predicted clips on the model's own clock: the recogniser keeps the lite speech windows it embedded,
@@ -40,12 +40,12 @@ class Model:
 
     @classmethod
     def load(cls, model_dir: str | Path, backend: str = "torch", score: str | None = None,
-             threshold: float | None = None, *, device: str = "cpu", smoothing: int = 1, top_k: int = DEFAULT_TOP_K,
-             watch: bool = False, lock_wait_s: float = DEFAULT_LOCK_WAIT_S) -> "Model":
+             threshold: float | None = None, *, device: str = "cpu", smoothing: int = DEFAULT_SMOOTHING,
+             top_k: int = DEFAULT_TOP_K, watch: bool = False, lock_wait_s: float = DEFAULT_LOCK_WAIT_S) -> "Model":
         """The current version of `model_dir`, its encoders on `backend` (torch | onnxruntime | tensorrt; the
         latter two after `avcil export`). `score` and `threshold` as `avcil run --score/--threshold` (default: the
-        version's own). `smoothing`: windows whose scores are averaged; 1 (default) decides each `predict` on its
-        own, as clips are independent; `avcil run`'s smoothing over consecutive windows is 3. `watch`: follow
+        version's own). `smoothing`, `top_k` as `avcil run --smoothing/--top-k`: the default decides each
+        `predict` on its own; `smoothing=N` averages the scores of N consecutive calls. `watch`: follow
         versions committed by others (`avcil learn`, a rollback) as `avcil run` does; this model's own `learn`
         is followed either way."""
         from avcil.runtime.inputs import check_rule
