@@ -13,6 +13,7 @@ a decision line; `learn`, `learn_background` and `correct` run avcil.runtime.lea
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -77,14 +78,14 @@ class Model:
         training clips' was (fitted to the profile's window, `window_seconds`), its frames sampled to the count the
         encoders take (first and last included). Returns a decision line's dict: label ('unknown' under the
         threshold), score, top_k, latency_ms, model_version, ..."""
-        import time
-
         from avcil.data.preprocess import as_mono, fit_length, sample_frame_indices
         from avcil.runtime.recognizer import decision_line
         from avcil.runtime.windows import Window
 
         if channels not in ("rgb", "bgr"):
             raise InvalidInput(f"channels must be 'rgb' or 'bgr', not {channels!r}")
+        if not sample_rate > 0:
+            raise InvalidInput(f"sample_rate must be positive, got {sample_rate}")
         started = time.perf_counter()
         waveform = as_mono(audio, "audio")
         if self._recognizer.speech is not None:

@@ -84,6 +84,8 @@ def test_audio_alone_more_frames_than_the_encoders_take_and_bad_input(analytic_m
         assert top["label"] == "red"
         alone = model.predict(clip.waveform, clip.sample_rate)
         assert alone["video_missing"] and not alone["audio_missing"]
+        with pytest.raises(InvalidInput, match="sample_rate"):
+            model.predict(clip.waveform, 0, clip.frames)
         with pytest.raises(InvalidInput, match="channels"):
             model.predict(clip.waveform, clip.sample_rate, clip.frames, channels="yuv")
         with pytest.raises(InvalidInput, match="RGB uint8"):

@@ -154,10 +154,11 @@ def build_method(name: str, *, instance_weight: float = DEFAULT_INSTANCE_WEIGHT,
         raise InvalidInput(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
     contrast = [losses.InstanceContrast(temperature, weight=instance_weight, from_step=1),
                 losses.ClassContrast(temperature, class_normalise, weight=class_weight, from_step=1)]
-    method = builder(_Parts(name, losses.CrossEntropy(split=True), losses.Distillation(distill_temperature,
-                                                                                        taskwise=True),
-                            contrast, tuple(without), distill_temperature, vad_spatial_share, readout_features,
-                            expansion, ridge, analytic_base, seed))
+    method = builder(_Parts(name=name, split_ce=losses.CrossEntropy(split=True),
+                            taskwise_kd=losses.Distillation(distill_temperature, taskwise=True), contrast=contrast,
+                            without=tuple(without), distill_temperature=distill_temperature,
+                            vad_spatial_share=vad_spatial_share, readout_features=readout_features,
+                            expansion=expansion, ridge=ridge, analytic_base=analytic_base, seed=seed))
     if selection is not None and method.memory is not None:
         method = replace(method, memory=selection)
     if without:
