@@ -70,6 +70,18 @@ class Model:
         """The version in use (v0001, v0002, ...)."""
         return self._recognizer.version
 
+    @property
+    def sample_rate(self) -> int:
+        """The audio rate the encoders' preprocessing takes (lite 44.1 kHz, paper 16 kHz): decode or record at it,
+        as training and `avcil run` do, since audio taken at a lower rate has lost what the encoders hear above
+        half of it."""
+        return int(self._recognizer.audio_prep.sample_rate)
+
+    @property
+    def frame_count(self) -> int:
+        """The frames per clip the visual encoder takes."""
+        return int(self._recognizer.frame_prep.count)
+
     def predict(self, audio: np.ndarray, sample_rate: int, frames: Sequence[np.ndarray] | None = None,
                 channels: str = "rgb") -> dict:
         """Decide one clip: `audio` mono (or [samples, channels]) float at `sample_rate`, `frames` uint8 images

@@ -54,8 +54,7 @@ def test_predict_is_the_recognisers_decision_of_the_same_window(analytic_model, 
     from avcil.runtime.windows import Window
 
     with avcil.Model.load(analytic_model) as model:
-        prep = model._recognizer.frame_prep
-        clip = decode_clip(toy_clips["blue"][1], prep.count, 16000)
+        clip = decode_clip(toy_clips["blue"][1], model.frame_count, model.sample_rate)
         ours = model.predict(audio=clip.waveform, sample_rate=clip.sample_rate, frames=clip.frames)
         flipped = model.predict(audio=clip.waveform, sample_rate=clip.sample_rate,
                                 frames=[f[..., ::-1] for f in clip.frames], channels="bgr")
@@ -79,8 +78,8 @@ def test_audio_alone_more_frames_than_the_encoders_take_and_bad_input(analytic_m
 
     model = avcil.Model.load(analytic_model)
     try:
-        clip = decode_clip(toy_clips["red"][2], 20, 16000)
-        top = model.predict(clip.waveform, clip.sample_rate, clip.frames)["top_k"][0]  # 20 frames, sampled to 8
+        clip = decode_clip(toy_clips["red"][2], 20, model.sample_rate)
+        top = model.predict(clip.waveform, clip.sample_rate, clip.frames)["top_k"][0]  # 20 frames, sampled
         assert top["label"] == "red"
         alone = model.predict(clip.waveform, clip.sample_rate)
         assert alone["video_missing"] and not alone["audio_missing"]
