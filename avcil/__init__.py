@@ -11,3 +11,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`avcil.Model` (avcil/api.py), imported on first use: `import avcil` and the command line's start stay free of
+    torch and the encoders."""
+    if name == "Model":
+        from avcil.api import Model
+
+        return Model
+    raise AttributeError(f"module 'avcil' has no attribute {name!r}")
+
+
+__all__ = ["Model", "__version__"]

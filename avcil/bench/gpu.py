@@ -98,11 +98,11 @@ class Profiles:
         self.loaded: dict[str, object] = {}
 
     def get(self, name: str):
-        from avcil.model.encoders import load_profile
+        from avcil.model.encoders import load_profile_without_weights
 
         if name not in self.loaded:
             try:
-                profile = load_profile(name, **({"random_init": True} if name == "paper" else {}))
+                profile = load_profile_without_weights(name)
                 self.loaded[name] = profile.to(self.device)
             except Exception as error:  # noqa: BLE001 - reported in every row of the profile
                 self.loaded[name] = error

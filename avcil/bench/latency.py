@@ -253,7 +253,7 @@ def kept_rows(previous: Path, measured: list[str]) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from avcil.model.encoders import load_profile
+    from avcil.model.encoders import load_profile_without_weights
     from avcil.backends import available_kinds
 
     torch.set_num_threads(args.threads)
@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(profiles), unit="profile", desc="bench latency")
     with tempfile.TemporaryDirectory(prefix="avcil-latency-") as scratch:
         for name in profiles:
-            profile = load_profile(name, **({"random_init": True} if name == "paper" else {}))
+            profile = load_profile_without_weights(name)
             work_dir = Path(args.work_dir or scratch) / name
             work_dir.mkdir(parents=True, exist_ok=True)
             rows += measure_profile(profile, kinds, batches, args.iterations, args.warmup, args.device,

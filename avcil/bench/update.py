@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 
 from avcil.bench.report import DEFAULT_DIR, markdown_table, percentiles, write_report
+from avcil.runtime.field_settings import FIELD_METHODS
+from avcil.train.config import DEFAULT_MEMORY_BUDGET
 from avcil.train.plots import plt
 
 TARGETS = {"latency_p95_ms": 150.0, "learn_seconds": {"analytic": 1.0, "avcil": 60.0}, "largest_gap_hops": 2.0,
            "old_accuracy_drop": 0.02}
-FIELD_METHODS = ("analytic", "avcil")
-MEMORY_BUDGET = 340  # AVE's
 OLD_DIGITS = 9
 
 # The update as `learn_class` runs it, on features encoded beforehand, at `avcil learn`'s priority drop; torch's threads
@@ -69,7 +69,7 @@ def build_model(model_dir: Path, benchmark, method: str, epochs: int, digits: in
 
     old = first_classes(benchmark, digits, train_clips=40)
     config = TrainConfig(epochs=epochs, batch_size=64, exemplar_batch_size=64, precision="auto")
-    outcome = run_protocol(old, build_method(method), config, MEMORY_BUDGET, fusion_dim=256, progress=False)
+    outcome = run_protocol(old, build_method(method), config, DEFAULT_MEMORY_BUDGET, fusion_dim=256, progress=False)
     write_run(model_dir.parent, old, outcome)
 
 
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> int:
         ("decision latency p95, quiet (ms)", lambda r: r["latency_quiet_ms"]["p95"], TARGETS["latency_p95_ms"]),
         ("decision latency p95, during the update (ms)", lambda r: r["latency_during_update_ms"]["p95"],
          TARGETS["latency_p95_ms"]),
-        (f"time to learn one class from its encoded clips, memory {MEMORY_BUDGET} (s)",
+        (f"time to learn one class from its encoded clips, memory {DEFAULT_MEMORY_BUDGET} (s)",
          lambda r: r["learn_seconds"], " / ".join(f"{m} {t:g}" for m, t in TARGETS["learn_seconds"].items())),
         ("old digits, test clips, before", lambda r: r["old_accuracy_before"], None),
         ("old digits, test clips, after", lambda r: r["old_accuracy_after"],

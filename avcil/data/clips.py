@@ -67,6 +67,12 @@ class BenchmarkDefaults:
         return {name: value for name, value in asdict(self).items() if value is not None}
 
 
+# The paper's settings on AVE, its main benchmark, which are also the defaults wherever nothing else is said: the
+# exemplar budget (DEFAULT_MEMORY_BUDGET) and λ_I of D-AVSC instance (DEFAULT_INSTANCE_WEIGHT, avcil.train.config).
+# Stated here once, the lowest layer that holds benchmark settings, so that the release reader reads them too.
+PAPER_AVE = BenchmarkDefaults(memory_budget=340, instance_weight=0.5)
+
+
 @dataclass
 class Benchmark:
     """A class-incremental benchmark: classes in order, which classes arrive at each step, the splits."""

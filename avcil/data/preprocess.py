@@ -132,6 +132,11 @@ class KaldiFbank:
     def input_shape(self) -> tuple[int, ...]:
         return (1, self.target_frames, self.num_mel_bins)
 
+    @property
+    def window_seconds(self) -> float:
+        """The clip length the encoder sees, as SfxMel states its own: the paper profile's 1024 frames, 10.24 s."""
+        return self.target_frames * self.frame_shift_ms / 1000.0
+
     def fbank(self, waveform: np.ndarray) -> np.ndarray:
         """Log-mel fbank [frames, mel_bins] of a mono waveform at `sample_rate`, before padding/normalising."""
         waveform = as_mono(waveform).astype(np.float64)
@@ -243,9 +248,14 @@ class SfxMel:
         return asdict(self)
 
 
-# One window of Google's speech embedding (avcil.model.encoders.speech): a 512-sample STFT frame plus 75 hops of
-# 160 samples, 76 mel frames at 16 kHz (0.78 s).
-SPEECH_WINDOW_SAMPLES = 512 + 75 * 160
+# Google's speech embedding (avcil.model.encoders.speech) at 16 kHz: mel frames every 160 samples (10 ms), one
+# embedding window of 76 of them (a 512-sample STFT frame plus 75 hops: 0.78 s), a window every 8 frames (80 ms).
+# Stated here, below the encoder and the live stream (avcil.runtime.speech_stream) that both cut these windows.
+SPEECH_FRAME_HOP = 160
+SPEECH_WINDOW_FRAMES = 76
+SPEECH_WINDOW_HOP_FRAMES = 8
+SPEECH_WINDOW_SAMPLES = 512 + (SPEECH_WINDOW_FRAMES - 1) * SPEECH_FRAME_HOP
+SPEECH_WINDOW_HOP_SAMPLES = SPEECH_WINDOW_HOP_FRAMES * SPEECH_FRAME_HOP
 _warned_short: set[str] = set()
 
 

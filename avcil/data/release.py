@@ -25,7 +25,7 @@ from numpy.lib import format as npy_format
 from tqdm import tqdm
 
 from avcil.errors import InvalidInput
-from avcil.data.clips import Benchmark, BenchmarkDefaults, SPLITS, equal_steps
+from avcil.data.clips import PAPER_AVE, Benchmark, BenchmarkDefaults, SPLITS, equal_steps
 from avcil.data.store import write_json
 from avcil.data.safe_pickle import check_global, load_npy
 from avcil.fileio import atomic_file
@@ -47,7 +47,7 @@ VISUAL_NPY_CACHE = "visual_pretrained_feature/avcil_cache"  # its conversion, un
 # The paper's protocol per benchmark (docs/method.md#the-protocol-and-its-metrics): classes, steps, settings that go
 # with the benchmark.
 PROTOCOLS = {
-    "AVE": (28, 4, BenchmarkDefaults(memory_budget=340, instance_weight=0.5)),
+    "AVE": (28, 4, PAPER_AVE),
     "kinetics-sounds": (30, 5, BenchmarkDefaults(memory_budget=500, instance_weight=0.1)),
     "VGGSound_100": (100, 10, BenchmarkDefaults(memory_budget=1500, instance_weight=0.1)),
 }

@@ -10,11 +10,10 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from avcil.errors import InvalidInput
 from avcil.backends import KINDS
-from avcil.runtime.field_settings import DEFAULT_CLIPS, FIELD_METHODS, FieldSettings
+from avcil.runtime.field_settings import DEFAULT_CLIPS, DEFAULT_LOCK_WAIT_S, FIELD_METHODS, FieldSettings
 from avcil.runtime.threads import LEARNER_THREADS, RuntimeThreads
 from avcil.train.precision import PRECISIONS
 
@@ -117,6 +116,7 @@ def _run(args: argparse.Namespace) -> int:
 def _learn(args: argparse.Namespace) -> int:
     from avcil.modeldir import ModelDir
     from avcil.runtime.field import learn_class
+    from avcil.runtime.learning import learn_new_class
 
     _check_learn_flags(args)
     if args.nice:
@@ -132,8 +132,14 @@ def _learn(args: argparse.Namespace) -> int:
     if not args.label:
         raise InvalidInput("name the new class with --label NAME (or add background with --background, or a "
                            "correction with --not LABEL)")
+    clips = _clips(args, "name the clips of the new class")
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "exemplar_batch_size": args.exemplar_batch_size,
+             "instance_weight": args.instance_weight, "precision": args.precision}
+    settings = FieldSettings(**{k: v for k, v in given.items() if v is not None})
     with _writer(model, args):
-        summary, audio, visual, settings = _learn_first(args, model)
+        summary, audio, visual = learn_new_class(model, args.label, clips, method=args.method, settings=settings,
+                                                 drop_suspect=args.drop_suspect, refine_later=args.refine)
+    _report_learnt(summary, args.json)
     if args.refine:
         if args.nice < 10:
             os.nice(10 - args.nice)  # the refinement runs beside `avcil run`: keep it out of the recognizer's way
@@ -152,65 +158,22 @@ def _writer(model, args: argparse.Namespace):
     return model.writer(args.lock_wait, on_wait=lambda: print(WAITING_LINE, file=sys.stderr, flush=True))
 
 
-def _learn_first(args: argparse.Namespace, model) -> tuple:
-    """Under the writer lock: the refusals, the clips recorded or encoded, the class learnt and committed.
-    (summary, audio, visual, settings)."""
-    from avcil.model.encoders import profile_from_record
-    from avcil.runtime.clip_signals import measure_signals
-    from avcil.runtime.enrol_checks import gate_enrolment
-    from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, learn_class,
-                                     record_clips)
+def _clips(args: argparse.Namespace, refusal: str):
+    """The clips the flags name: --files, or a recording from --camera and --mic of --clips clips."""
+    from avcil.runtime.learning import Recording
 
-    # Refusals before recording or encoding anything: the version that serves, its class names, whether its
-    # exemplars are whole (learning keeps them).
-    loaded = model.load(with_memory=False)
-    manifest = loaded.manifest
-    check_new_label(loaded.class_names, args.label, model.root)
-    if args.method == "avcil" or args.refine:
-        check_gradient_update(manifest, model.root)
-    model.check_exemplars(loaded)
-    profile = profile_from_record(manifest["features"].get("profile"))
-    encode_started = time.perf_counter()
-    signals = []  # what each clip's recording shows, for the enrolment gate
     if args.files:
-        # Whole clips, the view the model's other classes were trained from: a class learnt from live-window views
-        # beside classes learnt from whole clips draws live windows of every class to it (docs/decision.md).
-        audio, visual = profile.encode_files(args.files, on_decoded=lambda path, clip: signals.append(
-            measure_signals(clip.waveform, clip.frames)))
-        clips = list(args.files)
-    else:
-        if not (args.camera and args.mic and args.clips):
-            raise InvalidInput("name the clips of the new class: --files F... or --camera SRC --mic SRC --clips N")
-        audio, visual = record_clips(args.camera, args.mic, args.clips, profile, args.countdown,
-                                     on_recorded=lambda n, window: signals.append(
-                                         measure_signals(window.waveform, window.frames)))
-        clips = [f"clip {n}" for n in range(1, len(audio) + 1)]
-    encode_seconds = time.perf_counter() - encode_started
-    # The enrolment gate, before anything is committed: suspect clips named (and dropped if asked), a class of
-    # suspect clips only refused, the class's separation from the others measured.
-    audio, visual, findings = gate_enrolment(args.label, loaded, audio, visual, signals, clips, args.drop_suspect,
-                                             exemplars=lambda: model.load(loaded.version).memory,
-                                             log=lambda line: print(line, file=sys.stderr, flush=True))
-    given = {"epochs": args.epochs, "batch_size": args.batch_size, "exemplar_batch_size": args.exemplar_batch_size,
-             "instance_weight": args.instance_weight, "precision": args.precision}
-    settings = FieldSettings(**{k: v for k, v in given.items() if v is not None})
-    # From here on the clips are encoded. `learn_seconds` is learn_class's `seconds`: from its start (label check,
-    # writer lock, loading and verifying the version, the update, the memory update) to just before the commit;
-    # writing the new version is not included.
-    summary = learn_class(args.model, args.label, audio, visual, settings, method=args.method)
-    summary.update(encode_seconds=round(encode_seconds, 3), learn_seconds=round(summary["seconds"], 3), **findings)
-    _report_learnt(summary, args.json)
-    return summary, audio, visual, settings
+        return list(args.files)
+    if args.camera and args.mic and args.clips:
+        return Recording(args.camera, args.mic, args.clips, args.countdown)
+    raise InvalidInput(f"{refusal}: --files F... or --camera SRC --mic SRC --clips N")
 
 
 def _learn_negatives(args: argparse.Namespace, model) -> int:
     """`avcil learn --background` (windows of files or recordings that hold none of the classes) and `avcil learn
     --not LABEL` (windows the model labelled LABEL that are not it): what live windows see of each file, learnt as
     none of the classes."""
-    from avcil.model.encoders import profile_from_record
-    from avcil.runtime.background import learn_background, learn_not
-    from avcil.runtime.file_windows import encode_window_views
-    from avcil.runtime.field import record_clips
+    from avcil.runtime.learning import learn_negatives
 
     flag = "--background" if args.background else "--not"
     if args.background and args.not_label is not None:
@@ -219,38 +182,19 @@ def _learn_negatives(args: argparse.Namespace, model) -> int:
         raise InvalidInput(f"{flag} takes no --label, --method or --refine: it is an analytic update")
     if args.force and not args.background:
         raise InvalidInput("--force goes with --background (it adds files that look like a class)")
-    loaded = model.load(with_memory=False)
-    model.check_exemplars(loaded)  # the new version keeps them: refused before anything is encoded
-    if args.not_label is not None and args.not_label not in loaded.class_names:
-        raise InvalidInput(f"--not {args.not_label!r}: the model ({loaded.version}) has no such class; it knows "
-                           f"{', '.join(map(repr, loaded.class_names))}")
-    profile = profile_from_record(loaded.manifest["features"].get("profile"))
-    started = time.perf_counter()
-    probes = sources = None  # recorded: each clip is its own source
-    if args.files:
-        audio, visual = encode_window_views(profile, args.files)  # what live windows will see of each file
-        sources = list(args.files)
-        if args.background:
-            probes = profile.encode_files(args.files, progress=False)  # what the guard checks
-    elif args.camera and args.mic and args.clips:
-        audio, visual = record_clips(args.camera, args.mic, args.clips, profile, args.countdown)
-    else:
-        raise InvalidInput(f"name what {flag} learns: --files F... or --camera SRC --mic SRC --clips N")
-    encode_seconds = time.perf_counter() - started
+    clips = _clips(args, f"name what {flag} learns")
+    summary = learn_negatives(model, clips, not_label=args.not_label, force=args.force)
     if args.background:
-        summary = learn_background(args.model, audio, visual, probes, sources, force=args.force)
         line = (f"learnt background from {{sources}} source(s), {{background_windows}} windows "
                 f"({{background_windows_total}} in all)")
     else:
-        summary = learn_not(args.model, args.not_label, audio, visual, sources)
         line = ("learnt that {sources} source(s), {windows} windows, are not {not!r}: windows like them are "
                 "'unknown' from now on ({corrections_total} corrections in all)")
-    summary.update(encode_seconds=round(encode_seconds, 3), learn_seconds=round(summary.pop("seconds"), 3))
     if args.json:
         print(json.dumps(summary), flush=True)
     else:
-        print(line.format(**summary) + f" in {summary['learn_seconds']:.2f} s after {encode_seconds:.1f} s of "
-              f"encoding: {summary['parent']} -> {summary['version']}", flush=True)
+        print(line.format(**summary) + f" in {summary['learn_seconds']:.2f} s after {summary['encode_seconds']:.1f} "
+              f"s of encoding: {summary['parent']} -> {summary['version']}", flush=True)
     return 0
 
 
@@ -431,9 +375,9 @@ def add_parsers(subparsers) -> None:
                        f"update (default {LEARNER_THREADS}: a running `avcil run` keeps the other cores; 0: all cores)")
     learn.add_argument("--nice", type=int, default=10, help="lower the update's CPU priority by this much, so a "
                        "running `avcil run` keeps its decision latency (default 10; 0 to keep it)")
-    learn.add_argument("--lock-wait", type=float, default=600.0, metavar="S", help="wait up to S seconds for "
-                       "another writer of the model dir (another `avcil learn`, a rollback) before recording or "
-                       "encoding anything (default 600; 0: fail at once)")
+    learn.add_argument("--lock-wait", type=float, default=DEFAULT_LOCK_WAIT_S, metavar="S", help="wait up to S "
+                       "seconds for another writer of the model dir (another `avcil learn`, a rollback) before "
+                       f"recording or encoding anything (default {DEFAULT_LOCK_WAIT_S:g}; 0: fail at once)")
     learn.set_defaults(func=_learn)
 
     model = subparsers.add_parser("model", help="versions of a model dir: list, rollback, repair")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from avcil.train.config import TrainConfig
+from avcil.train.config import DEFAULT_INSTANCE_WEIGHT, TrainConfig
 
 FIELD_METHODS = ("analytic", "avcil")
 # Clips recorded for a new class (`avcil learn --camera`, the page) unless told: the smallest count whose event recall
@@ -14,6 +14,8 @@ FIELD_METHODS = ("analytic", "avcil")
 # enrol-av-digits-lite.md). With the lite encoders on AV-Digits that is 40 itself: 20 recorded clips found 53 % of
 # the new digit's events, 40 found 80 %, fewer than 10 almost none.
 DEFAULT_CLIPS = 40
+# How long a learner waits for another writer of the model dir (another `avcil learn`, a rollback) before failing.
+DEFAULT_LOCK_WAIT_S = 600.0
 
 
 @dataclass
@@ -33,7 +35,7 @@ class FieldSettings(TrainConfig):
     batch_size: int = 16
     exemplar_batch_size: int = 48
     precision: str = "auto"  # bf16 where the hardware has it natively (see avcil.train.precision.compute_dtype)
-    instance_weight: float = 0.5  # λ_I of D-AVSC instance (AVE's)
+    instance_weight: float = DEFAULT_INSTANCE_WEIGHT  # λ_I of D-AVSC instance (AVE's)
 
     def train_config(self) -> TrainConfig:
         own = {f.name for f in dataclasses.fields(TrainConfig)}

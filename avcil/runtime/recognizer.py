@@ -324,14 +324,19 @@ def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Sche
         for presence, missing in ((audio, window.audio_missing), (video, window.video_missing)):
             if presence is not None:
                 presence.update(missing, window.end)
-        decision = {"time": round(time.time(), 3), "window": [round(window.start, 3), round(window.end, 3)],
-                    **decision, "dropped_windows": schedule.dropped, "audio_missing": window.audio_missing,
-                    "video_missing": window.video_missing}
-        on_decision(decision, window)
+        on_decision(decision_line(decision, window, schedule.dropped), window)
         count += 1
         if sources_done():
             break
     return count
+
+
+def decision_line(decision: dict, window: Window, dropped_windows: int = 0) -> dict:
+    """A decision (`Recognizer.decide`) as `avcil run` writes it: with `time` (wall clock), `window` (its clock
+    span), `dropped_windows` (so far) and whether the window's audio or video was missing."""
+    return {"time": round(time.time(), 3), "window": [round(window.start, 3), round(window.end, 3)], **decision,
+            "dropped_windows": dropped_windows, "audio_missing": window.audio_missing,
+            "video_missing": window.video_missing}
 
 
 def live_timing(recognizer: Recognizer, hop: float | None = None) -> tuple[float, float]:

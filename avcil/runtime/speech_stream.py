@@ -17,16 +17,15 @@ from collections import OrderedDict
 import numpy as np
 
 from avcil.errors import InvalidInput
-from avcil.data.preprocess import SfxSpeech, fit_length, resample
+from avcil.data.preprocess import SPEECH_WINDOW_HOP_SAMPLES, SfxSpeech, fit_length, resample
 from avcil.model.encoders.lite import SoundAndSpeechEncoder
 
-HOP_SAMPLES = 8 * 160  # 80 ms at 16 kHz, the speech embedding's window hop (avcil.model.encoders.speech)
 MARGIN_S = 0.05  # audio on each side of a window resampled with it, so that resampling's edges fall outside it
 
 
 def snap_hop(hop: float, prep: SfxSpeech) -> float:
     """The nearest hop (at least one) that is a whole number of speech-window hops, so that windows repeat."""
-    step = HOP_SAMPLES / prep.speech_rate
+    step = SPEECH_WINDOW_HOP_SAMPLES / prep.speech_rate
     return max(1, round(hop / step)) * step
 
 
@@ -39,8 +38,9 @@ class SpeechStream:
             raise InvalidInput(f"{prep}: not a sound + speech audio preprocessing whose window holds its speech windows")
         self.sfx_encoder, self.window_encoder, self.prep = sfx_encoder, window_encoder, prep
         self.window_samples = window_encoder.input_shapes[0][0]
-        self.count = 1 + (prep.speech_samples - self.window_samples) // HOP_SAMPLES
-        self.hop_s, self.window_s = HOP_SAMPLES / prep.speech_rate, self.window_samples / prep.speech_rate
+        self.count = 1 + (prep.speech_samples - self.window_samples) // SPEECH_WINDOW_HOP_SAMPLES
+        self.hop_s = SPEECH_WINDOW_HOP_SAMPLES / prep.speech_rate
+        self.window_s = self.window_samples / prep.speech_rate
         self.embeddings: OrderedDict[int, np.ndarray] = OrderedDict()
         self.keep = 3 * self.count
         # Run both once, so that the first window's stream does not pay for the runtimes' first-call set-up.

@@ -27,10 +27,9 @@ VIDEO_STALE_S = 2.0
 
 
 def window_seconds(audio_prep: KaldiFbank | SfxMel) -> float:
-    """The clip length the audio encoder sees: the paper profile's 1024 fbank frames (10.24 s), lite's 3 s."""
-    if isinstance(audio_prep, SfxMel):
-        return float(audio_prep.window_seconds)
-    return audio_prep.target_frames * audio_prep.frame_shift_ms / 1000.0
+    """The clip length the audio encoder sees (each preprocessing states its own): the paper profile's 1024 fbank
+    frames (10.24 s), lite's 3 s."""
+    return float(audio_prep.window_seconds)
 
 
 @dataclass

@@ -29,7 +29,7 @@ def av_digits_benchmark(cache: Path, progress: bool = True) -> Benchmark:
     extract(csv, store, "lite", progress=progress)
     opened = open_store(store)
     benchmark = opened.benchmark(AV_DIGITS_STEPS, class_order=list(AV_DIGITS_CLASSES), name="av-digits",
-                                 defaults=BenchmarkDefaults(memory_budget=100, instance_weight=0.5, epochs=60,
+                                 defaults=BenchmarkDefaults(memory_budget=100, epochs=60,
                                                             fusion_dim=256, batch_size=64, exemplar_batch_size=64))
     benchmark.profile = opened.profile
     return benchmark

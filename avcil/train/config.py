@@ -6,10 +6,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass
 
-from avcil.data.clips import BenchmarkDefaults
+from avcil.data.clips import PAPER_AVE, BenchmarkDefaults
 
 # The paper's exemplar budget on AVE (docs/method.md#exemplar-memory), for a benchmark that sets none.
-DEFAULT_MEMORY_BUDGET = 340
+DEFAULT_MEMORY_BUDGET = PAPER_AVE.memory_budget
+# λ_I of D-AVSC instance on AVE: build_method's default and the field update's (FieldSettings).
+DEFAULT_INSTANCE_WEIGHT = PAPER_AVE.instance_weight
 
 
 @dataclass

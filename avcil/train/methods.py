@@ -22,13 +22,13 @@ What maps to what (docs/method.md#the-baselines-as-implemented):
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 from avcil.errors import InvalidInput
 from avcil.model import losses
 from avcil.model.readout import FEATURES, readout_spec
+from avcil.train.config import DEFAULT_INSTANCE_WEIGHT
 
-METHODS = ("analytic", "avcil", "simplecil", "icarl", "icarl-fc", "icarl-balanced", "ss-il", "afc", "lwf",
-           "finetune", "upper")
 ALIASES = {"icarl-nme": "icarl"}  # the earlier name of iCaRL with its NME classifier
 DEFAULT_METHOD = "analytic"  # the best on benchmarks/results/accuracy-*.md (README.md#which-method)
 ABLATABLE = ("split", "kd", "instance", "class", "vad")
@@ -74,16 +74,73 @@ class Method:
                 "terms": [{"type": type(t).__name__, **vars(t)} for t in self.terms]}
 
 
-def build_method(name: str, *, instance_weight: float = 0.5, class_weight: float = 1.0,
+@dataclass(frozen=True)
+class _Parts:
+    """What the builders of METHOD_BUILDERS compose a method from: its name, the shared loss terms built from
+    `build_method`'s arguments, and the arguments the builders read themselves."""
+    name: str
+    split_ce: losses.CrossEntropy
+    taskwise_kd: losses.Distillation
+    contrast: list  # D-AVSC instance and class, from step 1
+    without: tuple[str, ...]
+    distill_temperature: float
+    vad_spatial_share: float
+    readout_features: str
+    expansion: int
+    ridge: float
+    analytic_base: str
+    seed: int
+
+
+def _avcil(p: _Parts) -> Method:
+    terms = [losses.CrossEntropy(split="split" not in p.without), p.taskwise_kd, *p.contrast,
+             losses.AttentionDistillation(p.vad_spatial_share)]
+    return Method(p.name, [t for t in terms if t.name not in p.without or t.name == "ce"], memory="random")
+
+
+def _icarl(p: _Parts) -> Method:
+    nme = p.name != "icarl-fc"
+    return Method(p.name, [losses.CrossEntropy(), losses.SigmoidDistillation()], memory="herding", batch="mixed",
+                  classifier="nme" if nme else "fc", readout=readout_spec("mean", "fused") if nme else None)
+
+
+def _analytic(p: _Parts) -> Method:
+    return Method(p.name, _analytic_base_terms(p.readout_features, p.analytic_base, p.contrast), memory="random",
+                  classifier="analytic",
+                  readout=readout_spec("analytic", p.readout_features, p.expansion, p.ridge, p.seed))
+
+
+# Every method, by name: the one list (the command line's choices, the benchmarks' rows) and how each is built.
+# The order is the benchmarks' and the help's.
+METHOD_BUILDERS: dict[str, Callable[[_Parts], Method]] = {
+    "analytic": _analytic,
+    "avcil": _avcil,
+    "simplecil": lambda p: Method(p.name, [], classifier="ncm", readout=readout_spec("mean", "pooled")),
+    "icarl": _icarl,
+    "icarl-fc": _icarl,
+    "icarl-balanced": lambda p: Method(p.name, [losses.CrossEntropy(),
+                                                losses.Distillation(p.distill_temperature, taskwise=False)],
+                                       memory="herding", classifier="nme", readout=readout_spec("mean", "fused")),
+    "ss-il": lambda p: Method(p.name, [p.split_ce, p.taskwise_kd], memory="random"),
+    "afc": lambda p: Method(p.name, [losses.CrossEntropy(), losses.ImportanceFeatureDistillation()],
+                            memory="herding", classifier="nme", readout=readout_spec("mean", "fused")),
+    "lwf": lambda p: Method(p.name, [p.split_ce, p.taskwise_kd]),
+    "finetune": lambda p: Method(p.name, [losses.CrossEntropy()]),
+    "upper": lambda p: Method(p.name, [losses.CrossEntropy()], joint=True),
+}
+METHODS = tuple(METHOD_BUILDERS)
+
+
+def build_method(name: str, *, instance_weight: float = DEFAULT_INSTANCE_WEIGHT, class_weight: float = 1.0,
                  class_normalise: str = "batch", temperature: float = 0.05, distill_temperature: float = 2.0,
                  vad_spatial_share: float = 0.5, selection: str | None = None, without: tuple[str, ...] = (),
                  readout_features: str = ANALYTIC_FEATURES, expansion: int = ANALYTIC_EXPANSION,
                  ridge: float = ANALYTIC_RIDGE, analytic_base: str = "ce", seed: int = 0,
                  classifier: str | None = None) -> Method:
-    """A method by name. `without` removes AV-CIL terms (ablations); `selection` overrides the memory policy;
-    `readout_features`, `expansion`, `ridge` and `analytic_base` ('ce' or 'avcil': what trains the head at the base
-    step when the readout reads the head's features) set the analytic readout; `classifier` ('fc' or 'nme') overrides
-    the method's own (an ablation: the same training judged by another classifier)."""
+    """A method by name (METHOD_BUILDERS). `without` removes AV-CIL terms (ablations); `selection` overrides the
+    memory policy; `readout_features`, `expansion`, `ridge` and `analytic_base` ('ce' or 'avcil': what trains the
+    head at the base step when the readout reads the head's features) set the analytic readout; `classifier` ('fc'
+    or 'nme') overrides the method's own (an ablation: the same training judged by another classifier)."""
     name = ALIASES.get(name, name)
     unknown = set(without) - set(ABLATABLE)
     if unknown:
@@ -92,40 +149,16 @@ def build_method(name: str, *, instance_weight: float = 0.5, class_weight: float
         raise InvalidInput(f"ablations (--without) apply to the avcil method only, not {name!r}")
     if readout_features not in FEATURES:
         raise InvalidInput(f"unknown readout features {readout_features!r}; expected one of {FEATURES}")
-    split_ce = losses.CrossEntropy(split=True)
-    taskwise_kd = losses.Distillation(distill_temperature, taskwise=True)
+    builder = METHOD_BUILDERS.get(name)
+    if builder is None:
+        raise InvalidInput(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
     contrast = [losses.InstanceContrast(temperature, weight=instance_weight, from_step=1),
                 losses.ClassContrast(temperature, class_normalise, weight=class_weight, from_step=1)]
-    if name == "avcil":
-        terms = [losses.CrossEntropy(split="split" not in without), taskwise_kd, *contrast,
-                 losses.AttentionDistillation(vad_spatial_share)]
-        method = Method(name, [t for t in terms if t.name not in without or t.name == "ce"], memory="random")
-    elif name == "ss-il":
-        method = Method(name, [split_ce, taskwise_kd], memory="random")
-    elif name == "afc":
-        method = Method(name, [losses.CrossEntropy(), losses.ImportanceFeatureDistillation()], memory="herding",
-                        classifier="nme", readout=readout_spec("mean", "fused"))
-    elif name == "lwf":
-        method = Method(name, [split_ce, taskwise_kd])
-    elif name in ("icarl", "icarl-fc"):
-        method = Method(name, [losses.CrossEntropy(), losses.SigmoidDistillation()], memory="herding",
-                        batch="mixed", classifier="fc" if name == "icarl-fc" else "nme",
-                        readout=None if name == "icarl-fc" else readout_spec("mean", "fused"))
-    elif name == "icarl-balanced":
-        method = Method(name, [losses.CrossEntropy(), losses.Distillation(distill_temperature, taskwise=False)],
-                        memory="herding", classifier="nme", readout=readout_spec("mean", "fused"))
-    elif name == "simplecil":
-        method = Method(name, [], classifier="ncm", readout=readout_spec("mean", "pooled"))
-    elif name == "analytic":
-        method = Method(name, _analytic_base_terms(readout_features, analytic_base, contrast), memory="random",
-                        classifier="analytic",
-                        readout=readout_spec("analytic", readout_features, expansion, ridge, seed))
-    elif name == "finetune":
-        method = Method(name, [losses.CrossEntropy()])
-    elif name == "upper":
-        method = Method(name, [losses.CrossEntropy()], joint=True)
-    else:
-        raise InvalidInput(f"unknown method {name!r}; expected one of {', '.join(METHODS)}")
+    method = builder(_Parts(name=name, split_ce=losses.CrossEntropy(split=True),
+                            taskwise_kd=losses.Distillation(distill_temperature, taskwise=True), contrast=contrast,
+                            without=tuple(without), distill_temperature=distill_temperature,
+                            vad_spatial_share=vad_spatial_share, readout_features=readout_features,
+                            expansion=expansion, ridge=ridge, analytic_base=analytic_base, seed=seed))
     if selection is not None and method.memory is not None:
         method = replace(method, memory=selection)
     if without:

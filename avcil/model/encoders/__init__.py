@@ -10,34 +10,73 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+from dataclasses import dataclass, field
+from typing import Callable
 
 from avcil.errors import InvalidInput
 from avcil.data.store import profile_label
 from avcil.model.encoders.profile import (  # noqa: F401 (PAPER_*: the paper defaults, named by the CLI)
     PAPER_NORMALIZE, PAPER_SAMPLE_RATE, PROFILE_VERSIONS, EncoderProfile, ProfileMismatch, recorded_version)
 
-PROFILES = ("lite", "paper", "tiny")
+@dataclass(frozen=True)
+class ProfileSpec:
+    """How a profile is built: its loader (`module`.`loader`, imported when used, so that a profile's own dependencies
+    load only with it), the loader's options that rebuild a recorded profile from the settings it describes, the
+    options naming local weight files (not recorded: given again where a recorded profile is rebuilt), and the
+    options that build it without weight files (for speed tests)."""
+    module: str
+    loader: str
+    recorded_options: Callable[[dict, dict, dict], dict]  # (audio settings, visual settings, weights) -> options
+    weight_files: tuple[str, ...] = ()
+    without_weights: dict = field(default_factory=dict)
+
+    def load(self, **options) -> EncoderProfile:
+        return getattr(importlib.import_module(self.module), self.loader)(**options)
+
+
+def _paper_options(audio: dict, visual: dict, weights: dict) -> dict:
+    options = {"sample_rate": audio["sample_rate"], "normalize": audio["normalize"]}
+    if weights.get("random_init"):
+        options.update(random_init=True, seed=weights.get("seed", 0))
+    return options
+
+
+# Every profile, by name: the one list (the command line's choices) and how each is built and rebuilt.
+PROFILE_SPECS = {
+    "lite": ProfileSpec("avcil.model.encoders.lite", "load_lite_profile",
+                        lambda audio, visual, weights: {"audio_window_seconds": audio["window_seconds"],
+                                                        "frame_count": visual["count"], "frame_size": visual["size"]}),
+    "paper": ProfileSpec("avcil.model.encoders.paper", "load_paper_profile", _paper_options,
+                         weight_files=("audiomae", "videomae"), without_weights={"random_init": True}),
+    "tiny": ProfileSpec("avcil.model.encoders.tiny", "load_tiny_profile",
+                        lambda audio, visual, weights: {"seed": weights["seed"]} if "seed" in weights else {}),
+}
+PROFILES = tuple(PROFILE_SPECS)
+
+
+def profile_spec(name: str) -> ProfileSpec:
+    spec = PROFILE_SPECS.get(name)
+    if spec is None:
+        raise InvalidInput(f"unknown encoder profile {name!r}; expected one of {PROFILES}")
+    return spec
 
 
 def load_profile(name: str, **options) -> EncoderProfile:
     """Build a profile by name; `options` go to its loader (`load_lite_profile`, `load_paper_profile`,
     `load_tiny_profile`), e.g. load_profile('paper', audiomae='pretrained.pth', videomae='videomae-base/')."""
-    # Imported here so that a profile's own dependencies (transformers, the weights packages) load only when used.
-    if name == "lite":
-        from avcil.model.encoders.lite import load_lite_profile
-        return load_lite_profile(**options)
-    if name == "paper":
-        from avcil.model.encoders.paper import load_paper_profile
-        return load_paper_profile(**options)
-    if name == "tiny":
-        from avcil.model.encoders.tiny import load_tiny_profile
-        return load_tiny_profile(**options)
-    raise InvalidInput(f"unknown encoder profile {name!r}; expected one of {PROFILES}")
+    return profile_spec(name).load(**options)
 
 
-__all__ = ["EncoderProfile", "PROFILES", "PROFILE_VERSIONS", "ProfileMismatch", "load_profile", "check_version",
-           "profile_label"]
+def load_profile_without_weights(name: str) -> EncoderProfile:
+    """A profile as built for speed tests: the paper's with random weights (its weights are local files), the
+    others as usual."""
+    return load_profile(name, **profile_spec(name).without_weights)
+
+
+__all__ = ["EncoderProfile", "PROFILES", "PROFILE_SPECS", "PROFILE_VERSIONS", "ProfileMismatch", "load_profile",
+           "load_profile_without_weights", "check_version", "profile_label"]
 
 
 def check_version(record: dict, where: str, rebuild: str) -> None:
@@ -57,17 +96,9 @@ def profile_from_record(record: dict | None, where: str = "the model", **weights
     check_version(record, where, "retrain the model on features of this version (`avcil train --data av-digits` "
                                  "re-extracts them; a store of your own: `avcil extract` into a new folder)")
     name, settings = record["name"], record["settings"]
-    audio, visual, recorded_weights = settings["audio"], settings["visual"], settings["weights"]
-    if name == "paper":
-        options = {"sample_rate": audio["sample_rate"], "normalize": audio["normalize"]}
-        if recorded_weights.get("random_init"):
-            options.update(random_init=True, seed=recorded_weights.get("seed", 0))
-        profile = load_profile(name, **options, **weights)
-    elif name == "lite":
-        profile = load_profile(name, audio_window_seconds=audio["window_seconds"], frame_count=visual["count"],
-                               frame_size=visual["size"])
-    else:
-        profile = load_profile(name, **({"seed": recorded_weights["seed"]} if "seed" in recorded_weights else {}))
+    spec = profile_spec(name)
+    options = spec.recorded_options(settings["audio"], settings["visual"], settings["weights"])
+    profile = spec.load(**options, **{k: v for k, v in weights.items() if k in spec.weight_files})
     rebuilt = json.loads(json.dumps(profile.describe()))
     differing = sorted(k for k in ("shape", "settings") if rebuilt[k] != json.loads(json.dumps(record[k])))
     if differing:

