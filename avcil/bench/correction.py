@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
-from avcil.bench.stream import (DEFAULT_RULE, DEFAULT_THRESHOLD, checked_inputs, event_metrics, load_split,
-                                rule_scores, _load)
+from avcil.bench.report import machine_load, markdown_table, write_report
+from avcil.bench.stream import (DEFAULT_RULE, DEFAULT_THRESHOLD, add_stream_flags, checked_inputs, event_metrics,
+                                load_split, rule_scores)
 from avcil.errors import InvalidInput
 from avcil.runtime.decision import HeadScores
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     head = loaded.head.eval()
     if HeadScores(head).readout is None or head.config.readout.get("features") != "pooled":
         raise InvalidInput(f"{model_dir}: corrections need the analytic readout on pooled features (the default)")
-    started, load_before = time.perf_counter(), _load()
+    started, load_before = time.perf_counter(), machine_load()
     test = load_split(model_dir, cache / "streams", cache / "av-digits", "test", args.hours, args.seed,
                       cache / "stream-windows", loaded.class_names, args.backend)
     base_labels = [np.where(s >= DEFAULT_THRESHOLD, l, -1) for l, s in rule_scores(HeadScores(head), test,
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                "event_recall_before": base["event_recall"],
                "false_accepts_per_hour_before": base["false_accepts_per_hour"],
                "false_accept_runs": len(runs), "corrections": len(rows), "load_before": load_before,
-               "load_after": _load(), "seconds": round(time.perf_counter() - started, 1), "summary": summary,
+               "load_after": machine_load(), "seconds": round(time.perf_counter() - started, 1), "summary": summary,
                "per_correction": rows}
     table = (f"Model {model_dir} ({loaded.version}); test streams of `avcil bench stream` (seed {args.seed}): "
              f"{test.background_hours:.2f} h of background, {base['events']} events; default rule: event recall "
@@ -155,15 +155,7 @@ def _plot(path: Path, rows: list[dict]) -> None:
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="runs/demo/train/model", help="model dir (default: the one `avcil demo "
-                        "--out runs/demo` leaves)")
-    parser.add_argument("--cache", help="AV-Digits, streams and window cache (default $AVCIL_CACHE or ~/.cache/avcil)")
-    parser.add_argument("--hours", type=float, default=1.0, help="hours of background in the test streams")
+    add_stream_flags(parser, "correction-av-digits-lite", "model dir (default: the one `avcil demo --out runs/demo` "
+                     "leaves)", "print the summary as one JSON object")
     parser.add_argument("--corrections", type=int, default=50, help="false-accept runs corrected, one at a time "
-                        "(default 50, or all there are)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the streams and of the runs picked")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="encoders' backend")
-    parser.add_argument("--out-dir", "--out", dest="out_dir", default=str(DEFAULT_DIR),
-                        help="where the JSON, markdown and plot go")
-    parser.add_argument("--name", default="correction-av-digits-lite", help="file name of the results")
-    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+                        "(default 50, or all there are; picked with --seed)")

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
-from avcil.bench.stream import (DEFAULT_RULE, DEFAULT_THRESHOLD, _load, checked_inputs, event_metrics, load_split,
-                                rule_scores)
+from avcil.bench.report import machine_load, markdown_table, write_report
+from avcil.bench.stream import (DEFAULT_RULE, DEFAULT_THRESHOLD, add_stream_flags, checked_inputs, event_metrics,
+                                load_split, rule_scores)
 from avcil.errors import InvalidInput
 from avcil.runtime.decision import HeadScores
 
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = model.load(base_version, with_memory=False)
     head, classes = loaded.head.eval(), loaded.manifest["classes"]
     profile = profile_from_record(loaded.manifest["features"].get("profile"))
-    started, load_before = time.perf_counter(), _load()
+    started, load_before = time.perf_counter(), machine_load()
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     if loaded.head.readout.negative_count == 0:
         say(f"learning the demo's background ({BACKGROUND_CLIPS} clips) into {base_version} ...")
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
                "seeds": args.seeds, "stream_seed": args.seed, "backend": args.backend,
                "background_hours": windows.background_hours, "before": before, "rows": rows,
                "default_clips": default, "within_points": WITHIN_POINTS, "load_before": load_before,
-               "load_after": _load(), "seconds": round(time.perf_counter() - started, 1)}
+               "load_after": machine_load(), "seconds": round(time.perf_counter() - started, 1)}
     table = (f"Model {model.root} at {base_version} ({len(loaded.class_names)} classes) with the demo's background; "
              f"class {args.label!r} learnt from its first 40 AV-Digits training clips or a random subset ("
              f"{args.seeds} seeds: mean ± std). Test streams of `avcil bench stream` (seed {args.seed}): "
@@ -210,15 +210,8 @@ def _plot(path: Path, rows: list[dict], before: dict, label: str) -> None:
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="runs/demo/train/model", help="model dir whose history holds a version "
-                        "before --label was learnt (default: the one `avcil demo --out runs/demo` leaves)")
+    add_stream_flags(parser, "enrol-av-digits-lite", "model dir whose history holds a version before --label was "
+                     "learnt (default: the one `avcil demo --out runs/demo` leaves)",
+                     "print the default count and the rows as JSON")
     parser.add_argument("--label", default="9", help="the class learnt in the field (default 9, the demo's)")
-    parser.add_argument("--cache", help="AV-Digits, streams and window cache (default $AVCIL_CACHE or ~/.cache/avcil)")
-    parser.add_argument("--hours", type=float, default=1.0, help="hours of background in the test streams")
     parser.add_argument("--seeds", type=int, default=5, help="random clip subsets per count (default 5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the streams")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="encoders' backend")
-    parser.add_argument("--out-dir", "--out", dest="out_dir", default=str(DEFAULT_DIR),
-                        help="where the JSON, markdown and plot go")
-    parser.add_argument("--name", default="enrol-av-digits-lite", help="file name of the results")
-    parser.add_argument("--json", action="store_true", help="print the default count and the rows as JSON")

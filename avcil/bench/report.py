@@ -55,3 +55,10 @@ def write_report(out_dir: Path, name: str, payload: dict, table: str, title: str
     paths["markdown"].write_text(f"# {title}\n\n{table}")
     plot(paths["plot"])
     return paths
+
+
+def machine_load() -> list[float]:
+    """The load averages over 1, 5 and 15 minutes, as the benchmarks on the streams record them before and after."""
+    import os
+
+    return [round(x, 2) for x in os.getloadavg()]

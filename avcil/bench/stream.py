@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avcil.bench.report import DEFAULT_DIR, markdown_table, percentiles, write_report
+from avcil.bench.report import DEFAULT_DIR, machine_load, markdown_table, percentiles, write_report
 from avcil.errors import InvalidInput
 from avcil.runtime.decision import (DEFAULT_SCORE, DEFAULT_SMOOTHING, DEFAULT_THRESHOLDS, REJECTED, SCORES,
                                     HeadScores)
@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput(f"{model_dir}: the stream benchmark evaluates models whose readout reads the pooled "
                            f"encoder features (the default analytic method)")
     started = time.perf_counter()
-    load_before = _load()
+    load_before = machine_load()
     splits = {split: load_split(model_dir, cache / "streams", av_digits, split, hours, args.seed,
                                 cache / "stream-windows", loaded.class_names, args.backend)
               for split, hours in (("val", args.val_hours), ("test", args.hours))}
@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
     tracked, chosen = event_settings(splits, default_scored)
     payload = {"model": str(model_dir), "model_version": loaded.version, "classes": loaded.class_names,
                "seed": args.seed, "backend": args.backend, "event_overlap_s": EVENT_OVERLAP_S,
-               "target_recall": TARGET_RECALL, "load_before": load_before, "load_after": _load(),
+               "target_recall": TARGET_RECALL, "load_before": load_before, "load_after": machine_load(),
                "seconds": round(time.perf_counter() - started, 1),
                "val_background_hours": splits["val"].background_hours,
                "background_hours": splits["test"].background_hours,
@@ -365,12 +365,6 @@ def _events_table(tracked: list[dict], chosen: dict) -> str:
                                     ("delay_s_median", "delay median s")]))
 
 
-def _load() -> list[float]:
-    import os
-
-    return [round(x, 2) for x in os.getloadavg()]
-
-
 def _plot(path: Path, curves: dict, rows: list[dict]) -> None:
     from avcil.train.plots import plt
 
@@ -395,16 +389,22 @@ def _plot(path: Path, curves: dict, rows: list[dict]) -> None:
     plt.close(fig)
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="runs/demo/train/model", help="model dir (default: the one `avcil demo "
-                        "--out runs/demo` leaves, which knows digits 0-9)")
+def add_stream_flags(parser: argparse.ArgumentParser, name: str, model_help: str, json_help: str) -> None:
+    """The flags of every benchmark on the streams (stream, correction, enrol): model, cache, test hours, seed,
+    backend, where the results go and their name, --json."""
+    parser.add_argument("--model", default="runs/demo/train/model", help=model_help)
     parser.add_argument("--cache", help="AV-Digits, streams and window cache (default $AVCIL_CACHE or ~/.cache/avcil)")
     parser.add_argument("--hours", type=float, default=1.0, help="hours of background in the test streams")
-    parser.add_argument("--val-hours", type=float, default=0.25, help="hours of background in the val streams, on "
-                        "which each rule's threshold is chosen")
     parser.add_argument("--seed", type=int, default=0, help="seed of the streams' layout and content")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime"], help="encoders' backend")
     parser.add_argument("--out-dir", "--out", dest="out_dir", default=str(DEFAULT_DIR),
                         help="where the JSON, markdown and plot go")
-    parser.add_argument("--name", default="stream-av-digits-lite", help="file name of the results")
-    parser.add_argument("--json", action="store_true", help="print the default rule's figures as one JSON object")
+    parser.add_argument("--name", default=name, help=f"file name of the results (default {name})")
+    parser.add_argument("--json", action="store_true", help=json_help)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    add_stream_flags(parser, "stream-av-digits-lite", "model dir (default: the one `avcil demo --out runs/demo` "
+                     "leaves, which knows digits 0-9)", "print the default rule's figures as one JSON object")
+    parser.add_argument("--val-hours", type=float, default=0.25, help="hours of background in the val streams, on "
+                        "which each rule's threshold is chosen")
