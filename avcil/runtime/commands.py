@@ -15,7 +15,7 @@ import time
 from avcil.errors import InvalidInput
 from avcil.backends import KINDS
 from avcil.runtime.field_settings import DEFAULT_CLIPS, FIELD_METHODS, FieldSettings
-from avcil.runtime.threads import LEARNER_THREADS, RuntimeThreads
+from avcil.runtime.threads import LEARNER_NICE, LEARNER_THREADS, RuntimeThreads
 from avcil.train.precision import PRECISIONS
 
 
@@ -135,8 +135,9 @@ def _learn(args: argparse.Namespace) -> int:
     with _writer(model, args):
         summary, audio, visual, settings = _learn_first(args, model)
     if args.refine:
-        if args.nice < 10:
-            os.nice(10 - args.nice)  # the refinement runs beside `avcil run`: keep it out of the recognizer's way
+        if args.nice < LEARNER_NICE:
+            # The refinement runs beside `avcil run`: keep it out of the recognizer's way.
+            os.nice(LEARNER_NICE - args.nice)
         with _writer(model, args):
             refined = learn_class(args.model, args.label, audio, visual, settings, method="avcil", refine=summary)
         refined.update(encode_seconds=summary["encode_seconds"], learn_seconds=round(refined["seconds"], 3))
@@ -156,20 +157,14 @@ def _learn_first(args: argparse.Namespace, model) -> tuple:
     """Under the writer lock: the refusals, the clips recorded or encoded, the class learnt and committed.
     (summary, audio, visual, settings)."""
     from avcil.model.encoders import profile_from_record
+    from avcil.modeldir.schema import ManifestKey
     from avcil.runtime.clip_signals import measure_signals
     from avcil.runtime.enrol_checks import gate_enrolment
-    from avcil.runtime.field import (FieldSettings, check_gradient_update, check_new_label, learn_class,
-                                     record_clips)
+    from avcil.runtime.field import FieldSettings, learn_class, preflight_new_class, record_clips
 
-    # Refusals before recording or encoding anything: the version that serves, its class names, whether its
-    # exemplars are whole (learning keeps them).
-    loaded = model.load(with_memory=False)
-    manifest = loaded.manifest
-    check_new_label(loaded.class_names, args.label, model.root)
-    if args.method == "avcil" or args.refine:
-        check_gradient_update(manifest, model.root)
-    model.check_exemplars(loaded)
-    profile = profile_from_record(manifest["features"].get("profile"))
+    # A refinement's gradient step is refused now too, not after the analytic update is committed.
+    loaded = preflight_new_class(model, args.label, "avcil" if args.refine else args.method)
+    profile = profile_from_record(loaded.manifest[ManifestKey.FEATURES].get("profile"))
     encode_started = time.perf_counter()
     signals = []  # what each clip's recording shows, for the enrolment gate
     if args.files:
@@ -208,6 +203,7 @@ def _learn_negatives(args: argparse.Namespace, model) -> int:
     --not LABEL` (windows the model labelled LABEL that are not it): what live windows see of each file, learnt as
     none of the classes."""
     from avcil.model.encoders import profile_from_record
+    from avcil.modeldir.schema import ManifestKey
     from avcil.runtime.background import learn_background, learn_not
     from avcil.runtime.file_windows import encode_window_views
     from avcil.runtime.field import record_clips
@@ -224,7 +220,7 @@ def _learn_negatives(args: argparse.Namespace, model) -> int:
     if args.not_label is not None and args.not_label not in loaded.class_names:
         raise InvalidInput(f"--not {args.not_label!r}: the model ({loaded.version}) has no such class; it knows "
                            f"{', '.join(map(repr, loaded.class_names))}")
-    profile = profile_from_record(loaded.manifest["features"].get("profile"))
+    profile = profile_from_record(loaded.manifest[ManifestKey.FEATURES].get("profile"))
     started = time.perf_counter()
     probes = sources = None  # recorded: each clip is its own source
     if args.files:
@@ -429,8 +425,9 @@ def add_parsers(subparsers) -> None:
                        "where the CPU or GPU computes it natively, about twice as fast; else fp32)")
     learn.add_argument("--threads", type=int, default=LEARNER_THREADS, help="torch threads for encoding and the "
                        f"update (default {LEARNER_THREADS}: a running `avcil run` keeps the other cores; 0: all cores)")
-    learn.add_argument("--nice", type=int, default=10, help="lower the update's CPU priority by this much, so a "
-                       "running `avcil run` keeps its decision latency (default 10; 0 to keep it)")
+    learn.add_argument("--nice", type=int, default=LEARNER_NICE, help="lower the update's CPU priority by this "
+                       f"much, so a running `avcil run` keeps its decision latency (default {LEARNER_NICE}; 0 to keep "
+                       f"it)")
     learn.add_argument("--lock-wait", type=float, default=600.0, metavar="S", help="wait up to S seconds for "
                        "another writer of the model dir (another `avcil learn`, a rollback) before recording or "
                        "encoding anything (default 600; 0: fail at once)")
