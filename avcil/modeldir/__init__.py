@@ -45,7 +45,7 @@ from avcil.model.head import FusionHead, HeadConfig
 from avcil.model.memory import ClassExemplars, ExemplarMemory
 from avcil.modeldir.confined import Confined
 from avcil.modeldir.lock import writer_lock
-from avcil.modeldir.schema import (EXEMPLAR_NAME, HEAD_FILE, MANIFEST_FILE, MANIFEST_LIMIT, MEMORY_FILE,
+from avcil.modeldir.schema import (EXEMPLAR_NAME, ManifestKey, HEAD_FILE, MANIFEST_FILE, MANIFEST_LIMIT, MEMORY_FILE,
                                    POINTER_LIMIT, SEAL, VERSION_FILES, VERSION_NAME, check_manifest, check_pointer,
                                    parse_manifest, seal_of)
 from avcil.modeldir.staged import STAGED_FILE, clear_staged, stage, staged_names
@@ -393,10 +393,8 @@ class ModelDir:
                 return {"version": None, "parent": loaded.version, "dropped": [], "refused": {}}
             note = (f"repaired {loaded.version}: dropped the damaged exemplars of {', '.join(map(repr, dropped))}"
                     if dropped else f"repaired: {loaded.version} again, after refused versions")
-            version = self.commit(loaded.head, memory, loaded.manifest["classes"], loaded.manifest["features"],
-                                  extra={"parent": loaded.version, "note": note,
-                                         "training": loaded.manifest.get("training"),
-                                         "repair": {"dropped_exemplars_of": dropped, "refused": loaded.refused}})
+            version = self.commit_after(loaded, loaded.head, memory, note, {ManifestKey.REPAIR: {
+                "dropped_exemplars_of": dropped, "refused": loaded.refused}})
         return {"version": version, "parent": loaded.version, "dropped": dropped, "refused": loaded.refused}
 
     def commit(self, head: FusionHead, memory: ExemplarMemory | None, classes: list[dict], features: dict,
@@ -420,18 +418,19 @@ class ModelDir:
                 files = {HEAD_FILE: _tensor_bytes(head.state_dict())}
                 for name, data in files.items():
                     self.files.write_new(f"{staging}/{name}", data)
+                key = ManifestKey
                 manifest = {
-                    "format": FORMAT,
-                    "version": version,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "avcil_version": avcil.__version__,
-                    "torch_version": torch.__version__,
-                    "classes": classes,
-                    "features": features,
-                    "head": {"config": head.config.to_dict()},
-                    "memory": memory.settings() if memory is not None else None,
-                    "exemplars": exemplars,
-                    "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+                    key.FORMAT: FORMAT,
+                    key.VERSION: version,
+                    key.CREATED: time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    key.AVCIL_VERSION: avcil.__version__,
+                    key.TORCH_VERSION: torch.__version__,
+                    key.CLASSES: classes,
+                    key.FEATURES: features,
+                    key.HEAD: {"config": head.config.to_dict()},
+                    key.MEMORY: memory.settings() if memory is not None else None,
+                    key.EXEMPLARS: exemplars,
+                    key.FILES: {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
                     **(extra or {}),
                 }
                 manifest[SEAL] = seal_of(manifest)
@@ -444,6 +443,17 @@ class ModelDir:
             self._point_current_at(version)
             clear_staged(self.files)  # everything staged is now listed by the version
         return version
+
+    def commit_after(self, loaded: LoadedModel, head: FusionHead, memory: ExemplarMemory | None, note: str,
+                     made: dict, classes: list[dict] | None = None) -> str:
+        """Commit a version made from `loaded` (`commit`): its classes unless `classes` are given, its features,
+        `loaded` as its parent, its training record carried over, `note`, and `made`, the record of how it was made
+        ({ManifestKey.FIELD_LEARNING: ...} or {ManifestKey.REPAIR: ...})."""
+        manifest = loaded.manifest
+        return self.commit(head, memory, manifest[ManifestKey.CLASSES] if classes is None else classes,
+                           manifest[ManifestKey.FEATURES],
+                           extra={ManifestKey.PARENT: loaded.version, ManifestKey.NOTE: note,
+                                  ManifestKey.TRAINING: manifest.get(ManifestKey.TRAINING), **made})
 
     def _point_current_at(self, version: str) -> None:
         """Replace CURRENT atomically: write an aside-file (a fresh name, never an existing file or link), rename."""

@@ -26,6 +26,18 @@ POINTER_LIMIT = 64  # bytes: "v0001\n" and room for many more versions
 MANIFEST_LIMIT = 16 << 20  # bytes: a manifest is a few kilobytes; more is not one
 
 
+class ManifestKey:
+    """The manifest's keys, named once for its writers and its readers. ModelDir.commit writes the first group; a
+    version made from another one (ModelDir.commit_after: a class or negatives learnt on the device, a repair) adds
+    the second, with its record of how it was made under FIELD_LEARNING or REPAIR; a trained model has TRAINING."""
+
+    FORMAT, VERSION, CREATED, AVCIL_VERSION, TORCH_VERSION = "format", "version", "created", "avcil_version", \
+        "torch_version"
+    CLASSES, FEATURES, HEAD, MEMORY, EXEMPLARS, FILES = "classes", "features", "head", "memory", "exemplars", "files"
+    PARENT, NOTE, TRAINING = "parent", "note", "training"
+    FIELD_LEARNING, REPAIR = "field_learning", "repair"
+
+
 def seal_of(manifest: dict) -> str:
     """The sha256 of a manifest's keys but the seal itself, in one canonical JSON form."""
     body = {key: value for key, value in manifest.items() if key != SEAL}
@@ -65,17 +77,17 @@ def check_manifest(manifest, where: str) -> dict:
         raise refuse(f"holds a JSON {type(manifest).__name__}, not an object")
     if SEAL in manifest and manifest[SEAL] != seal_of(manifest):
         raise refuse("its contents do not match its own checksum (modified or damaged)")
-    if manifest.get("format") not in FORMATS:
-        raise refuse(f"format {manifest.get('format')!r}, this avcil reads {list(FORMATS)}")
-    classes = _check_classes(manifest.get("classes"), refuse)
-    shape = _check_features(manifest.get("features"), refuse)
-    _check_head(manifest.get("head"), shape, refuse)
-    _check_files(manifest.get("files"), manifest["format"], refuse)
+    if manifest.get(ManifestKey.FORMAT) not in FORMATS:
+        raise refuse(f"format {manifest.get(ManifestKey.FORMAT)!r}, this avcil reads {list(FORMATS)}")
+    classes = _check_classes(manifest.get(ManifestKey.CLASSES), refuse)
+    shape = _check_features(manifest.get(ManifestKey.FEATURES), refuse)
+    _check_head(manifest.get(ManifestKey.HEAD), shape, refuse)
+    _check_files(manifest.get(ManifestKey.FILES), manifest[ManifestKey.FORMAT], refuse)
     _check_memory(manifest, len(classes), refuse)
-    for key in ("created", "note", "parent", "version"):
+    for key in (ManifestKey.CREATED, ManifestKey.NOTE, ManifestKey.PARENT, ManifestKey.VERSION):
         if manifest.get(key) is not None and not isinstance(manifest[key], str):
             raise refuse(f"'{key}' is not a string")
-    for key in ("training", "field_learning"):
+    for key in (ManifestKey.TRAINING, ManifestKey.FIELD_LEARNING):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise refuse(f"'{key}' is not an object")
     return manifest

@@ -36,6 +36,7 @@ import torch
 
 from avcil.errors import InvalidInput
 from avcil.modeldir import ModelDir, ModelDirError
+from avcil.modeldir.schema import ManifestKey
 from avcil.runtime.class_space import ClassSpace, readout_inputs_of
 
 # A source this close to a class mean (in units of the classes' own spread about their means) is refused.
@@ -135,9 +136,7 @@ def _update_readout(model_dir: str | Path, what: str, change) -> tuple[dict, tor
                                 f"not have (train it with the default method)")
         note, details = change(loaded, head, readout)
         seconds = time.perf_counter() - started
-        version = model.commit(
-            head, loaded.memory, loaded.manifest["classes"], loaded.manifest["features"],
-            extra={"parent": loaded.version, "training": loaded.manifest.get("training"), "note": note,
-                   "field_learning": {**details, "seconds": round(seconds, 3)}})
+        version = model.commit_after(loaded, head, loaded.memory, note,
+                                     {ManifestKey.FIELD_LEARNING: {**details, "seconds": round(seconds, 3)}})
     return {"version": version, "parent": loaded.version, "seconds": seconds}, readout
 

@@ -14,7 +14,7 @@ import sys
 from avcil.errors import InvalidInput
 from avcil.backends import KINDS
 from avcil.runtime.field_settings import DEFAULT_CLIPS, DEFAULT_LOCK_WAIT_S, FIELD_METHODS, FieldSettings
-from avcil.runtime.threads import LEARNER_THREADS, RuntimeThreads
+from avcil.runtime.threads import LEARNER_NICE, LEARNER_THREADS, RuntimeThreads
 from avcil.train.precision import PRECISIONS
 
 
@@ -141,8 +141,9 @@ def _learn(args: argparse.Namespace) -> int:
                                                  drop_suspect=args.drop_suspect, refine_later=args.refine)
     _report_learnt(summary, args.json)
     if args.refine:
-        if args.nice < 10:
-            os.nice(10 - args.nice)  # the refinement runs beside `avcil run`: keep it out of the recognizer's way
+        if args.nice < LEARNER_NICE:
+            # The refinement runs beside `avcil run`: keep it out of the recognizer's way.
+            os.nice(LEARNER_NICE - args.nice)
         with _writer(model, args):
             refined = learn_class(args.model, args.label, audio, visual, settings, method="avcil", refine=summary)
         refined.update(encode_seconds=summary["encode_seconds"], learn_seconds=round(refined["seconds"], 3))
@@ -373,8 +374,9 @@ def add_parsers(subparsers) -> None:
                        "where the CPU or GPU computes it natively, about twice as fast; else fp32)")
     learn.add_argument("--threads", type=int, default=LEARNER_THREADS, help="torch threads for encoding and the "
                        f"update (default {LEARNER_THREADS}: a running `avcil run` keeps the other cores; 0: all cores)")
-    learn.add_argument("--nice", type=int, default=10, help="lower the update's CPU priority by this much, so a "
-                       "running `avcil run` keeps its decision latency (default 10; 0 to keep it)")
+    learn.add_argument("--nice", type=int, default=LEARNER_NICE, help="lower the update's CPU priority by this "
+                       f"much, so a running `avcil run` keeps its decision latency (default {LEARNER_NICE}; 0 to keep "
+                       f"it)")
     learn.add_argument("--lock-wait", type=float, default=DEFAULT_LOCK_WAIT_S, metavar="S", help="wait up to S "
                        "seconds for another writer of the model dir (another `avcil learn`, a rollback) before "
                        f"recording or encoding anything (default {DEFAULT_LOCK_WAIT_S:g}; 0: fail at once)")

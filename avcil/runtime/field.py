@@ -27,6 +27,7 @@ import numpy as np
 from avcil.errors import InvalidInput
 from avcil.data.clips import ArrayClipSet
 from avcil.modeldir import ModelDir, ModelDirError
+from avcil.modeldir.schema import ManifestKey
 from avcil.train.learner import Learner, fit_readout
 from avcil.train.methods import build_method
 from avcil.train.protocol import fused_embedder
@@ -42,6 +43,26 @@ def check_new_label(names: list[str], label: str, where: Path) -> None:
     if label in names:
         raise ModelDirError(f"{where}: class {label!r} is already in the model ({', '.join(names)}); "
                             f"pick another name, or roll back with `avcil model rollback`")
+
+
+def check_new_class(loaded, label: str, method: str, where: Path) -> None:
+    """Refuse learning class `label` by `method` into the version `loaded`: a bad or known name, an unknown method,
+    a gradient update of a head that was never trained by gradient."""
+    if method not in FIELD_METHODS:
+        raise InvalidInput(f"unknown field learning method {method!r}; expected one of {FIELD_METHODS}")
+    check_new_label(loaded.class_names, label, where)
+    if method == "avcil":
+        check_gradient_update(loaded.manifest, where)
+
+
+def preflight_new_class(model: ModelDir, label: str, method: str = "analytic"):
+    """The refusals of a new class before anything is recorded or encoded (`avcil learn`, the page): those of
+    `check_new_class` against the version that serves, and exemplars that fail their checksums (learning keeps
+    them). The version, loaded without its memory (the enrolment gate's reference)."""
+    loaded = model.load(with_memory=False)
+    check_new_class(loaded, label, method, model.root)
+    model.check_exemplars(loaded)
+    return loaded
 
 
 def task_ranges(classes: list[dict]) -> list[tuple[int, int]]:
@@ -71,13 +92,10 @@ def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np
     version (with `method`) and commit the result as a later version, unless the model moved on meanwhile.
     The summary's `seconds` runs from this call's start to just before the commit (writing the new version is not
     in it); `avcil learn` reports it as `learn_seconds`."""
-    if method not in FIELD_METHODS:
-        raise InvalidInput(f"unknown field learning method {method!r}; expected one of {FIELD_METHODS}")
     settings = settings or FieldSettings()
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     model = ModelDir(model_dir)
     start = refine["parent"] if refine else None
-    check_new_label([c["name"] for c in model.manifest(start)["classes"]], label, model.root)  # before the lock
     if len(audio) == 0 or len(audio) != len(visual):
         raise InvalidInput(f"learning {label!r} needs clips: got {len(audio)} audio and {len(visual)} visual rows")
     if len(audio) == 1:
@@ -87,22 +105,22 @@ def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np
         if refine and model.current() != refine["version"]:
             raise ModelDirError(f"{model.root}: the current version is no longer {refine['version']} (another "
                                 f"change came first); the refinement of {label!r} is not committed")
+        # The callers ran preflight_new_class before recording; checked here, under the lock, since another writer
+        # may have added the class meanwhile (loading with the memory refuses damaged exemplars itself).
         loaded = model.load(start)
-        check_new_label(loaded.class_names, label, model.root)  # again, now that no other writer can add it
+        check_new_class(loaded, label, method, model.root)
         manifest = loaded.manifest
-        classes = manifest["classes"]
+        classes = manifest[ManifestKey.CLASSES]
         new_index = len(classes)
         clips = ArrayClipSet([f"field/{label}/{i}" for i in range(len(audio))], np.full(len(audio), new_index),
                              np.asarray(audio, np.float32), np.asarray(visual, np.float32))
-        expected = manifest["features"]["shape"]
+        expected = manifest[ManifestKey.FEATURES]["shape"]
         if clips.shape.to_dict() != expected:
             raise InvalidInput(f"the new clips have features {clips.shape.to_dict()}, the model expects {expected}")
         memory = loaded.memory
         if memory is not None:
             memory.quota(new_index + 1)  # a budget too small for one more class fails before training
         head = loaded.head
-        if method == "avcil":
-            check_gradient_update(manifest, model.root)
         update = analytic_update if method == "analytic" else _gradient_update
         details = update(head, classes, clips, memory, settings, progress, label, log)
         if memory is not None:
@@ -111,13 +129,11 @@ def learn_class(model_dir: str | Path, label: str, audio: np.ndarray, visual: np
         seconds = time.perf_counter() - started
         how = f"{method}{', refining ' + refine['version'] if refine else ''}"
         try:
-            version = model.commit(
-                head, memory, classes + [{"name": label, "step": step}], manifest["features"],
-                extra={"parent": loaded.version, "note": f"learnt {label!r} in the field from {len(audio)} clips "
-                                                         f"({how})",
-                       "training": manifest.get("training"),
-                       "field_learning": {"label": label, "clips": len(audio), "method": method,
-                                          "seconds": round(seconds, 3), "settings": asdict(settings), **details}})
+            version = model.commit_after(
+                loaded, head, memory, f"learnt {label!r} in the field from {len(audio)} clips ({how})",
+                {ManifestKey.FIELD_LEARNING: {"label": label, "clips": len(audio), "method": method,
+                                              "seconds": round(seconds, 3), "settings": asdict(settings), **details}},
+                classes=classes + [{"name": label, "step": step}])
         except OSError as error:  # a full disk, a read-only mount: the commit left nothing a loader sees
             raise ModelDirError(f"{model.root}: class {label!r} not learnt: writing the new version failed "
                                 f"({error.strerror or error}); {loaded.version} stays current") from None
@@ -152,7 +168,7 @@ def analytic_readout_spec() -> dict:
 def check_gradient_update(manifest: dict, where: Path) -> None:
     """Refuse a gradient update of a head whose linear classifier was never trained: a model trained by the analytic
     method on the encoders' features decides by its readout alone, and its head is still at its random start."""
-    training = (manifest.get("training") or {}).get("method") or {}
+    training = (manifest.get(ManifestKey.TRAINING) or {}).get("method") or {}
     if training.get("classifier") == "analytic" and training.get("terms") == []:
         raise ModelDirError(f"{where}: this model's head was never trained by gradient (its analytic readout reads "
                             f"the encoders' features), so a gradient update has nothing to start from; learn with "

@@ -45,17 +45,13 @@ def learn_new_class(model, label: str, clips: Clips, *, method: str = "analytic"
     from avcil.model.encoders import profile_from_record
     from avcil.runtime.clip_signals import measure_signals
     from avcil.runtime.enrol_checks import gate_enrolment
-    from avcil.runtime.field import check_gradient_update, check_new_label, learn_class, record_clips
+    from avcil.modeldir.schema import ManifestKey
+    from avcil.runtime.field import learn_class, preflight_new_class, record_clips
 
-    # Refusals before recording or encoding anything: the version that serves, its class names, whether its
-    # exemplars are whole (learning keeps them).
-    loaded = model.load(with_memory=False)
-    manifest = loaded.manifest
-    check_new_label(loaded.class_names, label, model.root)
-    if method == "avcil" or refine_later:
-        check_gradient_update(manifest, model.root)
-    model.check_exemplars(loaded)
-    profile = profile_from_record(manifest["features"].get("profile"))
+    # Refusals before recording or encoding anything (a refinement's gradient step included, not after the analytic
+    # update is committed).
+    loaded = preflight_new_class(model, label, "avcil" if refine_later else method)
+    profile = profile_from_record(loaded.manifest[ManifestKey.FEATURES].get("profile"))
     encode_started = time.perf_counter()
     signals = []  # what each clip's recording shows, for the enrolment gate
     if isinstance(clips, Recording):

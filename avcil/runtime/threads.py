@@ -12,8 +12,9 @@ against the settings that produced it:
   matmul they took the cores the encoders need, which doubled the lite audio encoder's time (30 -> 60 ms on two
   cores). The runtime's own numpy work is small.
 
-The field learner runs in its own process (`avcil learn`) at lower priority (`--nice`, default 10) with its torch
-threads capped (`--threads`, default 1), so that it takes at most one core from the recognizer.
+The field learner runs in its own process (`avcil learn`, or the one `avcil serve` starts for a class learnt from
+the page) at lower priority (`--nice`, default 10) with its torch threads capped (`--threads`, default 1), so that it
+takes at most one core from the recognizer.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass
 # 124 / 114 / 176 ms with 1, so it keeps 2.
 DEFAULT_INTRA_OP = {"torch": 1, "onnxruntime": 2, "tensorrt": 2}
 LEARNER_THREADS = 1  # `avcil learn`'s default torch threads: the update is small, encoding its clips is not
+LEARNER_NICE = 10  # `avcil learn`'s default priority drop, also that of a class learnt from the page
 
 
 def default_intra_op(backend: str = "onnxruntime") -> int:
