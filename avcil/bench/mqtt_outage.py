@@ -223,10 +223,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--clips", nargs="+", required=True)
-    parser.add_argument("--duration", type=float, default=60.0)
-    parser.add_argument("--kill-at", type=float, default=20.0)
-    parser.add_argument("--down-for", type=float, default=10.0)
-    parser.add_argument("--out-dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--model", required=True, metavar="DIR", help="model dir that `avcil run` decides with (its "
+                        "latest version; it is only read)")
+    parser.add_argument("--clips", nargs="+", required=True, metavar="F", help="video files with sound, played in "
+                        "turn and looped as camera and microphone")
+    parser.add_argument("--duration", type=float, default=60.0, metavar="S", help="seconds of recognition (default 60)")
+    parser.add_argument("--kill-at", type=float, default=20.0, metavar="S", help="kill the broker this long after the "
+                        "first decision (default 20)")
+    parser.add_argument("--down-for", type=float, default=10.0, metavar="S", help="start it again this long after "
+                        "(default 10)")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_DIR, help="where the JSON, markdown and plot go")
     parser.add_argument("--note", default="", help="what the model, the clips and the machine were, for the report")
