@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from avcil.modeldir import ModelDir
@@ -62,3 +63,31 @@ def test_the_demos_background_features_are_encoded_once_then_read_back(tiny_prof
     assert [p.name for p in tmp_path.iterdir()] == [next(tmp_path.iterdir()).name]  # one file, no partial left
     _, cached = cached_window_views(tiny_profile, toy_clips["green"][:1], tmp_path)
     assert not cached  # another clip set is encoded anew
+
+
+def test_a_vouched_stretch_of_live_time_is_learnt_as_background(analytic_model, tiny_profile, toy_clips):
+    """`--minutes`: windows cut every hop from live sources (a file standing in for the camera), a few kept at random
+    over the stretch, learnt as background; the same content's other windows then lie far from every class."""
+    green = str(toy_clips["green"][0])
+    held_out = encode_window_views(tiny_profile, toy_clips["green"][3:], progress=False)
+    before = ridge_outputs(analytic_model, held_out)
+    done = avcil("learn", "--model", analytic_model, "--background", "--camera", green, "--mic", green,
+                 "--minutes", "0.15", "--windows", "4", "--json")
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["version"] == "v0002" and 1 <= summary["background_windows"] <= 4
+    seen = [line for line in done.stderr.splitlines() if line.startswith("background: ")]
+    assert seen and "windows seen, " in seen[-1] and int(seen[-1].split(" windows seen")[0].split()[-1]) > 4
+    assert ridge_outputs(analytic_model, held_out).mean() < 0.5 * before.mean()
+    assert ModelDir(analytic_model).load(with_memory=False).class_names == ["red", "blue"]
+
+
+@pytest.mark.parametrize("flags, message", [(["--label", "green"], "goes with --background"),
+                                            (["--background", "--files", "x.mp4"], "not --files"),
+                                            (["--background", "--minutes", "0"], "--minutes")])
+def test_a_stretch_with_flags_it_does_not_take_is_refused_in_one_line(analytic_model, toy_clips, flags, message):
+    green = str(toy_clips["green"][0])
+    extra = [] if "--minutes" in flags else ["--minutes", "1"]
+    refused = avcil("learn", "--model", analytic_model, "--camera", green, "--mic", green, *flags, *extra,
+                    check=False)
+    assert refused.returncode == 2 and message in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert ModelDir(analytic_model).current() == "v0001"

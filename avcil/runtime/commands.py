@@ -13,7 +13,8 @@ import sys
 
 from avcil.errors import InvalidInput
 from avcil.backends import KINDS
-from avcil.runtime.field_settings import DEFAULT_CLIPS, DEFAULT_LOCK_WAIT_S, FIELD_METHODS, FieldSettings
+from avcil.runtime.field_settings import (DEFAULT_CLIPS, DEFAULT_LOCK_WAIT_S, FIELD_METHODS, STRETCH_WINDOWS,
+                                         FieldSettings)
 from avcil.runtime.threads import LEARNER_NICE, LEARNER_THREADS, RuntimeThreads
 from avcil.train.precision import PRECISIONS
 
@@ -58,6 +59,9 @@ def _check_learn_flags(args: argparse.Namespace) -> None:
         check_label(args.label, "--label")
     if args.clips is not None:
         check_whole(args.clips, "--clips", 1)
+    if args.minutes is not None:
+        check_number(args.minutes, "--minutes", 0, above=True)
+    check_whole(args.windows, "--windows", 1)
     check_number(args.countdown, "--countdown", 0)
     check_whole(args.threads, "--threads", 0)
     for flag in ("epochs", "batch_size", "exemplar_batch_size"):
@@ -160,9 +164,16 @@ def _writer(model, args: argparse.Namespace):
 
 
 def _clips(args: argparse.Namespace, refusal: str):
-    """The clips the flags name: --files, or a recording from --camera and --mic of --clips clips."""
-    from avcil.runtime.learning import Recording
+    """The clips the flags name: --files, a recording from --camera and --mic of --clips clips, or (background) a
+    stretch of --minutes from them."""
+    from avcil.runtime.learning import Recording, Stretch
 
+    if args.minutes is not None:
+        if not args.background:
+            raise InvalidInput("--minutes records a stretch of background: it goes with --background")
+        if args.files or not (args.camera and args.mic):
+            raise InvalidInput("--minutes records from --camera SRC and --mic SRC (not --files)")
+        return Stretch(args.camera, args.mic, args.minutes * 60, args.windows)
     if args.files:
         return list(args.files)
     if args.camera and args.mic and args.clips:
@@ -351,6 +362,11 @@ def add_parsers(subparsers) -> None:
     learn.add_argument("--mic", metavar="SRC", help="record from this microphone")
     learn.add_argument("--clips", type=int, default=DEFAULT_CLIPS, metavar="N", help=f"number of clips to record "
                        f"(default {DEFAULT_CLIPS}: fewer find fewer of the class's events, `avcil bench enrol`)")
+    learn.add_argument("--minutes", type=float, metavar="M", help="with --background --camera --mic: record for M "
+                       "minutes that you vouch hold none of the classes, keeping --windows windows spread over them "
+                       "(the device's own background: what lowers false accepts most, docs/decision.md)")
+    learn.add_argument("--windows", type=int, default=STRETCH_WINDOWS, metavar="N", help=f"with --minutes: windows "
+                       f"kept (default {STRETCH_WINDOWS})")
     learn.add_argument("--countdown", type=float, default=3.0, metavar="S", help="countdown before each clip")
     learn.add_argument("--method", choices=FIELD_METHODS, default="analytic", help="analytic (default): one "
                        "closed-form update; avcil: a gradient step (tens of seconds), after which the head's linear "

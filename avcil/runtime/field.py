@@ -250,3 +250,55 @@ def record_from(live, count: int, profile, countdown_s: float = 3.0, pause_s: fl
         visual_inputs.append(visual_input)
         time.sleep(pause_s)
     return profile.encode_batch(np.stack(audio_inputs), np.stack(visual_inputs))
+
+
+def record_stretch(camera: str, microphone: str, seconds: float, windows: int, profile, seed: int = 0,
+                   out=None) -> tuple[np.ndarray, np.ndarray]:
+    """Features of `windows` live windows spread at random over a stretch of `seconds` of these sources that the
+    operator vouches holds none of the classes (see `record_stretch_from`). File sources loop, standing in for a
+    camera that keeps looking."""
+    from avcil.runtime.live import LiveInput
+    from avcil.runtime.windows import window_seconds
+
+    length = window_seconds(profile.audio_prep)
+    with LiveInput(camera, microphone, profile.audio_prep.sample_rate, length, length / 3, profile.frame_prep,
+                   loop=True) as live:
+        return record_stretch_from(live, seconds, windows, profile, seed, out or sys.stderr)
+
+
+def record_stretch_from(live, seconds: float, windows: int, profile, seed: int = 0,
+                        out=None) -> tuple[np.ndarray, np.ndarray]:
+    """Features of `windows` windows spread at random over the next `seconds` of an open LiveInput
+    (avcil.runtime.live), which may be deciding meanwhile: background of the device's own place, what lowers false
+    accepts most (docs/decision.md#background-learnt-on-purpose). A window is cut every hop, as `avcil run` cuts
+    them, and kept by reservoir sampling (the i-th enters with probability windows / i, in the place of a random
+    kept one), so that every window of the stretch is equally likely to be kept; a window is encoded only when it
+    enters, and nothing but the kept windows' features is held. A progress line every 10 s goes to `out`."""
+    from avcil.runtime.sources import clock
+    from avcil.runtime.windows import WindowAssembler, window_seconds
+
+    out = out or sys.stderr
+    length = window_seconds(profile.audio_prep)
+    hop = length / 3  # as `avcil run` decides
+    rng = np.random.default_rng(seed)
+    kept: list[tuple[np.ndarray, np.ndarray]] = []
+    assemble = WindowAssembler(live.audio.ring, live.frames, length, profile.frame_prep)
+    begin = max(live.start, clock())
+    end, last_line, cut = begin + length, -math.inf, 0
+    while end <= begin + seconds:
+        time.sleep(max(0.0, end - clock()))  # the sources' clock: a window is whole once it has passed
+        cut += 1
+        place = len(kept) if len(kept) < windows else int(rng.integers(cut))
+        if place < windows:
+            window = assemble(end)
+            features = profile.encode_batch(*(part[None] for part in profile.clip_inputs(
+                window.waveform, window.rate, window.frames)))
+            kept[place:place + 1] = [tuple(part[0] for part in features)]
+        if end - last_line >= 10 or end + hop > begin + seconds:
+            print(f"background: {end - begin:.0f} of {seconds:.0f} s, {cut} windows seen, {len(kept)} kept",
+                  file=out, flush=True)
+            last_line = end
+        end += hop
+    if not kept:
+        raise InvalidInput(f"a stretch of {seconds:g} s holds no whole window of {length:g} s: record for longer")
+    return np.stack([a for a, _ in kept]), np.stack([v for _, v in kept])

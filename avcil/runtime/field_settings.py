@@ -14,6 +14,9 @@ FIELD_METHODS = ("analytic", "avcil")
 # enrol-av-digits-lite.md). With the lite encoders on AV-Digits that is 40 itself: 20 recorded clips found 53 % of
 # the new digit's events, 40 found 80 %, fewer than 10 almost none.
 DEFAULT_CLIPS = 40
+# Windows kept from a stretch of live background (`avcil learn --background --minutes M`): as many as took the stream
+# benchmark's false accepts from 41 to 13 per hour of background (docs/decision.md#background-learnt-on-purpose).
+STRETCH_WINDOWS = 300
 # How long a learner waits for another writer of the model dir (another `avcil learn`, a rollback) before failing.
 DEFAULT_LOCK_WAIT_S = 600.0
 

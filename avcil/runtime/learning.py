@@ -18,6 +18,8 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from avcil.errors import InvalidInput
+from avcil.runtime.field_settings import STRETCH_WINDOWS
+
 
 @dataclass(frozen=True)
 class Recording:
@@ -28,7 +30,17 @@ class Recording:
     countdown_s: float = 3.0
 
 
-Clips = Union[Sequence[Union[str, Path]], Recording]
+@dataclass(frozen=True)
+class Stretch:
+    """Background from live time: `windows` windows sampled over `seconds` of a camera and a microphone that the
+    operator vouches hold none of the classes (`avcil learn --background --minutes M`)."""
+    camera: str
+    microphone: str
+    seconds: float
+    windows: int = STRETCH_WINDOWS
+
+
+Clips = Union[Sequence[Union[str, Path]], Recording, Stretch]
 
 
 def say(line: str) -> None:
@@ -84,7 +96,7 @@ def learn_negatives(model, clips: Clips, *, not_label: str | None = None, force:
     that are not it). `model`: a ModelDir whose writer lock the caller holds."""
     from avcil.model.encoders import profile_from_record
     from avcil.runtime.background import learn_background, learn_not
-    from avcil.runtime.field import record_clips
+    from avcil.runtime.field import record_clips, record_stretch
     from avcil.runtime.file_windows import encode_window_views
 
     loaded = model.load(with_memory=False)
@@ -95,7 +107,12 @@ def learn_negatives(model, clips: Clips, *, not_label: str | None = None, force:
     profile = profile_from_record(loaded.manifest["features"].get("profile"))
     started = time.perf_counter()
     probes = sources = None  # recorded: each clip is its own source
-    if isinstance(clips, Recording):
+    if isinstance(clips, Stretch):
+        if not_label is not None:
+            raise InvalidInput("a stretch of live time is learnt as background (--minutes goes with --background)")
+        audio, visual = record_stretch(clips.camera, clips.microphone, clips.seconds, clips.windows, profile)
+        audio, visual = _without_class_like(loaded, audio, visual)
+    elif isinstance(clips, Recording):
         audio, visual = record_clips(clips.camera, clips.microphone, clips.clips, profile, clips.countdown_s)
     else:
         sources = [str(path) for path in _files(clips, "learning background" if not_label is None
@@ -110,6 +127,27 @@ def learn_negatives(model, clips: Clips, *, not_label: str | None = None, force:
         summary = learn_not(model.root, not_label, audio, visual, sources)
     summary.update(encode_seconds=round(encode_seconds, 3), learn_seconds=round(summary.pop("seconds"), 3))
     return summary
+
+
+def _without_class_like(loaded, audio: np.ndarray, visual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The windows of a stretch less those the background guard would refuse (within RESEMBLANCE spreads of a
+    class mean), said in one line: among hundreds of windows of a room a few always lie that near a class, and
+    refusing the whole stretch for them would leave the device with none of its own background."""
+    from avcil.runtime.background import RESEMBLANCE, resemblance
+    from avcil.runtime.class_space import readout_inputs_of
+
+    head = loaded.head.eval()
+    if head.readout is None:
+        return audio, visual  # learn_background refuses it, naming why
+    _, distance = resemblance(head.readout, readout_inputs_of(head, audio, visual))
+    keep = distance > RESEMBLANCE
+    if not keep.any():
+        raise InvalidInput(f"every one of the stretch's {len(keep)} windows lies within {RESEMBLANCE} spreads of a "
+                           f"class: it held a class, or the classes are too alike to tell background from them")
+    if not keep.all():
+        say(f"left out {int((~keep).sum())} of the stretch's {len(keep)} windows: they lie within {RESEMBLANCE} "
+            f"spreads of a class mean, as the classes' own clips do")
+    return audio[keep], visual[keep]
 
 
 def _files(files, doing: str) -> list:
