@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from avcil.cli import main
+from avcil.modeldir import ModelDir
 from conftest import TOY_CLASSES, free_port, make_clip
 from test_record import playing_tone
 
@@ -499,3 +500,35 @@ def test_not_x_on_the_page_makes_what_it_decided_unknown(tmp_path, analytic_mode
         assert "Traceback" not in server.stderr()
     finally:
         browser.quit()
+
+
+def test_the_page_learns_a_stretch_of_this_place_as_background(tmp_path, analytic_model, toy_clips, servers):
+    """"Learn this place as background" on the page: the stretch's windows recorded from the device's own sources
+    (a green clip, none of the classes, as camera and microphone), learnt as background, live as a new version; a
+    stretch of no minutes is refused naming the field."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    token = "t0ken-" + "b" * 26
+    (tmp_path / "token").write_text(token + "\n")
+    green = str(toy_clips["green"][0])
+    browser = chromium(tmp_path / "chromium-profile")
+    try:
+        server = servers(analytic_model, green, {}, "--token-file", str(tmp_path / "token"), mic=green)
+        status, refused = server.api("POST", "/api/background", token, {"minutes": 0})
+        assert status == 400 and "minutes must be a finite number > 0" in refused["error"], refused
+        browser.get(f"http://127.0.0.1:{server.port}/?token={token}")
+        wait = WebDriverWait(browser, 90, poll_frequency=0.1)
+        minutes = browser.find_element(By.ID, "background-minutes")
+        minutes.clear()
+        minutes.send_keys("0.1")
+        browser.find_element(By.ID, "background-start").click()
+        line = lambda: browser.execute_script("const l = document.getElementById('learn-state'); "  # noqa: E731
+                                              "return [l.dataset.state, l.textContent]")
+        wait.until(lambda b: line()[1].startswith("background: "))  # the stretch's progress, as it records
+        state, text = wait.until(lambda b: line()[0] in ("live", "failed") and line())
+        assert state == "live" and text.startswith("background learnt from ") and "v0002 is live" in text, text
+    finally:
+        browser.quit()
+    manifest = ModelDir(analytic_model).load(with_memory=False).manifest
+    assert manifest["note"].startswith("learnt background from ") and manifest["classes"][0]["name"] == "red"

@@ -263,21 +263,22 @@ def record_stretch(camera: str, microphone: str, seconds: float, windows: int, p
     length = window_seconds(profile.audio_prep)
     with LiveInput(camera, microphone, profile.audio_prep.sample_rate, length, length / 3, profile.frame_prep,
                    loop=True) as live:
-        return record_stretch_from(live, seconds, windows, profile, seed, out or sys.stderr)
+        out = out or sys.stderr
+        return record_stretch_from(live, seconds, windows, profile, seed,
+                                   on_line=lambda line: print(line, file=out, flush=True))
 
 
 def record_stretch_from(live, seconds: float, windows: int, profile, seed: int = 0,
-                        out=None) -> tuple[np.ndarray, np.ndarray]:
+                        on_line=lambda line: None) -> tuple[np.ndarray, np.ndarray]:
     """Features of `windows` windows spread at random over the next `seconds` of an open LiveInput
     (avcil.runtime.live), which may be deciding meanwhile: background of the device's own place, what lowers false
     accepts most (docs/decision.md#background-learnt-on-purpose). A window is cut every hop, as `avcil run` cuts
     them, and kept by reservoir sampling (the i-th enters with probability windows / i, in the place of a random
     kept one), so that every window of the stretch is equally likely to be kept; a window is encoded only when it
-    enters, and nothing but the kept windows' features is held. A progress line every 10 s goes to `out`."""
+    enters, and nothing but the kept windows' features is held. `on_line` gets a progress line every 10 s."""
     from avcil.runtime.sources import clock
     from avcil.runtime.windows import WindowAssembler, window_seconds
 
-    out = out or sys.stderr
     length = window_seconds(profile.audio_prep)
     hop = length / 3  # as `avcil run` decides
     rng = np.random.default_rng(seed)
@@ -295,8 +296,7 @@ def record_stretch_from(live, seconds: float, windows: int, profile, seed: int =
                 window.waveform, window.rate, window.frames)))
             kept[place:place + 1] = [tuple(part[0] for part in features)]
         if end - last_line >= 10 or end + hop > begin + seconds:
-            print(f"background: {end - begin:.0f} of {seconds:.0f} s, {cut} windows seen, {len(kept)} kept",
-                  file=out, flush=True)
+            on_line(f"background: {end - begin:.0f} of {seconds:.0f} s, {cut} windows seen, {len(kept)} kept")
             last_line = end
         end += hop
     if not kept:

@@ -111,7 +111,7 @@ def learn_negatives(model, clips: Clips, *, not_label: str | None = None, force:
         if not_label is not None:
             raise InvalidInput("a stretch of live time is learnt as background (--minutes goes with --background)")
         audio, visual = record_stretch(clips.camera, clips.microphone, clips.seconds, clips.windows, profile)
-        audio, visual = _without_class_like(loaded, audio, visual)
+        audio, visual = without_class_like(loaded, audio, visual)
     elif isinstance(clips, Recording):
         audio, visual = record_clips(clips.camera, clips.microphone, clips.clips, profile, clips.countdown_s)
     else:
@@ -129,7 +129,8 @@ def learn_negatives(model, clips: Clips, *, not_label: str | None = None, force:
     return summary
 
 
-def _without_class_like(loaded, audio: np.ndarray, visual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def without_class_like(loaded, audio: np.ndarray, visual: np.ndarray,
+                       log: Callable[[str], None] = say) -> tuple[np.ndarray, np.ndarray]:
     """The windows of a stretch less those the background guard would refuse (within RESEMBLANCE spreads of a
     class mean), said in one line: among hundreds of windows of a room a few always lie that near a class, and
     refusing the whole stretch for them would leave the device with none of its own background."""
@@ -145,7 +146,7 @@ def _without_class_like(loaded, audio: np.ndarray, visual: np.ndarray) -> tuple[
         raise InvalidInput(f"every one of the stretch's {len(keep)} windows lies within {RESEMBLANCE} spreads of a "
                            f"class: it held a class, or the classes are too alike to tell background from them")
     if not keep.all():
-        say(f"left out {int((~keep).sum())} of the stretch's {len(keep)} windows: they lie within {RESEMBLANCE} "
+        log(f"left out {int((~keep).sum())} of the stretch's {len(keep)} windows: they lie within {RESEMBLANCE} "
             f"spreads of a class mean, as the classes' own clips do")
     return audio[keep], visual[keep]
 

@@ -85,6 +85,14 @@ def learn_request(data: dict) -> tuple[str, int, float, bool]:
             check_flag(data.get("drop_suspect", False), "drop_suspect"))
 
 
+MAX_BACKGROUND_MINUTES = 24 * 60  # a day: a stretch longer than that is better learnt in several
+
+
+def background_minutes(data: dict) -> float:
+    """The body of POST /api/background, `{"minutes": M}`, as DeviceService.learn_background's argument."""
+    return check_number(data.get("minutes"), "minutes", 0, MAX_BACKGROUND_MINUTES, above=True)
+
+
 def correction_target(data: dict) -> dict:
     """The body of POST /api/not, `{"decision": N}` or `{"event": K}`, as DeviceService.correct's keyword."""
     given = [key for key in ("decision", "event") if key in data]
@@ -108,7 +116,8 @@ class PageRoutes:
                 Route("/api/events", self.events), Route("/api/detections", self.detections),
                 Route("/api/learn", self.learn, methods=["GET", "POST"]), Route("/api/versions", self.versions),
                 Route("/api/rollback", self.rollback, methods=["POST"]),
-                Route("/api/not", self.correction, methods=["POST"])]
+                Route("/api/not", self.correction, methods=["POST"]),
+                Route("/api/background", self.background, methods=["POST"])]
 
     async def page(self, request) -> Response:
         content, media_type = self.files["index.html"]
@@ -172,6 +181,11 @@ class PageRoutes:
 
     async def rollback(self, request) -> JSONResponse:
         return await change(request, lambda data: self.service.rollback(check_version_name(data.get("version"))))
+
+    async def background(self, request) -> JSONResponse:
+        """A stretch of background: {"minutes": M}; the job says how it goes (GET /api/learn)."""
+        return await change(request, lambda data: self.service.learn_background(background_minutes(data)),
+                            status=202)
 
     async def correction(self, request) -> JSONResponse:
         """"That was not X": {"decision": N} or {"event": K}."""

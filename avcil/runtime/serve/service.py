@@ -168,6 +168,37 @@ class DeviceService:
         except Exception as error:  # noqa: BLE001 - the job says so; this thread has no one else to tell
             self._failed(error, f"learning {label!r}")
 
+    def learn_background(self, minutes: float) -> dict:
+        """A stretch of the device's own background, as `avcil learn --background --minutes` records it: the operator
+        vouches that the next `minutes` hold none of the classes. Recorded here from the shared live input on a
+        thread of its own; the update itself (the guard's filter, the sums, one solve) takes milliseconds, so it runs
+        in this process, as a correction does."""
+        number = self.job.begin("background", "recording", f"recording {minutes:g} minutes of background",
+                                "background is being recorded", step=None)
+        threading.Thread(target=self._learn_background, args=(minutes,), name="learn background",
+                         daemon=True).start()
+        return {"id": number, **self.job.snapshot()}
+
+    def _learn_background(self, minutes: float) -> None:
+        from avcil.runtime.background import learn_background
+        from avcil.runtime.field import record_stretch_from
+        from avcil.runtime.field_settings import STRETCH_WINDOWS
+        from avcil.runtime.learning import without_class_like
+
+        try:
+            audio, visual = record_stretch_from(self.live, minutes * 60, STRETCH_WINDOWS, self.profile,
+                                                on_line=lambda line: self.job.update(message=line))
+            self.job.update(state="learning", message=f"learning {len(audio)} windows as background")
+            notes = []
+            audio, visual = without_class_like(self.model.load(with_memory=False), audio, visual, log=notes.append)
+            summary = learn_background(self.model_dir, audio, visual)
+            self._await_live(summary["version"])
+            self.job.update(state="live", version=summary["version"], notes=notes,
+                            message=f"background learnt from {summary['background_windows']} windows over "
+                                    f"{minutes:g} minutes: {summary['version']} is live")
+        except Exception as error:  # noqa: BLE001 - the job says so; this thread has no one else to tell
+            self._failed(error, "learning background")
+
     def correct(self, decision: int | None = None, event: int | None = None) -> dict:
         """"That was not X" of a kept decision, or of a closed event's windows still kept and labelled its label:
         `learn_not` with their windows' features, committed as a new version, answered once the recogniser uses

@@ -174,7 +174,9 @@ function showJob(job) {
   line.dataset.state = job.state;
   line.textContent = job.message || "";
   shownJob = job;
-  $("learn-start").disabled = ["recording", "learning", "loading"].includes(job.state);
+  const busy = ["recording", "learning", "loading"].includes(job.state);
+  $("learn-start").disabled = busy;
+  $("background-start").disabled = busy;
 }
 
 async function pollLearning() {
@@ -202,6 +204,18 @@ async function startLearning(event) {
   showJob({state: "sending", message: `asking the device to record ${clips} of '${body.label}'`});
   try {
     showJob(await api("/api/learn", body));
+    pollLearning();
+  } catch (error) {
+    showJob({state: "failed", message: error.message});
+  }
+}
+
+async function startBackground(event) {
+  event.preventDefault();
+  const body = {minutes: Number($("background-minutes").value)};
+  showJob({state: "sending", message: `asking the device to record ${body.minutes} minutes of background`});
+  try {
+    showJob(await api("/api/background", body));
     pollLearning();
   } catch (error) {
     showJob({state: "failed", message: error.message});
@@ -282,6 +296,7 @@ async function rollback(version) {
 
 legend();
 $("learn-form").addEventListener("submit", startLearning);
+$("background-form").addEventListener("submit", startBackground);
 refreshStatus();
 refreshVersions();
 setInterval(refreshStatus, 1000);
