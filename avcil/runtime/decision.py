@@ -157,7 +157,7 @@ class HeadScores:
         ranking = (logits / scale).double()
         if scores and scores[0] == "softmax":
             ranking = torch.softmax(logits.double(), dim=1)
-        result = {}
+        result, whitened = {}, None  # the within-class whitened rows, shared by the distance and the corrections
         for score in scores:
             if score == "softmax":
                 result[score] = torch.softmax(logits.double(), dim=1).amax(dim=1)
@@ -166,12 +166,18 @@ class HeadScores:
             elif score == "energy":
                 result[score] = torch.logsumexp(logits.double(), dim=1) / scale
             elif score == "mahalanobis" and expanded is not None:
-                result[score] = self.relative_mahalanobis(expanded)
+                whitened = self.whitened(expanded)
+                result[score] = self.relative_mahalanobis(expanded, whitened)
         if expanded is not None:
-            result[REJECTED] = self.rejected(expanded)
+            result[REJECTED] = self.rejected(expanded, whitened)
         return ranking.numpy(), {k: v.numpy() for k, v in result.items()}
 
-    def rejected(self, expanded: torch.Tensor) -> torch.Tensor:
+    def whitened(self, expanded: torch.Tensor) -> torch.Tensor:
+        """Rows of the expanded features in the whitened within-class metric (float64): a 2048 x 2048 product per
+        window, computed once for both the distance and the corrections."""
+        return expanded.double() @ self._gaussians()[0]
+
+    def rejected(self, expanded: torch.Tensor, whitened: torch.Tensor | None = None) -> torch.Tensor:
         """Per row of the expanded features: nearer to a corrected window (the readout's `rejection_inputs`) than
         to every class mean, in the whitened within-class metric. No threshold: a corrected window is at distance
         0 from itself; a window of a class lies nearer its class mean than another window (on the stream
@@ -180,20 +186,21 @@ class HeadScores:
         readout = self.readout
         if len(readout.rejection_inputs) == 0:
             return torch.zeros(len(expanded), dtype=torch.bool)
-        within, class_means, _, _ = self._gaussians()
+        _, class_means, _, _ = self._gaussians()
         if self._rejections is None:
-            self._rejections = readout.expanded(readout.rejection_inputs).double() @ within
-        x = expanded.double() @ within
+            self._rejections = self.whitened(readout.expanded(readout.rejection_inputs))
+        x = self.whitened(expanded) if whitened is None else whitened
         return torch.cdist(x, self._rejections).amin(dim=1) < torch.cdist(x, class_means).amin(dim=1)
 
-    def relative_mahalanobis(self, expanded: torch.Tensor) -> torch.Tensor:
-        """The relative distance of each row of the expanded features, on the scale the module's docstring gives:
-        0 where the learnt background's mean lies, 1 where the class means lie."""
+    def relative_mahalanobis(self, expanded: torch.Tensor, whitened: torch.Tensor | None = None) -> torch.Tensor:
+        """The relative distance of each row of the expanded features (`whitened`: those rows' `whitened`, when
+        already computed), on the scale the module's docstring gives: 0 where the learnt background's mean lies, 1
+        where the class means lie."""
         self._gaussians()
         if self._anchors is None:
             self._anchors = self._score_anchors()
         background, classes = self._anchors
-        return (self._raw_relative(expanded) - background) / max(classes - background, 1e-6)
+        return (self._raw_relative(expanded, whitened) - background) / max(classes - background, 1e-6)
 
     def _gaussians(self) -> tuple:
         """(within-class whitening, whitened class means, all-clips whitening, all-clips mean), fitted once."""
@@ -201,11 +208,11 @@ class HeadScores:
             self._whitened = self._fit_gaussians()
         return self._whitened
 
-    def _raw_relative(self, expanded: torch.Tensor) -> torch.Tensor:
+    def _raw_relative(self, expanded: torch.Tensor, whitened: torch.Tensor | None = None) -> torch.Tensor:
         """-(min_c d_c - d_0) / width."""
-        within, class_means, total, total_mean = self._gaussians()
+        _, class_means, total, total_mean = self._gaussians()
         x = expanded.double()
-        d_class = torch.cdist(x @ within, class_means) ** 2  # [B, C]
+        d_class = torch.cdist(self.whitened(x) if whitened is None else whitened, class_means) ** 2  # [B, C]
         d_total = ((x - total_mean) @ total).pow(2).sum(dim=1)
         return -(d_class.amin(dim=1) - d_total) / x.shape[1]
 

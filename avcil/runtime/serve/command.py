@@ -108,7 +108,8 @@ def add_parser(subparsers) -> None:
         description="Serve the device's page: the camera with the current label, the decisions and their latency, "
                     "the events (a label held over windows; with --mqtt also sent to a broker), a form that records "
                     "and learns a new class from this camera and microphone, \"not X\" on a decision or an event "
-                    "(learnt as avcil learn --not does), the model's versions with rollback. "
+                    "(learnt as avcil learn --not does), a button that learns a stretch of this place as background "
+                    "(as avcil learn --background --minutes does), the model's versions with rollback. "
                     "Every request needs the token (printed at start, or --token-file).")
     add_recognition_flags(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this device "
