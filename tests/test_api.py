@@ -79,10 +79,11 @@ def test_audio_alone_more_frames_than_the_encoders_take_and_bad_input(analytic_m
     model = avcil.Model.load(analytic_model)
     try:
         clip = decode_clip(toy_clips["red"][2], 20, model.sample_rate)
-        top = model.predict(clip.waveform, clip.sample_rate, clip.frames)["top_k"][0]  # 20 frames, sampled
-        assert top["label"] == "red"
+        both = model.predict(clip.waveform, clip.sample_rate, clip.frames)  # 20 frames, sampled
+        assert both["top_k"][0]["label"] == "red" and both["decided_on"] == "audio-visual"
         alone = model.predict(clip.waveform, clip.sample_rate)
         assert alone["video_missing"] and not alone["audio_missing"]
+        assert alone["decided_on"] == "audio"  # by the readout of the audio alone, not with black frames
         with pytest.raises(InvalidInput, match="sample_rate"):
             model.predict(clip.waveform, 0, clip.frames)
         with pytest.raises(InvalidInput, match="channels"):

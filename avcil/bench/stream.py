@@ -270,6 +270,8 @@ def checked_inputs(model: str | Path, cache: str | Path | None, av_digits: bool 
 
 
 def run(args: argparse.Namespace) -> int:
+    from avcil.bench.missing_modality import missing_modality_rows, missing_modality_table
+    from avcil.model.encoders import profile_from_record
     from avcil.modeldir import ModelDir
 
     model_dir, cache = checked_inputs(args.model, args.cache)
@@ -290,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
     default = _default_row(splits["test"], default_scored["test"])
     rows.append(default)
     tracked, chosen = event_settings(splits, default_scored)
+    missing = missing_modality_rows(head, profile_from_record(loaded.manifest["features"].get("profile")),
+                                    splits["test"], default)
     payload = {"model": str(model_dir), "model_version": loaded.version, "classes": loaded.class_names,
                "seed": args.seed, "backend": args.backend, "event_overlap_s": EVENT_OVERLAP_S,
                "target_recall": TARGET_RECALL, "load_before": load_before, "load_after": machine_load(),
@@ -299,12 +303,12 @@ def run(args: argparse.Namespace) -> int:
                "default_rule": default["rule"], "event_recall": default["event_recall"],
                "false_accepts_per_hour": default["false_accepts_per_hour"],
                "wrong_class_share": default["wrong_class_share"], "rules": rows, "curves": curves,
-               "event_settings": tracked, "event_settings_chosen_on_val": chosen}
+               "event_settings": tracked, "event_settings_chosen_on_val": chosen, "missing_modality": missing}
     table = (f"Model {model_dir} ({loaded.version}, {len(loaded.class_names)} classes); test streams: "
              f"{splits['test'].background_hours:.2f} h of background, {rows[0]['events']} events; thresholds chosen "
              f"on val streams ({splits['val'].background_hours:.2f} h). Seed {args.seed}, backend {args.backend}, "
              f"machine load {load_before} before. Default rule: **{default['rule']}**.\n\n"
-             + _rules_table(rows, default) + _events_table(tracked, chosen))
+             + _rules_table(rows, default) + _events_table(tracked, chosen) + missing_modality_table(missing, default))
     paths = write_report(Path(args.out_dir), args.name, payload, table, "Stream benchmark: event recall and false "
                          "accepts per hour of background, through the live path",
                          lambda p: _plot(p, curves, rows))

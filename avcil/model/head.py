@@ -16,7 +16,7 @@ from torch import nn
 
 from avcil.errors import InvalidInput
 from avcil.features import FeatureShape
-from avcil.model.readout import build_readout, input_dim, readout_inputs
+from avcil.model.readout import build_readout, input_dim, modality_columns, readout_inputs
 
 MODALITIES = ("audio-visual", "audio", "visual")
 
@@ -100,9 +100,10 @@ class FusionHead(nn.Module):
 
     def _build_readout(self, spec: dict, num_classes: int) -> nn.Module:
         c = self.config
-        dims = input_dim(spec["features"], c.audio_dim if self.audio_proj is not None else None,
-                         c.visual_dim if self.visual_proj is not None else None, c.fusion_dim)
-        return build_readout(spec, dims, num_classes)
+        audio_dim = c.audio_dim if self.audio_proj is not None else None
+        visual_dim = c.visual_dim if self.visual_proj is not None else None
+        return build_readout(spec, input_dim(spec["features"], audio_dim, visual_dim, c.fusion_dim), num_classes,
+                             modality_columns(spec, audio_dim, visual_dim))
 
     def set_readout(self, spec: dict | None) -> None:
         """Install a new, empty readout of these settings (or remove it: None); fit it with `readout.accumulate`

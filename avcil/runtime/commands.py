@@ -323,8 +323,9 @@ def add_parsers(subparsers) -> None:
                     "backend, the model's head, smoothing, a label or 'unknown'. Picks up new versions of the "
                     "model dir (avcil learn, avcil model rollback) without a restart.")
     add_recognition_flags(run, camera_required=False)
-    run.add_argument("--audio-only", action="store_true", help="no camera: decide on sound alone (black frames), "
-                     "every decision marked video_missing")
+    run.add_argument("--audio-only", action="store_true", help="no camera: decide on sound alone (by the readout "
+                     "of the audio alone where the model keeps one, else with black frames), every decision marked "
+                     "video_missing")
     run.add_argument("--jsonl", metavar="FILE", help="append one JSON line per decision here")
     run.add_argument("--events", metavar="FILE", help="append one JSON line per event here: a label held over "
                      "consecutive windows, with its start, end and peak score (docs/decision.md#events)")

@@ -111,13 +111,17 @@ class HeadScores:
     """Per loaded head, the ranking vectors and open-set scores of windows, for every score in SCORES that the
     head supports. `readout_inputs` are what the head's readout reads (its `readout_inputs`)."""
 
-    def __init__(self, head: torch.nn.Module):
+    def __init__(self, head: torch.nn.Module, readout: torch.nn.Module | None = None):
         self.head = head
-        readout = getattr(head, "readout", None)
+        readout = readout if readout is not None else getattr(head, "readout", None)
         self.readout = readout if readout is not None and hasattr(readout, "expanded") else None
         self._whitened = None
         self._anchors = None
         self._rejections = None
+        # The scores of the readouts of one modality alone (AnalyticReadout.part), for windows whose other modality
+        # is missing.
+        self.alone = {name: HeadScores(head, self.readout.part(name)) for name in self.readout.columns
+                      if self.readout.part(name) is not None} if self.readout is not None else {}
 
     def supports(self, score: str) -> bool:
         return score != "mahalanobis" or self.readout is not None
@@ -133,15 +137,28 @@ class HeadScores:
             self.relative_mahalanobis(self.readout.class_means()[:1].float())
         if len(self.readout.rejection_inputs):
             self.rejected(self.readout.class_means()[:1].float())
+        for scores in self.alone.values():
+            scores.prepare(score)
 
     @torch.no_grad()
-    def __call__(self, audio: torch.Tensor, visual: torch.Tensor, scores=SCORES) -> tuple[np.ndarray, dict]:
+    def __call__(self, audio: torch.Tensor, visual: torch.Tensor, scores=SCORES,
+                 alone: str | None = None) -> tuple[np.ndarray, dict]:
         """(ranking [B, C], {score: [B]}) of a batch of encoder features; the ranking is the softmax probabilities
         when `scores` starts with `softmax`, else the ridge outputs (logits for a head without a readout). A head
-        with the analytic readout adds {REJECTED: [B] bool} (see `rejected`)."""
+        with the analytic readout adds {REJECTED: [B] bool} (see `rejected`). `alone` ("audio" or "video"): the
+        other modality is missing; the readout of that modality alone decides where the head keeps one (see
+        `decides_alone`), else the audio-visual one does, fed what stands in for the missing modality."""
         if self.readout is None:
             return self._from_logits(self.head(audio, visual).logits.float(), 1.0, scores, None)
-        return self.of_inputs(self.head.readout_inputs(audio, visual), scores)  # the readout decides alone
+        inputs = self.head.readout_inputs(audio, visual)  # the readout decides without the rest of the head
+        if self.decides_alone(alone):
+            first, end = self.readout.columns[alone]
+            return self.alone[alone].of_inputs(inputs[:, first:end], scores)
+        return self.of_inputs(inputs, scores)
+
+    def decides_alone(self, modality: str | None) -> bool:
+        """Whether a window with only `modality` is decided by that modality's own readout."""
+        return modality in self.alone
 
     @torch.no_grad()
     def of_inputs(self, inputs: torch.Tensor, scores=SCORES) -> tuple[np.ndarray, dict]:

@@ -7,15 +7,16 @@ likewise the lite audio's speech-embedding windows as their audio arrives (avcil
 after the end aiSFX and the newest speech window or two are left.
 
 A live microphone whose stream ends mid-run (unplugged, its sound server's source removed) does not stop the
-run: its windows are decided on video with silence for the audio, each such decision is marked
-`"audio_missing": true`, and one line on stderr says when the audio went missing and one when it is back
-(avcil.runtime.windows.SourcePresence). A device keeps recognising what it sees rather than going dark; the
-decisions say which ones heard nothing. (PulseAudio moves a stream whose source went away to its fallback source
-after about 2 s, so the audio usually comes back, silent, from there.) A live camera that stops delivering frames
-is the same the other way round: black frames instead of its last picture frozen, `"video_missing": true`, a
-line when it is lost and one when it is back. A camera file that gives no frame at all is refused at the start
-(avcil.runtime.sources.check_video_file); `avcil run --audio-only` decides on sound alone on purpose, every
-decision marked video_missing.
+run: its windows are decided on video alone, each such decision is marked `"audio_missing": true`, and one line
+on stderr says when the audio went missing and one when it is back (avcil.runtime.windows.SourcePresence). A device
+keeps recognising what it sees rather than going dark; the decisions say which ones heard nothing. (PulseAudio
+moves a stream whose source went away to its fallback source after about 2 s, so the audio usually comes back,
+silent, from there.) A live camera that stops delivering frames is the same the other way round: decided on audio
+alone, `"video_missing": true`, a line when it is lost and one when it is back. "Alone" means by the analytic
+readout's readout of that modality alone (`"decided_on": "video"` or `"audio"`) where the model keeps one; a model
+without (older ones, gradient methods) decides with silence or black frames standing in for what is missing. A
+camera file that gives no frame at all is refused at the start (avcil.runtime.sources.check_video_file); `avcil run
+--audio-only` decides on sound alone on purpose, every decision marked video_missing.
 
 The head always runs in torch from the model dir's current version (it is small, and it is the part field learning
 changes): a watcher thread notices a new version (`avcil learn`, `avcil model rollback`), loads and verifies it
@@ -214,12 +215,15 @@ class Recognizer:
         current = self._current
         self.last_features = (audio_features, visual_features)
         rule = current.rule
+        alone = single_modality(window)
         ranking, scores = current.scores(torch.from_numpy(audio_features), torch.from_numpy(visual_features),
-                                         (rule.score,))
+                                         (rule.score,), alone)
         mark("head")
         latency = {stage: (t - marks[i][1]) * 1000 for i, (stage, t) in enumerate(marks[1:])}
         rejected = bool(scores[REJECTED][0]) if REJECTED in scores else False
+        decided_on = alone if current.scores.decides_alone(alone) else current.scores.head.config.modality
         return {**rule(ranking[0], float(scores[rule.score][0]), current.class_names, rejected),
+                "decided_on": decided_on,
                 "latency_ms": {k: round(v, 2) for k, v in latency.items()},
                 "frames_encoded_after_end": frames_encoded,
                 "speech_windows_after_end": speech_after_end,
@@ -305,8 +309,8 @@ def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Sche
     returns the number of decisions. Each decision gains `time` (wall clock), `window` (its clock span),
     `dropped_windows` (so far), `latency_ms.total` (from the window's end to the decision), `audio_missing` (a
     live microphone's audio did not reach the window's end: the stream ended or the device went away; the
-    decision is made on video with silence for the audio) and `video_missing` (a live camera delivered no frame
-    lately; the decision is made on audio with black frames). `audio`, `video`: the presence watchers of live
+    decision is made on video alone) and `video_missing` (a live camera delivered no frame lately; the decision
+    is made on audio alone); `decided_on` says which readout decided (see the module's docstring). `audio`, `video`: the presence watchers of live
     sources (SourcePresence, which say in one line when one is lost and when it is back); None for file sources,
     which are never missing."""
     count = 0
@@ -329,6 +333,13 @@ def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Sche
         if sources_done():
             break
     return count
+
+
+def single_modality(window: Window) -> str | None:
+    """The modality a window holds alone ("audio" or "video"; its other source is missing), else None."""
+    if window.audio_missing != window.video_missing:
+        return "video" if window.audio_missing else "audio"
+    return None
 
 
 def decision_line(decision: dict, window: Window, dropped_windows: int = 0) -> dict:
