@@ -9,7 +9,7 @@ import torch
 from avcil.modeldir import ModelDir
 from avcil.runtime.decision import HeadScores
 from avcil.runtime.file_windows import DEFAULT_VIEWS, encode_window_views, view_ends
-from conftest import avcil
+from support.commands import avcil
 
 
 def ridge_outputs(model_dir, features) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 
 from avcil.bench.load import start_competitors, stop_competitors
 from avcil.bench.soak import analyse, field_plan, process_resources, rss_growth, truth_of
-from conftest import avcil
+from support.commands import avcil
 
 HOP = 1.0
 PLAYLIST = [str(d) for d in range(10)]

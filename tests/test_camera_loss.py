@@ -9,8 +9,9 @@ import sys
 import time
 
 import pytest
+from support.commands import avcil
+from support.media import TOY_CLASSES, TOY_RATE, make_wav
 
-from conftest import TOY_CLASSES, TOY_RATE, avcil, make_wav
 
 
 def read_lines(path) -> list[dict]:

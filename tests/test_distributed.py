@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_decode import make_video
 
 from avcil.cli import main
 from avcil.data.store import open_store
 from avcil.model.encoders import load_profile
 from avcil.train.extract import extract
+from support.media import make_video
 
 TREE = Path(__file__).resolve().parents[1]
 CLASSES = ["bell", "drum", "horn"]

@@ -18,7 +18,8 @@ import pytest
 from avcil.model.graphs import read_spec
 from avcil.fileio import sha256_file
 from avcil.modeldir import ModelDir
-from conftest import avcil
+from support.commands import avcil
+from support.media import TOY_CLASSES, TOY_RATE, make_wav
 
 SMALL_FS_MB = 64  # room for the toy model and one learnt version (its head with the readout's statistics: 17 MB)
 
@@ -184,7 +185,6 @@ def null_sink_module(env: dict) -> str:
 
 def test_a_microphone_that_ends_mid_run_is_said_in_one_line_and_recognition_goes_on_with_audio_marked_missing(
         tmp_path, toy_model, toy_clips, pulse_env, mjpeg_camera):
-    from conftest import TOY_CLASSES, TOY_RATE, make_wav
 
     camera = mjpeg_camera(toy_clips["red"][0])
     tone = make_wav(tmp_path / "red.wav", TOY_CLASSES["red"][1], seconds=60, rate=TOY_RATE)

@@ -12,8 +12,8 @@ import torch
 
 from avcil.runtime.field import FieldSettings, learn_class, task_ranges
 from avcil.modeldir import ModelDir, ModelDirError
-from conftest import avcil
-from test_modeldir import FEATURES, small_model
+from support.commands import avcil
+from support.models import FEATURES, joint_solution, small_model, train_toy_model
 
 QUICK = FieldSettings(epochs=40, batch_size=16, exemplar_batch_size=16)
 
@@ -48,7 +48,6 @@ def test_learning_a_class_from_files_adds_it_and_keeps_the_old_ones(toy_model, t
 
 @pytest.fixture(scope="session")
 def analytic_toy_model_template(tmp_path_factory, tiny_profile, toy_clips):
-    from conftest import train_toy_model
 
     return train_toy_model(tmp_path_factory.mktemp("analytic-toy") / "model", tiny_profile, toy_clips,
                            ["red", "blue"], method="analytic")
@@ -56,7 +55,6 @@ def analytic_toy_model_template(tmp_path_factory, tiny_profile, toy_clips):
 
 def test_an_analytic_field_update_equals_training_on_all_classes_at_once(tmp_path, analytic_toy_model_template,
                                                                           tiny_profile, toy_clips):
-    from test_readout import joint_solution
 
     model = shutil.copytree(analytic_toy_model_template, tmp_path / "model")
     learn_class(model, "green", *tiny_profile.encode_files(toy_clips["green"], progress=False), progress=False)

@@ -6,8 +6,9 @@ import os
 import subprocess
 import sys
 import time
+from support.commands import avcil
+from support.media import TOY_CLASSES, TOY_RATE, make_wav
 
-from conftest import TOY_CLASSES, TOY_RATE, avcil, make_wav
 
 KEYS = {"time", "window", "label", "score", "top_k", "latency_ms", "dropped_windows", "model_version"}
 

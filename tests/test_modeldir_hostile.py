@@ -17,7 +17,8 @@ import pytest
 from avcil.modeldir import ModelDir
 from avcil.modeldir.lock import WAITING_LINE
 from avcil.modeldir.schema import SEAL, seal_of
-from test_modeldir_fuzz import TREE, problems_of, run_command, tree_digest
+from support.commands import TREE, problems_of, run_command, tree_digest
+from support.media import make_clip
 
 
 @pytest.fixture
@@ -82,7 +83,6 @@ def start_learner(model: Path, clip: Path, label: str, lock_wait: float) -> subp
 
 @pytest.fixture(scope="module")
 def green_clip(tmp_path_factory) -> Path:
-    from conftest import make_clip
 
     return make_clip(tmp_path_factory.mktemp("green") / "green.mp4", "0x20b040", 2600)
 

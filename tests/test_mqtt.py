@@ -5,16 +5,11 @@ installs it)."""
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -24,72 +19,12 @@ from avcil.cli import main
 from avcil.errors import InvalidInput
 from avcil.runtime.events import EventRelay, EventTracker
 from avcil.runtime.mqtt import DEFAULT_PREFIX, MqttPublisher, MqttTarget, parse_url
-from conftest import avcil, free_port
+from support.commands import avcil
+from support.servers import Broker, Listener, mosquitto
+from support.waiting import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["red", "blue"]
-
-
-def mosquitto() -> str:
-    """The broker's program (Debian puts it in /usr/sbin, which a user's PATH may lack), or the test skips."""
-    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
-    if found is None:
-        pytest.skip("needs Debian's mosquitto (scripts/setup.sh installs it)")
-    pytest.importorskip("paho.mqtt.client", reason="needs paho-mqtt (the `mqtt` extra)")
-    return found
-
-
-class Broker:
-    """Mosquitto on 127.0.0.1:`port`, without persistence: a restart forgets every retained message, as a broker
-    that lost its disk would. `passwords` {user: password} turns anonymous access off; `tls` (cert, key) makes the
-    listener TLS-only."""
-
-    def __init__(self, folder: Path, passwords: dict | None = None, tls: tuple[Path, Path] | None = None,
-                 port: int | None = None):
-        self.program = mosquitto()
-        self.folder, self.port, self.process = folder, port or free_port(), None
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr",
-                 f"user {getpass.getuser()}"]  # as root, mosquitto would otherwise switch to the `mosquitto` user
-        if passwords:
-            password_file = folder / "passwords"
-            password_file.touch(mode=0o600)
-            for user, password in passwords.items():
-                subprocess.run(["mosquitto_passwd", "-b", str(password_file), user, password], check=True,
-                               capture_output=True)
-            lines += ["allow_anonymous false", f"password_file {password_file}"]
-        else:
-            lines.append("allow_anonymous true")
-        if tls:
-            lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
-        self.config = folder / "mosquitto.conf"
-        self.config.write_text("\n".join(lines) + "\n")
-
-    def start(self) -> "Broker":
-        self.log = open(self.folder / "mosquitto.log", "a")
-        self.process = subprocess.Popen([self.program, "-c", str(self.config)], stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 10
-        while not self.listening():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self.log_text()}")
-            time.sleep(0.02)
-        return self
-
-    def listening(self) -> bool:
-        """Whether the port is in LISTEN state (read from /proc: a probe connection would show in the log)."""
-        wanted = f":{self.port:04X} "
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-        return any(wanted in line and line.split()[3] == "0A" for line in lines)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-    def log_text(self) -> str:
-        self.log.flush()
-        return (self.folder / "mosquitto.log").read_text()
 
 
 @pytest.fixture
@@ -104,54 +39,6 @@ def brokers(tmp_path):
     yield start
     for broker in started:
         broker.kill()
-
-
-class Listener:
-    """A paho subscriber to `topics` that keeps every message: (topic, JSON or text payload, retained flag)."""
-
-    def __init__(self, port: int, topics: str = "#", user: str | None = None, password: str | None = None,
-                 ca_file: Path | None = None):
-        import paho.mqtt.client as paho
-
-        self.messages: list[tuple[str, object, bool]] = []
-        self.changed = threading.Condition()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"listener-{time.monotonic_ns()}")
-        if user:
-            self.client.username_pw_set(user, password)
-        if ca_file:
-            import ssl
-
-            self.client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
-        subscribed = threading.Event()
-        self.client.on_connect = lambda client, *rest: client.subscribe(topics, qos=1)
-        self.client.on_subscribe = lambda *args: subscribed.set()
-        self.client.on_message = self._keep
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert subscribed.wait(10), "the listener could not subscribe"
-
-    def _keep(self, client, userdata, message) -> None:
-        text = message.payload.decode()
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            payload = text
-        with self.changed:
-            self.messages.append((message.topic, payload, bool(message.retain)))
-            self.changed.notify_all()
-
-    def on(self, topic: str) -> list:
-        with self.changed:
-            return [payload for t, payload, _ in self.messages if t == topic]
-
-    def wait(self, done, timeout: float = 15, what: str = "") -> None:
-        with self.changed:
-            if not self.changed.wait_for(lambda: done(self), timeout):
-                raise AssertionError(f"timed out waiting for {what}: {self.messages}")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def target(port: int, device_id: str = "kitchen", tls: bool = False, user: str | None = None,

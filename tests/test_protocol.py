@@ -13,6 +13,7 @@ from avcil.modeldir import ModelDir
 from avcil.train.learner import TrainConfig, compute_dtype
 from avcil.train.methods import build_method
 from avcil.train.protocol import run_protocol
+from support.models import joint_solution
 
 FAST = ["--epochs", "6"]
 
@@ -103,7 +104,6 @@ def test_single_modality_avcil_needs_its_audio_visual_terms_removed(tmp_path, ca
 
 
 def test_the_analytic_method_after_five_steps_equals_one_fit_on_all_classes():
-    from test_readout import joint_solution
 
     # Exemplar-free and exact: five closed-form updates give the ridge solution of one fit over every clip.
     bench = synthetic_benchmark(SyntheticSpec(classes=10, steps=5, train_per_class=12))

@@ -4,7 +4,8 @@ import numpy as np
 
 from avcil.runtime.sources import AudioRing, CameraSource, FrameHistory, PacedAudioFiles, PacedVideoFiles, clock
 from avcil.runtime.windows import Schedule
-from conftest import avcil, make_wav
+from support.commands import avcil
+from support.media import make_wav
 
 
 def test_the_audio_ring_cuts_windows_by_clock_time():

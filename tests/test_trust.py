@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from avcil.model.encoders.paper import audiomae_config, load_audiomae
-from test_encoders import SMALL, save_checkpoint, timm_audiomae_state
+from support.models import SMALL, commit_model, run_export, save_checkpoint, timm_audiomae_state
 
 
 class _Hostile:
@@ -54,7 +54,6 @@ def test_an_exported_graph_changed_after_export_is_not_loaded(tmp_path):
     from avcil.model.encoders import load_profile
     from avcil.backends import model_backends
     from avcil.modeldir import ModelDirError
-    from test_export import commit_model, run_export
 
     root = tmp_path / "model"
     commit_model(root, load_profile("tiny"))
