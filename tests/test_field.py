@@ -14,6 +14,7 @@ from avcil.runtime.field import FieldSettings, learn_class, task_ranges
 from avcil.modeldir import ModelDir, ModelDirError
 from support.commands import avcil
 from support.models import FEATURES, joint_solution, small_model, train_toy_model
+from support.waiting import wait_until
 
 QUICK = FieldSettings(epochs=40, batch_size=16, exemplar_batch_size=16)
 
@@ -154,9 +155,7 @@ def test_killing_learn_at_random_moments_leaves_a_loadable_model(tmp_path):
         if attempt % 3 == 2:
             # On a loaded machine a learner may never reach a commit within the random delay: let every third
             # one commit first, so that kills also land during later writes, whatever the load.
-            deadline = time.monotonic() + 120
-            while len(model.list_versions()) == committed and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: len(model.list_versions()) > committed, 120, "the learner's first commit")
         time.sleep(rng.uniform(0.0, 1.2))
         os.kill(learner.pid, signal.SIGKILL)
         learner.join()

@@ -94,7 +94,7 @@ def test_a_second_learner_waits_for_the_lock_before_encoding_then_learns(model, 
         (model / "CURRENT").write_text("v0003\n")
         learner = start_learner(model, green_clip, "green2", lock_wait=120)
         assert learner.stderr.readline().strip() == WAITING_LINE  # its first line: nothing recorded or encoded yet
-        time.sleep(1.0)
+        time.sleep(1.0)  # a second later it still waits: the wait is what is tested
         assert learner.poll() is None and holder.list_versions() == ["v0001", "v0002", "v0003"]
     stdout, stderr = learner.communicate(timeout=300)
     assert learner.returncode == 0, stderr

@@ -21,7 +21,7 @@ from avcil.runtime.events import EventRelay, EventTracker
 from avcil.runtime.mqtt import DEFAULT_PREFIX, MqttPublisher, MqttTarget, parse_url
 from support.commands import avcil
 from support.servers import Broker, Listener, mosquitto
-from support.waiting import free_port
+from support.waiting import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["red", "blue"]
@@ -236,20 +236,16 @@ def test_a_broker_killed_and_restarted_gets_the_events_and_decisions_never_wait(
     broker = brokers()
     publisher, relay, said = start_publisher(broker.port)
     try:
-        deadline = time.monotonic() + 10
-        while not publisher.status()["connected"] and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: publisher.status()["connected"], 10, "the publisher to connect")
         slowest = feed(publisher, relay, "rr..", first=0)  # red closed while connected
         broker.kill()
-        time.sleep(0.3)
+        wait_until(lambda: said.about("lost the broker"), 10, "the publisher to say it lost the broker")
         slowest = max(slowest, feed(publisher, relay, "bb..rr..", first=4))  # blue and red closed while it is away
         assert len(said.about("lost the broker")) == 1, said
         time.sleep(1.5)  # a retry or two fail meanwhile: said once
         broker.start()
         listener = Listener(broker.port)  # subscribed before the publisher's next try (3 s after the loss)
-        deadline = time.monotonic() + 20
-        while not said.about("is back") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: said.about("is back"), 20, lambda: f"the publisher to say the broker is back: {said}")
         slowest = max(slowest, feed(publisher, relay, "bb..", first=12))  # after it is back
         listener.wait(lambda l: ("blue", 6.0) in [(e["label"], e["start"]) for e in l.on("avcil/kitchen/event")],
                       what="the events kept and the new one")
@@ -275,13 +271,14 @@ def test_events_wait_for_a_broker_that_is_not_up_yet(tmp_path):
     publisher, relay, said = start_publisher(port)
     try:
         feed(publisher, relay, "rr..")
-        time.sleep(1.2)
-        assert len(said.about("cannot connect to mqtt://127.0.0.1")) == 1, said
+        wait_until(lambda: said.about("cannot connect to mqtt://127.0.0.1"), 10,
+                   lambda: f"the publisher to say it cannot connect: {said}")
         broker = Broker(tmp_path / "late", port=port).start()
         listener = Listener(port, "avcil/kitchen/event")
         listener.wait(lambda l: [e["label"] for e in l.on("avcil/kitchen/event")] == ["red"], timeout=20,
                       what="the red event, once the broker is up")
         listener.close()
+        assert len(said.about("cannot connect to mqtt://127.0.0.1")) == 1, said  # however many tries failed
     finally:
         relay.close()
         if broker is not None:
@@ -292,7 +289,8 @@ def test_refused_credentials_are_one_line_and_recognition_goes_on(brokers):
     broker = brokers(passwords={"avcil": "right"})
     publisher, relay, said = start_publisher(broker.port, user="avcil", password="wrong")
     try:
-        time.sleep(3.5)  # three tries at least (1 s, then 2 s of back-off)
+        wait_until(lambda: broker.log_text().count("not authorised") >= 2, 15,
+                   lambda: f"two refused tries in the broker's log:\n{broker.log_text()}")
         slowest = feed(publisher, relay, "rr..bb")
         assert broker.log_text().count("not authorised") >= 2, broker.log_text()
         refused = said.about("refused the connection")
@@ -328,7 +326,7 @@ def test_tls_with_a_private_ca(brokers, tmp_path):
     listener.close()
     # Without the CA, the system's CAs do not trust it: one line, nothing published.
     publisher, relay, said = start_publisher(broker.port, tls=True)
-    time.sleep(1.5)
+    wait_until(lambda: said.about("or TLS failed"), 10, lambda: f"the publisher to say TLS failed: {said}")
     relay.close()
     assert len(said.about("or TLS failed")) == 1, said
 

@@ -16,7 +16,7 @@ from avcil.cli import main
 from avcil.modeldir import ModelDir
 from support.media import TOY_CLASSES, make_clip, playing_tone
 from support.servers import Broker, Listener, Server
-from support.waiting import listening_addresses
+from support.waiting import listening_addresses, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every endpoint: all answer 401 without the token.
@@ -129,7 +129,12 @@ def test_the_page_needs_its_token_and_refuses_changes_from_another_origin(tmp_pa
     job = server.wait_job(token)
     assert job["state"] == "failed" and "microphone 'pulse' recorded only silence" in job["message"], job
     camera.stop()
-    time.sleep(1.5)
+
+    def camera_marked_missing() -> bool:
+        decisions = server.api("GET", "/api/decisions?after=0", token)[1]["decisions"]
+        return bool(decisions) and decisions[-1]["video_missing"]
+
+    wait_until(camera_marked_missing, 30, "the server's decisions to say the stopped camera's video is missing")
     with playing_tone(tmp_path, pulse_env, "red"):
         assert server.api("POST", "/api/learn", token, learn)[0] == 202
         job = server.wait_job(token)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -67,3 +68,8 @@ def tree_digest(folder: Path) -> dict[str, str]:
         else:
             found[name] = hashlib.sha256(path.read_bytes()).hexdigest()
     return found
+
+
+def read_lines(path: Path) -> list[dict]:
+    """The JSON lines a run has written to `path` so far (none while the file does not exist)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

@@ -156,8 +156,8 @@ class Server:
         self.log = open(Path(model).parent / "serve.log", "w")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "avcil.cli", "serve", "--model", str(model), "--camera", camera_url, "--mic",
-             mic, "--port", str(self.port), "--hop", "0.5", "--smoothing", "1", "--score", "softmax", "--threshold", "0",
-             *flags],
+             mic, "--port", str(self.port), "--hop", "0.5", "--smoothing", "1", "--score", "softmax",
+             "--threshold", "0", *flags],
             stdout=subprocess.PIPE, stderr=self.log, text=True, env={**os.environ, **env})
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
