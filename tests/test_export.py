@@ -40,7 +40,8 @@ def test_export_writes_validated_graphs_and_a_report(exported):
     assert set(report["models"]) == {"audio", "visual"}  # the head runs in torch (GRAPH_NAMES)
     for name, model in report["models"].items():
         assert model["relative_error"] < 1e-4, name
-        assert model["max_abs_error"] >= 0
+        assert model["max_abs_error"] == max(c["max_abs_error"] for c in model["cases"])  # the worst case
+        assert model["relative_error"] == max(c["relative_error"] for c in model["cases"])
         assert [c["input"] for c in model["cases"]] == ["random-batch1", "random-batch4", "real-batch1"]
     assert report["real_input"].startswith("spoken digits")
     assert report["opset"] >= 17
