@@ -3,14 +3,14 @@ reports show come out of these, so they are checked on runs whose answers are kn
 
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
 from avcil.bench.load import start_competitors, stop_competitors
 from avcil.bench.soak import analyse, field_plan, process_resources, rss_growth, truth_of
-from conftest import avcil
+from support.commands import avcil
+from support.waiting import wait_until
 
 HOP = 1.0
 PLAYLIST = [str(d) for d in range(10)]
@@ -99,10 +99,9 @@ def cpu_seconds(pid: int) -> float:
 def test_competitors_burn_cpu_until_they_are_stopped():
     processes = start_competitors(2)
     try:
-        deadline = time.monotonic() + 30  # a loaded machine starts them late: wait for work, not for a fixed time
-        while time.monotonic() < deadline and min(cpu_seconds(p.pid) for p in processes) < 0.3:
-            time.sleep(0.1)
-        assert all(cpu_seconds(p.pid) >= 0.3 for p in processes)  # each is working, not waiting or gone
+        # A loaded machine starts them late: wait for work, not for a fixed time. Each is working, not waiting or gone.
+        wait_until(lambda: all(cpu_seconds(p.pid) >= 0.3 for p in processes), 30, "0.3 s of CPU in each competitor",
+                   interval=0.1)
         assert all(p.poll() is None for p in processes)
     finally:
         stop_competitors(processes)

@@ -3,18 +3,14 @@ line and exit 2 at the start; a live camera (the ffmpeg MJPEG server of conftest
 decision `video_missing` while it is gone, with one line when it is lost and one when it is back; `--audio-only`
 decides on sound alone on purpose, every decision marked."""
 
-import json
 import subprocess
 import sys
-import time
 
 import pytest
+from support.commands import avcil, read_lines
+from support.media import TOY_CLASSES, TOY_RATE, make_wav
+from support.waiting import wait_until
 
-from conftest import TOY_CLASSES, TOY_RATE, avcil, make_wav
-
-
-def read_lines(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def empty(path, clip):
@@ -74,13 +70,11 @@ def test_a_live_camera_that_stops_marks_decisions_video_missing_and_says_so_once
                            stderr=subprocess.PIPE, text=True)
 
     def wait_for(done, what: str) -> list[dict]:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and run.poll() is None:
-            decisions = read_lines(jsonl)
-            if done(decisions):
-                return decisions
-            time.sleep(0.1)
-        raise AssertionError(f"no {what}: {[d['video_missing'] for d in read_lines(jsonl)]}")
+        """The decisions written, once `done(decisions)`; fails at once if the run ends first."""
+        decisions = wait_until(lambda: run.poll() is not None or ((d := read_lines(jsonl)) and done(d) and d), 60,
+                               lambda: f"{what}: {[d['video_missing'] for d in read_lines(jsonl)]}", interval=0.1)
+        assert run.poll() is None, f"the run ended before {what}: {run.stderr.read()}"
+        return decisions
 
     try:
         seen = len(wait_for(lambda d: len(d) >= 4, "decisions"))

@@ -11,7 +11,7 @@ from avcil.errors import InvalidInput
 from avcil.modeldir import ModelDir
 from avcil.runtime.decision import REJECTED, DecisionRule, HeadScores
 from avcil.runtime.file_windows import DEFAULT_VIEWS
-from conftest import avcil
+from support.commands import avcil
 
 
 def run_labels(model, clip, tmp_path, name: str) -> list[dict]:

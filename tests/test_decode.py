@@ -7,38 +7,7 @@ import pytest
 from avcil.data.decode import (DecodeError, EmptyClip, NoAudioTrack, TruncatedVideo, decode_clip, read_audio,
                                read_frames)
 from avcil.data.preprocess import sample_frame_indices
-
-FPS = 10
-
-
-def frame_level(index: int) -> int:
-    """The red level of frame `index` in the test videos: frames tell which one they are."""
-    return 10 + 6 * index
-
-
-def make_video(path: Path, frames: int = 20, tone_hz: float | None = 440.0, size=(64, 48), faststart=True,
-               seed: int = 0) -> Path:
-    """An H.264 mp4 whose frame i is uniformly red at frame_level(i) (green 0, blue 200), with a sine track
-    at 44.1 kHz as long as the video (or no audio). `seed` adds a little noise so that clips differ."""
-    width, height = size
-    rng = np.random.default_rng(seed)
-    video = np.zeros((frames, height, width, 3), dtype=np.uint8)
-    for i in range(frames):
-        video[i, ..., 0] = frame_level(i)
-    video[..., 2] = 200
-    video = np.clip(video.astype(int) + rng.integers(-3, 4, video.shape), 0, 255).astype(np.uint8)
-    command = ["ffmpeg", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}",
-               "-r", str(FPS), "-i", "pipe:0"]
-    if tone_hz is not None:
-        command += ["-f", "lavfi", "-i", f"sine=frequency={tone_hz}:sample_rate=44100:duration={frames / FPS}"]
-    command += ["-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv444p"]
-    if tone_hz is not None:
-        command += ["-c:a", "aac"]
-    if faststart:
-        command += ["-movflags", "+faststart"]
-    subprocess.run(command + [str(path)], input=video.tobytes(), check=True)
-    return path
-
+from support.media import frame_level, make_video
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -12,21 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_decode import make_video
 
 from avcil.cli import main
 from avcil.data.store import open_store
 from avcil.model.encoders import load_profile
 from avcil.train.extract import extract
+from support.media import make_video
+from support.waiting import free_port, wait_until
 
 TREE = Path(__file__).resolve().parents[1]
 CLASSES = ["bell", "drum", "horn"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(*argv: str, cwd: Path, port: int | None = None, node: int | None = None) -> subprocess.Popen:
@@ -140,10 +134,9 @@ def test_a_killed_rank_stops_the_other_with_a_clear_error_and_a_rerun_resumes(vi
     command = ("extract", "--profile", "tiny", "--videos", str(many), "--out", "store", "--threads", "1",
                "--batch-size", "1", "--json", "summary.json")
     run = torchrun(*command, cwd=tmp_path)
-    deadline = time.monotonic() + 90
-    while min(_processed(tmp_path / "store", 0), _processed(tmp_path / "store", 1)) < 2:
-        assert run.poll() is None and time.monotonic() < deadline, finish(run)[1]
-        time.sleep(0.05)
+    wait_until(lambda: min(_processed(tmp_path / "store", 0), _processed(tmp_path / "store", 1)) >= 2
+               or run.poll() is not None, 90, "2 clips done by each rank")
+    assert run.poll() is None, finish(run)[1]
     os.kill(_worker_of_rank(run.pid, 1), signal.SIGKILL)
     status, output = finish(run)
     assert status != 0
@@ -185,11 +178,10 @@ def test_a_machine_whose_process_dies_mid_training_makes_the_other_stop_with_a_c
     port = free_port()
     flags = ("train", "--data", "synthetic", "--method", "icarl", "--epochs", "40", "--steps", "2", "--out", "run")
     first, second = (torchrun(*flags, cwd=tmp_path, port=port, node=node) for node in (0, 1))
-    deadline = time.monotonic() + 120
-    while "step 1:" not in first.output():  # rank 0's bar of the second step's epochs
-        assert first.poll() is None and second.poll() is None and time.monotonic() < deadline, first.output()
-        time.sleep(0.2)
-    time.sleep(1)
+    wait_until(lambda: "step 1:" in first.output() or first.poll() is not None or second.poll() is not None, 120,
+               lambda: f"rank 0's bar of the second step's epochs: {first.output()}", interval=0.2)
+    assert first.poll() is None and second.poll() is None, first.output()
+    time.sleep(1)  # into the step's epochs, so that the kill lands mid-training
     os.kill(_worker_of_rank(second.pid, 1), signal.SIGKILL)
     status, output = finish(first)
     finish(second)

@@ -15,43 +15,12 @@ from avcil.model.encoders import paper
 from avcil.model.encoders.paper import (audiomae_checkpoint_filter, audiomae_config, load_audiomae,
                                         load_videomae, videomae_frames)
 from avcil.model.encoders.tiny import tiny_video_config
+from support.models import SMALL, save_checkpoint, timm_audiomae_state
 
 ASTERISK = Path("/usr/share/asterisk/sounds")
 RNG = np.random.default_rng(0)
 
 # A small AudioMAE: fbank 64 x 32 in 16x16 patches -> 8 tokens + cls.
-SMALL = dict(frames=64, mel_bins=32, hidden=32, layers=2, heads=4, mlp=64)
-
-
-def timm_audiomae_state(frames, mel_bins, hidden, layers, heads, mlp, finetuned: bool, seed: int = 0) -> dict:
-    """Random weights in AudioMAE's published key layout: a pretrained MAE (encoder `norm` + decoder) or a
-    finetuned global-pool classifier (`fc_norm` + `head`)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def rand(*shape):
-        return torch.randn(*shape, generator=g) * 0.2
-
-    tokens = 1 + (frames // 16) * (mel_bins // 16)
-    state = {"cls_token": rand(1, 1, hidden), "pos_embed": rand(1, tokens, hidden),
-             "patch_embed.proj.weight": rand(hidden, 1, 16, 16), "patch_embed.proj.bias": rand(hidden)}
-    for i in range(layers):
-        b = f"blocks.{i}."
-        state.update({b + "norm1.weight": 1 + rand(hidden), b + "norm1.bias": rand(hidden),
-                      b + "attn.qkv.weight": rand(3 * hidden, hidden), b + "attn.qkv.bias": rand(3 * hidden),
-                      b + "attn.proj.weight": rand(hidden, hidden), b + "attn.proj.bias": rand(hidden),
-                      b + "norm2.weight": 1 + rand(hidden), b + "norm2.bias": rand(hidden),
-                      b + "mlp.fc1.weight": rand(mlp, hidden), b + "mlp.fc1.bias": rand(mlp),
-                      b + "mlp.fc2.weight": rand(hidden, mlp), b + "mlp.fc2.bias": rand(hidden)})
-    if finetuned:
-        state.update({"fc_norm.weight": 1 + rand(hidden), "fc_norm.bias": rand(hidden),
-                      "head.weight": rand(527, hidden), "head.bias": rand(527)})
-    else:
-        state.update({"norm.weight": 1 + rand(hidden), "norm.bias": rand(hidden), "mask_token": rand(1, 1, hidden),
-                      "decoder_embed.weight": rand(16, hidden), "decoder_blocks.0.norm1.weight": rand(16),
-                      "decoder_pos_embed": rand(1, tokens, 16), "decoder_pred.weight": rand(256, 16)})
-    return state
-
-
 def reference_audiomae(state: dict, fbank: torch.Tensor, heads: int) -> torch.Tensor:
     """AudioMAE's encoder + global pool written directly on the timm-layout keys (independent of transformers)."""
     x = F.conv2d(fbank, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=16)
@@ -72,11 +41,6 @@ def reference_audiomae(state: dict, fbank: torch.Tensor, heads: int) -> torch.Te
                          w["mlp.fc2.weight"], w["mlp.fc2.bias"])
     norm = "fc_norm" if "fc_norm.weight" in state else "norm"
     return F.layer_norm(x[:, 1:].mean(dim=1), (dim,), state[f"{norm}.weight"], state[f"{norm}.bias"], eps=1e-6)
-
-
-def save_checkpoint(path: Path, state: dict, wrap: str = "module.") -> Path:
-    torch.save({"model": {wrap + k: v for k, v in state.items()}}, path)
-    return path
 
 
 @pytest.mark.parametrize("finetuned", [False, True], ids=["pretrained-norm", "finetuned-fc_norm"])

@@ -17,7 +17,8 @@ from avcil.data.decode import decode_clip
 from avcil.modeldir import ModelDir
 from avcil.runtime.clip_signals import measure_signals, signal_faults
 from avcil.runtime.enrol_checks import check_enrolment
-from conftest import TOY_RATE, avcil
+from support.commands import avcil
+from support.media import TOY_RATE
 
 GOOD = 4  # the first four green clips are the good ones; the last two are damaged
 

@@ -7,7 +7,7 @@ import pytest
 
 from avcil.errors import InvalidInput
 from avcil.runtime.events import EventRelay, EventTracker
-from conftest import avcil
+from support.commands import avcil
 
 
 def decisions(labels: str, scores=None) -> list[dict]:

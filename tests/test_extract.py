@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_decode import make_video
 
 from avcil.data.decode import decode_clip
 from avcil.train.extract import FAILURES_FILE, add_parser, extract, list_clips
 from avcil.data.store import open_store
 from avcil.model.encoders import load_profile
+from support.media import make_video
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ killed at random moments (SIGKILL of real `avcil` subprocesses), a microphone wh
 PulseAudio null sink unloaded). The camera dropping and returning, a truncated exemplar file and two learners at
 once are in test_live.py / test_record.py, test_modeldir.py and test_field.py."""
 
-import json
 import os
 import random
 import shutil
@@ -18,7 +17,9 @@ import pytest
 from avcil.model.graphs import read_spec
 from avcil.fileio import sha256_file
 from avcil.modeldir import ModelDir
-from conftest import avcil
+from support.commands import avcil, read_lines
+from support.media import TOY_CLASSES, TOY_RATE, make_wav
+from support.waiting import wait_until
 
 SMALL_FS_MB = 64  # room for the toy model and one learnt version (its head with the readout's statistics: 17 MB)
 
@@ -184,7 +185,6 @@ def null_sink_module(env: dict) -> str:
 
 def test_a_microphone_that_ends_mid_run_is_said_in_one_line_and_recognition_goes_on_with_audio_marked_missing(
         tmp_path, toy_model, toy_clips, pulse_env, mjpeg_camera):
-    from conftest import TOY_CLASSES, TOY_RATE, make_wav
 
     camera = mjpeg_camera(toy_clips["red"][0])
     tone = make_wav(tmp_path / "red.wav", TOY_CLASSES["red"][1], seconds=60, rate=TOY_RATE)
@@ -196,17 +196,12 @@ def test_a_microphone_that_ends_mid_run_is_said_in_one_line_and_recognition_goes
                             "--score", "softmax", "--threshold", "0", "--jsonl", str(jsonl), "--quiet"], env=env,
                            stderr=subprocess.PIPE, text=True)
 
-    def decisions() -> list[dict]:
-        return [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
-
     try:
-        deadline = time.monotonic() + 90
-        while len(decisions()) < 4 and time.monotonic() < deadline and run.poll() is None:
-            time.sleep(0.1)
-        heard = len(decisions())
+        wait_until(lambda: len(read_lines(jsonl)) >= 4 or run.poll() is not None, 90, "4 decisions", interval=0.1)
+        heard = len(read_lines(jsonl))
         subprocess.run(["pactl", "unload-module", null_sink_module(env)], env=env, check=True)
-        while len(decisions()) < heard + 12 and time.monotonic() < deadline and run.poll() is None:
-            time.sleep(0.1)
+        wait_until(lambda: len(read_lines(jsonl)) >= heard + 12 or run.poll() is not None, 90,
+                   "12 decisions after the microphone went away", interval=0.1)
         assert run.poll() is None, run.stderr.read()  # still running
     finally:
         run.terminate()
@@ -216,7 +211,7 @@ def test_a_microphone_that_ends_mid_run_is_said_in_one_line_and_recognition_goes
         subprocess.run(["pactl", "load-module", "module-null-sink", "sink_name=vmic", f"rate={TOY_RATE}",
                         "channels=1"], env=env, check=True, capture_output=True)
         subprocess.run(["pactl", "set-default-source", "vmic.monitor"], env=env, check=True)
-    made = decisions()
+    made = read_lines(jsonl)
     assert len(made) >= heard + 12  # decisions went on after the stream ended
     assert not any(d["audio_missing"] for d in made[:heard])
     missing = [d for d in made[heard:] if d["audio_missing"]]

@@ -12,8 +12,9 @@ import torch
 
 from avcil.runtime.field import FieldSettings, learn_class, task_ranges
 from avcil.modeldir import ModelDir, ModelDirError
-from conftest import avcil
-from test_modeldir import FEATURES, small_model
+from support.commands import avcil
+from support.models import FEATURES, joint_solution, small_model, train_toy_model
+from support.waiting import wait_until
 
 QUICK = FieldSettings(epochs=40, batch_size=16, exemplar_batch_size=16)
 
@@ -48,7 +49,6 @@ def test_learning_a_class_from_files_adds_it_and_keeps_the_old_ones(toy_model, t
 
 @pytest.fixture(scope="session")
 def analytic_toy_model_template(tmp_path_factory, tiny_profile, toy_clips):
-    from conftest import train_toy_model
 
     return train_toy_model(tmp_path_factory.mktemp("analytic-toy") / "model", tiny_profile, toy_clips,
                            ["red", "blue"], method="analytic")
@@ -56,7 +56,6 @@ def analytic_toy_model_template(tmp_path_factory, tiny_profile, toy_clips):
 
 def test_an_analytic_field_update_equals_training_on_all_classes_at_once(tmp_path, analytic_toy_model_template,
                                                                           tiny_profile, toy_clips):
-    from test_readout import joint_solution
 
     model = shutil.copytree(analytic_toy_model_template, tmp_path / "model")
     learn_class(model, "green", *tiny_profile.encode_files(toy_clips["green"], progress=False), progress=False)
@@ -156,9 +155,7 @@ def test_killing_learn_at_random_moments_leaves_a_loadable_model(tmp_path):
         if attempt % 3 == 2:
             # On a loaded machine a learner may never reach a commit within the random delay: let every third
             # one commit first, so that kills also land during later writes, whatever the load.
-            deadline = time.monotonic() + 120
-            while len(model.list_versions()) == committed and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(lambda: len(model.list_versions()) > committed, 120, "the learner's first commit")
         time.sleep(rng.uniform(0.0, 1.2))
         os.kill(learner.pid, signal.SIGKILL)
         learner.join()

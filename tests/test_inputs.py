@@ -19,8 +19,8 @@ import pytest
 
 from avcil.cli import main
 from avcil.runtime.serve import MAX_CLIPS
-from conftest import avcil
-from test_serve import Server
+from support.commands import avcil
+from support.servers import Server
 
 TOKEN = "inputs-" + "t" * 25
 LONG = "x" * 300

@@ -1,19 +1,15 @@
 """`avcil run` against real sources: a PulseAudio null sink as the microphone and an ffmpeg MJPEG camera on
 127.0.0.1; and `avcil learn` while `avcil run` keeps deciding."""
 
-import json
 import os
 import subprocess
 import sys
-import time
+from support.commands import avcil, read_lines
+from support.media import TOY_CLASSES, TOY_RATE, make_wav
+from support.waiting import wait_until
 
-from conftest import TOY_CLASSES, TOY_RATE, avcil, make_wav
 
 KEYS = {"time", "window", "label", "score", "top_k", "latency_ms", "dropped_windows", "model_version"}
-
-
-def read_lines(path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_run_decides_from_a_pulseaudio_microphone_and_an_mjpeg_camera(tmp_path, toy_model, toy_clips, pulse_env,
@@ -48,13 +44,11 @@ def test_run_picks_up_a_class_learnt_while_it_runs(tmp_path, toy_model, toy_clip
                             "--score", "softmax", "--threshold", "0", "--jsonl", str(jsonl), "--quiet"],
                            stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 100
-        while len(read_lines(jsonl)) < 3 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: len(read_lines(jsonl)) >= 3, 100, "3 decisions by the first version", interval=0.2)
         avcil("learn", "--model", toy_model, "--label", "green", "--epochs", "40", "--batch-size", "16", "--files",
               *toy_clips["green"][:4])
-        while sum(d["model_version"] == "v0002" for d in read_lines(jsonl)) < 6 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: sum(d["model_version"] == "v0002" for d in read_lines(jsonl)) >= 6, 100,
+                   "6 decisions by v0002", interval=0.2)
     finally:
         run.terminate()
         run.wait(timeout=30)

@@ -9,28 +9,12 @@ import pytest
 import torch
 
 from avcil.data.clips import ArrayClipSet
-from avcil.model.head import FusionHead, HeadConfig
 from avcil.fileio import sha256_file
 from avcil.modeldir import ModelDir, ModelDirError
-from avcil.model.memory import ClassExemplars, ExemplarMemory
+from avcil.model.memory import ClassExemplars
 from avcil.modeldir.confined import Confined
 from avcil.modeldir.schema import SEAL, seal_of
-
-FEATURES = {"shape": {"audio_dim": 5, "time": 2, "positions": 3, "visual_dim": 4}, "profile": None}
-
-
-def small_model(classes=3, budget=6):
-    torch.manual_seed(0)
-    head = FusionHead(HeadConfig(5, 4, 6), num_classes=classes)
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(classes), 4)
-    clips = ArrayClipSet([f"x{i}" for i in range(len(labels))], labels,
-                         rng.normal(size=(len(labels), 5)).astype(np.float32),
-                         rng.normal(size=(len(labels), 2, 3, 4)).astype(np.float32))
-    memory = ExemplarMemory(budget)
-    memory.update(clips, {c: np.flatnonzero(labels == c) for c in range(classes)})
-    return head, memory, [{"name": f"c{c}", "step": 0} for c in range(classes)]
-
+from support.models import FEATURES, small_model
 
 def test_commit_and_load_round_trip(tmp_path):
     head, memory, classes = small_model()

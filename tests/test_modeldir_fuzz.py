@@ -7,44 +7,23 @@ AVCIL_FUZZ_CASES sets the number of damaged copies (default 40; the issue's chec
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import os
 import random
 import re
 import shutil
-import subprocess
-import sys
-import traceback
 from pathlib import Path
 
 import pytest
 
-from avcil.cli import main
 from avcil.modeldir import ModelDir
 from avcil.modeldir.schema import SEAL, seal_of
-from conftest import make_clip
+from support.commands import problems_of, run_command, tree_digest
+from support.media import make_clip
 
 CASES = int(os.environ.get("AVCIL_FUZZ_CASES", "40"))
 SUBPROCESS_CASES = 3  # the first cases also run through a fresh `avcil` process
-TREE = str(Path(__file__).resolve().parents[1])
 WRONG_VALUES = ([], {}, "x", -1, None, 1.5, [{"name": 1}], {"unexpected": True})
-
-
-def tree_digest(folder: Path) -> dict[str, str]:
-    """Every entry under `folder` (without following links): a file's sha256, a link's target, or 'dir'."""
-    found = {}
-    for path in sorted(folder.rglob("*")):
-        name = str(path.relative_to(folder))
-        if path.is_symlink():
-            found[name] = "link -> " + os.readlink(path)
-        elif path.is_dir():
-            found[name] = "dir"
-        else:
-            found[name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
 
 
 def hostile_manifest(data: bytes, rng: random.Random) -> bytes:
@@ -112,35 +91,6 @@ def damage(copy: Path, victim: Path, rng: random.Random) -> list[str]:
             path.write_bytes(data)
         done.append(f"{kind} {relative}")
     return done
-
-
-def run_command(argv: list[str], in_process: bool) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `avcil ARGV`; an exception escaping main() is a traceback on stderr, 99."""
-    if not in_process:
-        result = subprocess.run([sys.executable, "-m", "avcil", *argv], capture_output=True, text=True, timeout=300,
-                                env={**os.environ, "PYTHONPATH": TREE})
-        return result.returncode, result.stdout, result.stderr
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(argv)
-        except SystemExit as exit_:  # argparse
-            code = exit_.code
-        except BaseException:  # noqa: BLE001 - what the user would see as a traceback
-            err.write(traceback.format_exc())
-            code = 99
-    return code, out.getvalue(), err.getvalue()
-
-
-def problems_of(argv: list[str], code: int, stderr: str) -> list[str]:
-    """What a user would object to: a traceback, an exit code other than 0 or 2, an error of more than one line."""
-    command = " ".join(argv[:2] if argv[0] == "model" else argv[:1])
-    if "Traceback" in stderr or code not in (0, 2):
-        return [f"`avcil {command}` exited {code}:\n{stderr[-3000:]}"]
-    errors = [line for line in stderr.splitlines() if line.startswith(f"avcil {command.split()[0]}: error:")]
-    if code == 2 and (len(errors) != 1 or stderr.rstrip().splitlines()[-1] != errors[0]):
-        return [f"`avcil {command}` exited 2 without one closing error line:\n{stderr[-3000:]}"]
-    return []
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ import pytest
 from avcil.modeldir import ModelDir
 from avcil.modeldir.lock import WAITING_LINE
 from avcil.modeldir.schema import SEAL, seal_of
-from test_modeldir_fuzz import TREE, problems_of, run_command, tree_digest
+from support.commands import TREE, problems_of, run_command, tree_digest
+from support.media import make_clip
 
 
 @pytest.fixture
@@ -82,7 +83,6 @@ def start_learner(model: Path, clip: Path, label: str, lock_wait: float) -> subp
 
 @pytest.fixture(scope="module")
 def green_clip(tmp_path_factory) -> Path:
-    from conftest import make_clip
 
     return make_clip(tmp_path_factory.mktemp("green") / "green.mp4", "0x20b040", 2600)
 
@@ -94,7 +94,7 @@ def test_a_second_learner_waits_for_the_lock_before_encoding_then_learns(model, 
         (model / "CURRENT").write_text("v0003\n")
         learner = start_learner(model, green_clip, "green2", lock_wait=120)
         assert learner.stderr.readline().strip() == WAITING_LINE  # its first line: nothing recorded or encoded yet
-        time.sleep(1.0)
+        time.sleep(1.0)  # a second later it still waits: the wait is what is tested
         assert learner.poll() is None and holder.list_versions() == ["v0001", "v0002", "v0003"]
     stdout, stderr = learner.communicate(timeout=300)
     assert learner.returncode == 0, stderr

@@ -5,16 +5,11 @@ installs it)."""
 
 from __future__ import annotations
 
-import getpass
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -24,72 +19,12 @@ from avcil.cli import main
 from avcil.errors import InvalidInput
 from avcil.runtime.events import EventRelay, EventTracker
 from avcil.runtime.mqtt import DEFAULT_PREFIX, MqttPublisher, MqttTarget, parse_url
-from conftest import avcil, free_port
+from support.commands import avcil
+from support.servers import Broker, Listener, mosquitto
+from support.waiting import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["red", "blue"]
-
-
-def mosquitto() -> str:
-    """The broker's program (Debian puts it in /usr/sbin, which a user's PATH may lack), or the test skips."""
-    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/sbin")
-    if found is None:
-        pytest.skip("needs Debian's mosquitto (scripts/setup.sh installs it)")
-    pytest.importorskip("paho.mqtt.client", reason="needs paho-mqtt (the `mqtt` extra)")
-    return found
-
-
-class Broker:
-    """Mosquitto on 127.0.0.1:`port`, without persistence: a restart forgets every retained message, as a broker
-    that lost its disk would. `passwords` {user: password} turns anonymous access off; `tls` (cert, key) makes the
-    listener TLS-only."""
-
-    def __init__(self, folder: Path, passwords: dict | None = None, tls: tuple[Path, Path] | None = None,
-                 port: int | None = None):
-        self.program = mosquitto()
-        self.folder, self.port, self.process = folder, port or free_port(), None
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr",
-                 f"user {getpass.getuser()}"]  # as root, mosquitto would otherwise switch to the `mosquitto` user
-        if passwords:
-            password_file = folder / "passwords"
-            password_file.touch(mode=0o600)
-            for user, password in passwords.items():
-                subprocess.run(["mosquitto_passwd", "-b", str(password_file), user, password], check=True,
-                               capture_output=True)
-            lines += ["allow_anonymous false", f"password_file {password_file}"]
-        else:
-            lines.append("allow_anonymous true")
-        if tls:
-            lines += [f"certfile {tls[0]}", f"keyfile {tls[1]}"]
-        self.config = folder / "mosquitto.conf"
-        self.config.write_text("\n".join(lines) + "\n")
-
-    def start(self) -> "Broker":
-        self.log = open(self.folder / "mosquitto.log", "a")
-        self.process = subprocess.Popen([self.program, "-c", str(self.config)], stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 10
-        while not self.listening():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self.log_text()}")
-            time.sleep(0.02)
-        return self
-
-    def listening(self) -> bool:
-        """Whether the port is in LISTEN state (read from /proc: a probe connection would show in the log)."""
-        wanted = f":{self.port:04X} "
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-        return any(wanted in line and line.split()[3] == "0A" for line in lines)
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-    def log_text(self) -> str:
-        self.log.flush()
-        return (self.folder / "mosquitto.log").read_text()
 
 
 @pytest.fixture
@@ -104,54 +39,6 @@ def brokers(tmp_path):
     yield start
     for broker in started:
         broker.kill()
-
-
-class Listener:
-    """A paho subscriber to `topics` that keeps every message: (topic, JSON or text payload, retained flag)."""
-
-    def __init__(self, port: int, topics: str = "#", user: str | None = None, password: str | None = None,
-                 ca_file: Path | None = None):
-        import paho.mqtt.client as paho
-
-        self.messages: list[tuple[str, object, bool]] = []
-        self.changed = threading.Condition()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"listener-{time.monotonic_ns()}")
-        if user:
-            self.client.username_pw_set(user, password)
-        if ca_file:
-            import ssl
-
-            self.client.tls_set_context(ssl.create_default_context(cafile=str(ca_file)))
-        subscribed = threading.Event()
-        self.client.on_connect = lambda client, *rest: client.subscribe(topics, qos=1)
-        self.client.on_subscribe = lambda *args: subscribed.set()
-        self.client.on_message = self._keep
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        assert subscribed.wait(10), "the listener could not subscribe"
-
-    def _keep(self, client, userdata, message) -> None:
-        text = message.payload.decode()
-        try:
-            payload = json.loads(text)
-        except ValueError:
-            payload = text
-        with self.changed:
-            self.messages.append((message.topic, payload, bool(message.retain)))
-            self.changed.notify_all()
-
-    def on(self, topic: str) -> list:
-        with self.changed:
-            return [payload for t, payload, _ in self.messages if t == topic]
-
-    def wait(self, done, timeout: float = 15, what: str = "") -> None:
-        with self.changed:
-            if not self.changed.wait_for(lambda: done(self), timeout):
-                raise AssertionError(f"timed out waiting for {what}: {self.messages}")
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def target(port: int, device_id: str = "kitchen", tls: bool = False, user: str | None = None,
@@ -349,20 +236,16 @@ def test_a_broker_killed_and_restarted_gets_the_events_and_decisions_never_wait(
     broker = brokers()
     publisher, relay, said = start_publisher(broker.port)
     try:
-        deadline = time.monotonic() + 10
-        while not publisher.status()["connected"] and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: publisher.status()["connected"], 10, "the publisher to connect")
         slowest = feed(publisher, relay, "rr..", first=0)  # red closed while connected
         broker.kill()
-        time.sleep(0.3)
+        wait_until(lambda: said.about("lost the broker"), 10, "the publisher to say it lost the broker")
         slowest = max(slowest, feed(publisher, relay, "bb..rr..", first=4))  # blue and red closed while it is away
         assert len(said.about("lost the broker")) == 1, said
         time.sleep(1.5)  # a retry or two fail meanwhile: said once
         broker.start()
         listener = Listener(broker.port)  # subscribed before the publisher's next try (3 s after the loss)
-        deadline = time.monotonic() + 20
-        while not said.about("is back") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: said.about("is back"), 20, lambda: f"the publisher to say the broker is back: {said}")
         slowest = max(slowest, feed(publisher, relay, "bb..", first=12))  # after it is back
         listener.wait(lambda l: ("blue", 6.0) in [(e["label"], e["start"]) for e in l.on("avcil/kitchen/event")],
                       what="the events kept and the new one")
@@ -388,13 +271,14 @@ def test_events_wait_for_a_broker_that_is_not_up_yet(tmp_path):
     publisher, relay, said = start_publisher(port)
     try:
         feed(publisher, relay, "rr..")
-        time.sleep(1.2)
-        assert len(said.about("cannot connect to mqtt://127.0.0.1")) == 1, said
+        wait_until(lambda: said.about("cannot connect to mqtt://127.0.0.1"), 10,
+                   lambda: f"the publisher to say it cannot connect: {said}")
         broker = Broker(tmp_path / "late", port=port).start()
         listener = Listener(port, "avcil/kitchen/event")
         listener.wait(lambda l: [e["label"] for e in l.on("avcil/kitchen/event")] == ["red"], timeout=20,
                       what="the red event, once the broker is up")
         listener.close()
+        assert len(said.about("cannot connect to mqtt://127.0.0.1")) == 1, said  # however many tries failed
     finally:
         relay.close()
         if broker is not None:
@@ -405,7 +289,8 @@ def test_refused_credentials_are_one_line_and_recognition_goes_on(brokers):
     broker = brokers(passwords={"avcil": "right"})
     publisher, relay, said = start_publisher(broker.port, user="avcil", password="wrong")
     try:
-        time.sleep(3.5)  # three tries at least (1 s, then 2 s of back-off)
+        wait_until(lambda: broker.log_text().count("not authorised") >= 2, 15,
+                   lambda: f"two refused tries in the broker's log:\n{broker.log_text()}")
         slowest = feed(publisher, relay, "rr..bb")
         assert broker.log_text().count("not authorised") >= 2, broker.log_text()
         refused = said.about("refused the connection")
@@ -441,7 +326,7 @@ def test_tls_with_a_private_ca(brokers, tmp_path):
     listener.close()
     # Without the CA, the system's CAs do not trust it: one line, nothing published.
     publisher, relay, said = start_publisher(broker.port, tls=True)
-    time.sleep(1.5)
+    wait_until(lambda: said.about("or TLS failed"), 10, lambda: f"the publisher to say TLS failed: {said}")
     relay.close()
     assert len(said.about("or TLS failed")) == 1, said
 

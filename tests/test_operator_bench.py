@@ -11,7 +11,7 @@ from avcil.bench.enrol import _version_before, default_count
 from avcil.errors import InvalidInput
 from avcil.modeldir import ModelDir
 from avcil.runtime.field_settings import DEFAULT_CLIPS
-from conftest import avcil
+from support.commands import avcil
 
 
 def test_false_accept_runs_are_consecutive_background_windows_labelled_a_class():

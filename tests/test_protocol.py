@@ -10,9 +10,10 @@ from avcil.cli import main
 from avcil.data.clips import ArrayClipSet
 from avcil.data.synthetic import SyntheticSpec, synthetic_benchmark
 from avcil.modeldir import ModelDir
-from avcil.train.learner import TrainConfig, compute_dtype
+from avcil.train.learner import Learner, TrainConfig, compute_dtype
 from avcil.train.methods import build_method
 from avcil.train.protocol import run_protocol
+from support.models import joint_solution
 
 FAST = ["--epochs", "6"]
 
@@ -71,10 +72,31 @@ def test_training_precision_choices():
         compute_dtype("fp16")
 
 
-def test_upper_bound_trains_on_all_seen_data_in_one_step_as_in_ten():
-    bench = synthetic_benchmark(SyntheticSpec(classes=4, steps=1, train_per_class=10))
-    result = run_protocol(bench, build_method("upper"), TrainConfig(epochs=2, batch_size=8), 8, 8, progress=False)
-    assert len(result.results["step_accuracy"]) == 1 and result.results["mean_forgetting"] is None
+def test_upper_bound_trains_on_all_seen_data_in_one_step_as_in_ten(monkeypatch):
+    """Run in ten steps, each step trains on every clip of the classes seen so far, so that its last step trains on
+    what the one step of a one-step run trains on; the finetune lower bound, on the step's new classes alone."""
+    trained: list[list[int]] = []
+    learn_step = Learner.learn_step
+
+    def noting(self, head, teacher, old, train, train_idx, *args, **kwargs):
+        trained.append(sorted(int(i) for i in train_idx))
+        return learn_step(self, head, teacher, old, train, train_idx, *args, **kwargs)
+
+    monkeypatch.setattr(Learner, "learn_step", noting)
+    config = TrainConfig(epochs=1, batch_size=8)
+    for steps in (1, 10):
+        bench = synthetic_benchmark(SyntheticSpec(classes=10, steps=steps, train_per_class=4))
+        result = run_protocol(bench, build_method("upper"), config, 10, 8, progress=False)
+        assert len(result.results["step_accuracy"]) == steps
+    one, ten = trained[:1], trained[1:]
+    labels = bench.splits["train"].labels
+    assert len(ten) == 10 and ten[-1] == one[0] == list(range(40))
+    for step, indices in enumerate(ten):
+        assert sorted(set(labels[indices].tolist())) == list(range(step + 1)) and len(indices) == 4 * (step + 1)
+    assert result.results["mean_forgetting"] is not None
+    trained.clear()
+    run_protocol(bench, build_method("finetune"), config, 10, 8, progress=False)
+    assert [sorted(set(labels[indices].tolist())) for indices in trained] == [[step] for step in range(10)]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -103,7 +125,6 @@ def test_single_modality_avcil_needs_its_audio_visual_terms_removed(tmp_path, ca
 
 
 def test_the_analytic_method_after_five_steps_equals_one_fit_on_all_classes():
-    from test_readout import joint_solution
 
     # Exemplar-free and exact: five closed-form updates give the ridge solution of one fit over every clip.
     bench = synthetic_benchmark(SyntheticSpec(classes=10, steps=5, train_per_class=12))

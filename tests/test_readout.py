@@ -9,6 +9,7 @@ from avcil.model.encoders import load_profile
 from avcil.model.head import FusionHead, HeadConfig
 from avcil.model.readout import AnalyticReadout, MeanReadout, pooled_features, readout_spec
 from avcil.modeldir import ModelDir
+from support.models import ridge_solution
 
 
 def test_analytic_readout_is_ridge_regression_over_its_expansion():
@@ -27,19 +28,6 @@ def test_analytic_readout_is_ridge_regression_over_its_expansion():
     phi = np.maximum(standard @ readout.expand.numpy().astype(np.float64), 0)
     scores = readout(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(scores, 10.0 * phi @ expected, rtol=1e-3, atol=1e-4)
-
-
-def ridge_solution(standard: np.ndarray, labels: np.ndarray, expand: np.ndarray, ridge: float, classes: int):
-    """The joint least-squares solution over all these (standardised) clips at once, in numpy."""
-    phi = np.maximum(standard @ expand.astype(np.float64), 0)
-    gram = phi.T @ phi
-    return np.linalg.solve(gram + ridge * np.mean(np.diag(gram)) * np.eye(len(gram)), phi.T @ np.eye(classes)[labels])
-
-
-def joint_solution(readout, inputs: torch.Tensor, labels: np.ndarray) -> np.ndarray:
-    """What one fit over every clip gives, with the readout's own (base-step) standardisation and expansion."""
-    standard = ((inputs.double() - readout.shift.double()) / readout.spread.double()).numpy()
-    return ridge_solution(standard, labels, readout.expand.numpy(), readout.spec["ridge"], readout.num_classes)
 
 
 def test_the_same_seed_rebuilds_the_same_expansion_and_a_saved_readout_loads():

@@ -1,5 +1,4 @@
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -7,6 +6,7 @@ import pytest
 from avcil.runtime.field import FieldSettings, learn_class
 from avcil.runtime.recognizer import UNKNOWN, Recognizer, run_live
 from avcil.runtime.windows import Window
+from support.waiting import wait_until
 
 STAGES = {"audio_preprocess", "frame_preprocess", "audio_encoder", "visual_encoder", "head", "total"}
 
@@ -58,15 +58,12 @@ def test_a_new_version_is_picked_up_while_recognising(toy_model, tiny_profile, t
                               kwargs={"hop": 0.25, "loop": True, "stop": stop})
     worker.start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(decisions) < 3:  # some decisions by the first version
-            time.sleep(0.1)
+        wait_until(lambda: len(decisions) >= 3, 30, "some decisions by the first version", interval=0.1)
         features = tiny_profile.encode_files(toy_clips["green"][:4], progress=False)
         learn_class(toy_model, "green", *features, FieldSettings(epochs=40, batch_size=16, exemplar_batch_size=16),
                     progress=False)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and sum(d["model_version"] == "v0002" for d in decisions) < 6:
-            time.sleep(0.1)
+        wait_until(lambda: sum(d["model_version"] == "v0002" for d in decisions) >= 6, 10, "6 decisions by v0002",
+                   interval=0.1)
     finally:
         stop.set()
         worker.join()

@@ -1,11 +1,8 @@
 """Recording a new class live (`record_clips`, `avcil learn --camera --mic --clips`) from real sources: the ffmpeg
 MJPEG camera on 127.0.0.1 and the PulseAudio null sink `vmic` as the microphone (conftest.py)."""
 
-import contextlib
 import io
 import json
-import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -13,19 +10,9 @@ import pytest
 from avcil.cli import main
 from avcil.runtime.field import record_clips
 from avcil.modeldir import ModelDir
-from conftest import TOY_CLASSES, TOY_RATE, avcil, free_port, make_wav
-
-
-@contextlib.contextmanager
-def playing_tone(tmp_path, pulse_env, name: str, seconds: float = 60):
-    """Play toy class `name`'s tone into `vmic`, which the default PulseAudio source (the microphone) records."""
-    tone = make_wav(tmp_path / f"{name}.wav", TOY_CLASSES[name][1], seconds=seconds, rate=TOY_RATE)
-    player = subprocess.Popen(["paplay", "--device=vmic", str(tone)], env={**os.environ, **pulse_env})
-    try:
-        yield tone
-    finally:
-        player.kill()
-        player.wait()
+from support.commands import avcil
+from support.media import TOY_CLASSES, TOY_RATE, make_wav, playing_tone
+from support.waiting import free_port
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import pytest
 from avcil.data import release
 from avcil.data.clips import SPLITS, equal_steps
 from avcil.data.release import AUDIO_FILE, VISUAL_H5, VISUAL_NPY, convert_visual_dict, load_release
+from support.models import HostilePickle
 
 # The real split files of the three benchmarks (a copy of shared/data/avcil-splits).
 SPLIT_DIR = Path(__file__).parent / "data" / "avcil-splits"
@@ -200,18 +201,6 @@ def test_split_files_must_agree(tmp_path):
         load_release(root)
 
 
-class _Hostile:
-    """Unpickling this runs a shell command that leaves a marker file: what a malicious release could do."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch {self.marker}",)
-
-
 @pytest.mark.parametrize("target", ["category_encode_dict.npy", AUDIO_FILE, VISUAL_NPY])
 def test_a_release_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path, target):
     root, _ = make_release(tmp_path, "AVE", "npy")
@@ -219,7 +208,7 @@ def test_a_release_file_that_would_run_code_is_refused_and_runs_nothing(tmp_path
     path = root / target
     original = load_dict(path)
     key = next(iter(original))
-    save_dict(path, {**original, key: _Hostile(marker)})
+    save_dict(path, {**original, key: HostilePickle(marker)})
     with pytest.raises(ValueError, match=rf"{re.escape(target)}: refused to unpickle the global (posix|os)\.system"):
         release.load_release(root, num_steps=3, cache_dir=tmp_path / "cache").splits["train"].load([0])
     assert not marker.exists()

@@ -4,6 +4,7 @@ import pytest
 from avcil.errors import InvalidInput
 from avcil.runtime.recognizer import Recognizer, run_live
 from avcil.runtime.replay import replay
+from support.media import make_clip
 
 
 def _decisions(play, recognizer, files, **kwargs) -> list[dict]:
@@ -34,7 +35,6 @@ def test_replay_decides_the_windows_that_paced_play_decides(toy_model, tiny_prof
 
 
 def test_a_stream_shorter_than_one_window_is_refused_in_one_line(toy_model, tiny_profile, tmp_path):
-    from conftest import make_clip
 
     short = make_clip(tmp_path / "short.mp4", "red", 440.0, seconds=0.5)
     recognizer = Recognizer(toy_model, profile=tiny_profile, watch=False)

@@ -12,8 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.media import TOY_CLASSES, make_clip
+from support.models import train_toy_model
 
-from conftest import TOY_CLASSES, make_clip, train_toy_model
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (os.environ.get("CI") or os.environ.get("AVCIL_TEST_RUNTIME_ALONE")),

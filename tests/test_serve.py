@@ -4,16 +4,9 @@ by selenium that uses the page as a person would."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
-import queue
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,8 +14,9 @@ import pytest
 
 from avcil.cli import main
 from avcil.modeldir import ModelDir
-from conftest import TOY_CLASSES, free_port, make_clip
-from test_record import playing_tone
+from support.media import TOY_CLASSES, make_clip, playing_tone
+from support.servers import Broker, Listener, Server
+from support.waiting import listening_addresses, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 # Every endpoint: all answer 401 without the token.
@@ -36,81 +30,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-dev-shm-usage", "--window-size=1280,1100"]
 
 
-class Server:
-    """`avcil serve` in a subprocess; `address` is the line it prints (with the token unless it read a file)."""
-
-    def __init__(self, model: Path, camera_url: str, env: dict, *flags: str, mic: str = "pulse"):
-        self.port = free_port()
-        self.log = open(Path(model).parent / "serve.log", "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "avcil.cli", "serve", "--model", str(model), "--camera", camera_url, "--mic",
-             mic, "--port", str(self.port), "--hop", "0.5", "--smoothing", "1", "--score", "softmax", "--threshold", "0",
-             *flags],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env={**os.environ, **env})
-        lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [lines.put(line) for line in self.process.stdout], daemon=True).start()
-        try:
-            self.address = lines.get(timeout=90).strip()
-        except queue.Empty:
-            self.stop()
-            raise AssertionError(f"avcil serve printed no address:\n{self.stderr()}") from None
-
-    def stderr(self) -> str:
-        if not self.log.closed:
-            self.log.flush()
-        return Path(self.log.name).read_text()
-
-    def request(self, method: str, path: str, body=None, headers: dict | None = None, token: str | None = None,
-                read: int | None = None) -> tuple[int, dict, bytes]:
-        """One request; `read` bytes at most of the answer (for the endless MJPEG stream)."""
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        headers = dict(headers or {})
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-        if isinstance(body, dict):
-            body, headers["Content-Type"] = json.dumps(body), "application/json"
-        connection.request(method, path, body, headers)
-        response = connection.getresponse()
-        data = response.read(read) if read else response.read()
-        connection.close()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, data
-
-    def api(self, method: str, path: str, token: str, body=None) -> tuple[int, dict]:
-        status, _, data = self.request(method, path, body, token=token)
-        return status, json.loads(data)
-
-    def wait(self, token: str, done, timeout: float = 60, what: str = "") -> dict:
-        """Poll /api/status until `done(status)`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.api("GET", "/api/status", token)[1]
-            if done(status):
-                return status
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}: {status}\n{self.stderr()}")
-
-    def wait_job(self, token: str, timeout: float = 60) -> dict:
-        """Poll /api/learn until the job is live or failed."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = self.api("GET", "/api/learn", token)[1]
-            if job["state"] in ("live", "failed"):
-                return job
-            time.sleep(0.2)
-        raise AssertionError(f"the learning job did not finish: {job}\n{self.stderr()}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-        return self.process.returncode
-
-
 @pytest.fixture
 def servers():
     started: list[Server] = []
@@ -122,17 +41,6 @@ def servers():
     yield start
     for server in started:
         server.stop()
-
-
-def listening_addresses(port: int) -> set[str]:
-    """The local addresses (hex, as /proc/net/tcp writes them) with a socket listening on `port`."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            if state == "0A" and local.endswith(f":{port:04X}"):
-                found.add(local.rsplit(":", 1)[0])
-    return found
 
 
 def test_the_page_needs_its_token_and_refuses_changes_from_another_origin(tmp_path, toy_model, toy_clips,
@@ -221,7 +129,12 @@ def test_the_page_needs_its_token_and_refuses_changes_from_another_origin(tmp_pa
     job = server.wait_job(token)
     assert job["state"] == "failed" and "microphone 'pulse' recorded only silence" in job["message"], job
     camera.stop()
-    time.sleep(1.5)
+
+    def camera_marked_missing() -> bool:
+        decisions = server.api("GET", "/api/decisions?after=0", token)[1]["decisions"]
+        return bool(decisions) and decisions[-1]["video_missing"]
+
+    wait_until(camera_marked_missing, 30, "the server's decisions to say the stopped camera's video is missing")
     with playing_tone(tmp_path, pulse_env, "red"):
         assert server.api("POST", "/api/learn", token, learn)[0] == 202
         job = server.wait_job(token)
@@ -389,7 +302,6 @@ def test_the_page_shows_the_events_under_way_and_done_and_mqtt_gets_them_too(tmp
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from test_mqtt import Broker, Listener
 
     broker = Broker(tmp_path / "broker").start()
     listener = Listener(broker.port, "avcil/page/#")

@@ -4,7 +4,9 @@ import numpy as np
 
 from avcil.runtime.sources import AudioRing, CameraSource, FrameHistory, PacedAudioFiles, PacedVideoFiles, clock
 from avcil.runtime.windows import Schedule
-from conftest import avcil, make_wav
+from support.commands import avcil
+from support.media import make_wav
+from support.waiting import wait_until
 
 
 def test_the_audio_ring_cuts_windows_by_clock_time():
@@ -45,8 +47,7 @@ def test_a_wav_at_another_rate_is_resampled_to_the_ring_rate(tmp_path):
     ring = AudioRing(rate=16000, seconds=3.0)
     start = clock() + 0.05
     with PacedAudioFiles([wav], ring, start=start) as source:
-        while not source.finished:
-            time.sleep(0.02)
+        wait_until(lambda: source.finished, 30, "the WAV file to be played", interval=0.02)
     assert clock() - start >= 0.95  # played in real time, not as fast as it decodes
     audio = ring.window(start + 1.0, 1.0)
     assert abs(len(audio) - 16000) <= 1
@@ -58,11 +59,10 @@ def test_video_files_are_paced_in_real_time_and_hold_their_last_frame(toy_clips)
     history = FrameHistory(seconds=5.0, min_interval=0.0)
     start = clock() + 0.05
     with PacedVideoFiles([toy_clips["red"][0]], history, start=start, slot_s=2.5) as source:
-        while history.received < 8 and not source.finished:  # polled: a loaded machine decodes late
-            time.sleep(0.02)
+        wait_until(lambda: history.received >= 8 or source.finished, 30, "8 frames",  # a loaded machine decodes late
+                   interval=0.02)
         assert clock() - start >= 0.65  # 8 frames at 10 fps come no sooner than real time lets them
-        while not source.finished:
-            time.sleep(0.05)
+        wait_until(lambda: source.finished, 30, "the video file to be played")
     assert clock() - start >= 2.3  # the slot, less the last frame's period
     assert start + 2.3 < history.latest()[0] < start + 2.5
 
@@ -76,10 +76,7 @@ def test_the_camera_reconnects_when_the_stream_server_stops(toy_clips, mjpeg_cam
         time.sleep(1.0)
         camera.start()  # and comes back on the same URL
         stopped_at = clock()
-        deadline = stopped_at + 20
-        while (history.latest()[0] < stopped_at + 0.5) and clock() < deadline:
-            time.sleep(0.1)
-        assert history.latest()[0] > stopped_at + 0.5, "no frames after the server came back"
+        wait_until(lambda: history.latest()[0] > stopped_at + 0.5, 20, "frames after the server came back")
         assert source.reconnects >= 1
         frame = history.latest()[1]
     assert frame.shape[2] == 3 and frame[..., 2].mean() > frame[..., 0].mean()  # blue survives MJPEG (RGB order)

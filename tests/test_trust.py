@@ -7,17 +7,7 @@ import pytest
 import torch
 
 from avcil.model.encoders.paper import audiomae_config, load_audiomae
-from test_encoders import SMALL, save_checkpoint, timm_audiomae_state
-
-
-class _Hostile:
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch {self.marker}",)
+from support.models import SMALL, HostilePickle, commit_model, run_export, save_checkpoint, timm_audiomae_state
 
 
 def _checkpoint(path: Path, **extra) -> Path:
@@ -28,7 +18,7 @@ def _checkpoint(path: Path, **extra) -> Path:
 
 def test_a_checkpoint_with_a_foreign_global_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "marker"
-    path = _checkpoint(tmp_path / "hostile.pth", extra=_Hostile(marker))
+    path = _checkpoint(tmp_path / "hostile.pth", extra=HostilePickle(marker))
     with pytest.raises(ValueError, match="hostile.pth: holds Python objects besides tensors.*--trust-checkpoint"):
         load_audiomae(path, audiomae_config(**SMALL))
     assert not marker.exists()
@@ -54,7 +44,6 @@ def test_an_exported_graph_changed_after_export_is_not_loaded(tmp_path):
     from avcil.model.encoders import load_profile
     from avcil.backends import model_backends
     from avcil.modeldir import ModelDirError
-    from test_export import commit_model, run_export
 
     root = tmp_path / "model"
     commit_model(root, load_profile("tiny"))
