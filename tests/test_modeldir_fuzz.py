@@ -27,9 +27,9 @@ WRONG_VALUES = ([], {}, "x", -1, None, 1.5, [{"name": 1}], {"unexpected": True})
 
 
 def hostile_manifest(data: bytes, rng: random.Random) -> bytes:
-    """The manifest with one value replaced by a wrong one (an extra head config key, an exemplar entry that is not
-    an object, a key removed, ...), sealed again so that only its shape can refuse it. A manifest damaged before
-    (not JSON, not an object) is left as it is."""
+    """The manifest with one value replaced by a wrong one (an extra head config key, an exemplar or gram entry that
+    is not an object, a key removed, ...), sealed again so that only its shape can refuse it. A manifest damaged
+    before (not JSON, not an object) is left as it is."""
     try:
         manifest = json.loads(data)
         return json.dumps(_replace_one_value(manifest, rng)).encode()
@@ -38,7 +38,7 @@ def hostile_manifest(data: bytes, rng: random.Random) -> bytes:
 
 
 def _replace_one_value(manifest: dict, rng: random.Random) -> dict:
-    choice = rng.randrange(6)
+    choice = rng.randrange(7)
     if choice == 0:
         manifest["head"]["config"]["unexpected"] = 1
     elif choice == 1 and manifest.get("exemplars"):
@@ -50,6 +50,13 @@ def _replace_one_value(manifest: dict, rng: random.Random) -> dict:
     elif choice == 4 and manifest.get("exemplars"):
         entry = manifest["exemplars"][rng.randrange(len(manifest["exemplars"]))]
         entry[rng.choice(["label", "count", "file"])] = rng.choice(WRONG_VALUES + (99, "../../victim/keep.txt"))
+    elif choice == 5 and manifest.get("gram"):
+        gram = manifest["gram"]
+        if gram["rows"] and rng.random() < 0.5:
+            entry = gram["rows"][rng.randrange(len(gram["rows"]))]
+            entry[rng.choice(["file", "count"])] = rng.choice(WRONG_VALUES + (0, "../../victim/keep.txt"))
+        else:
+            gram[rng.choice(["base", "rows"])] = rng.choice(WRONG_VALUES + ("../../victim/keep.txt",))
     else:
         key = rng.choice(sorted(manifest))
         manifest[key] = rng.choice(WRONG_VALUES)

@@ -51,6 +51,20 @@ def test_a_symlinked_exemplars_folder_is_refused_and_nothing_in_it_is_deleted(tm
     assert ModelDir(model).load(with_memory=False).version == "v0003"
 
 
+def test_a_symlinked_statistics_folder_is_refused_by_writers_and_readers_alike(tmp_path, model):
+    # The readout's statistics are part of the head: a reader refuses every version that lists them through a link.
+    outside = Path(shutil.copytree(model / "statistics", tmp_path / "outside"))
+    shutil.rmtree(model / "statistics")
+    (model / "statistics").symlink_to(outside)
+    before = tree_digest(outside)
+    code, _, stderr = avcil_in_process("model", "rollback", "--model", model)
+    assert code == 2 and f"{model / 'statistics'}: a symbolic link inside the model dir" in stderr
+    code, stdout, _ = avcil_in_process("model", "list", "--model", model)
+    assert code == 0 and "v0003  CORRUPT:" in stdout and "symbolic link" in stdout
+    assert ModelDir(model).load(with_memory=False).version == "v0001"  # the one version without a readout
+    assert tree_digest(outside) == before
+
+
 @pytest.mark.parametrize("name", ["CURRENT.tmp", ".staged", "CURRENT"])
 def test_a_link_among_the_writers_own_files_is_refused_not_written_through(tmp_path, model, name):
     victim = tmp_path / "victim.txt"
@@ -137,7 +151,21 @@ DAMAGES = {
         (m / "versions/v0003/manifest.json").read_text().replace('"white"', '"whitE"')),
         "do not match its own checksum"),
     "head truncated": (lambda m: (m / "versions/v0003/head.pt").write_bytes(b"PK"), "checksum mismatch"),
+    "its statistics rows truncated": (lambda m: (m / "statistics" / own_statistics_rows(m)).write_bytes(b"\x93NUMPY"),
+                                      "checksum mismatch"),
+    "its statistics rows removed": (lambda m: (m / "statistics" / own_statistics_rows(m)).unlink(),
+                                    "listed in the manifest of v0003 but missing"),
+    "a gram entry naming a file outside": (lambda m: reseal(m / "versions/v0003/manifest.json",
+                                                            lambda d: d["gram"].update(base="../../victim.npy")),
+                                           "never produces"),
 }
+
+
+def own_statistics_rows(model: Path) -> str:
+    """The statistics file that only v0003 lists: the rows of the class it learnt (v0002 wrote the base)."""
+    rows = ModelDir(model).manifest("v0003")["gram"]["rows"]
+    assert len(rows) == 1 and ModelDir(model).manifest("v0002")["gram"]["rows"] == []
+    return rows[0]["file"]
 
 
 @pytest.mark.parametrize("case", list(DAMAGES))

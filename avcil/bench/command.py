@@ -11,7 +11,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from avcil.bench import (accuracy, correction, distributed, enrol, gpu, head_speed, latency, live_latency, load,
-                             mqtt_outage, probes, soak, stream, update)
+                             mqtt_outage, probes, readout_width, soak, stream, update)
     from avcil.train.options import add_training_flags
 
     bench = subparsers.add_parser("bench", help="benchmarks that write JSON, a markdown table and a plot")
@@ -38,7 +38,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             ("correction", correction, "what one 'that was not X' (avcil learn --not) costs in event recall and "
                                        "buys in false accepts, on the stream benchmark"),
             ("enrol", enrol, "event recall of a class learnt in the field from 1-40 clips, on the stream "
-                             "benchmark; sets the default clip count")):
+                             "benchmark; sets the default clip count"),
+            ("readout", readout_width, "the analytic readout's expansion width and ridge swept on the demo's "
+                                       "model: closed-set accuracy, the stream benchmark, what each costs")):
         parser = kinds.add_parser(name, help=text)
         module.add_flags(parser)
         parser.set_defaults(func=_bench, bench_func=module.run)

@@ -104,9 +104,8 @@ class _Sums:
 
     @torch.no_grad()
     def add(self, increments: dict[str, torch.Tensor]) -> None:
-        for name, value in increments.items():  # names of this module's buffers, or of a part's ("parts.video.gram")
-            buffer = self.get_buffer(name)
-            buffer.add_(value.to(buffer.dtype))
+        for name, value in increments.items():
+            getattr(self, name).add_(value.to(getattr(self, name).dtype))
 
 
 class AnalyticReadout(_Sums, nn.Module):
@@ -143,6 +142,13 @@ class AnalyticReadout(_Sums, nn.Module):
         # the stream benchmark drew a fifth of the events' windows to it (docs/decision.md#that-was-not-x).
         self.register_buffer("rejection_inputs", torch.zeros(0, in_dim))
         self.register_buffer("rejection_class", torch.zeros(0, dtype=torch.long))
+        # So that the model dir stores `gram` as what changed (a 16 MB matrix at lite's width, a few rows of φ per
+        # class; avcil/modeldir/statistics.py): `gram_stored`, the model dir's record of the files that hold `gram`
+        # as it was loaded or last committed (None: none do, as for a new readout), and `gram_rows`, the φ rows
+        # (float32) of each `add` since, in order, which put φᵀφ into `gram`; None when `gram` changed otherwise
+        # (a sum over processes, a loaded state), so that the model dir stores it whole. Neither is in the state.
+        self.gram_stored: dict | None = None
+        self.gram_rows: list[torch.Tensor] | None = None
         # Per-modality readouts (`modality_columns`): the same settings over one modality's columns of the inputs,
         # fed every clip, background window and correction this one is. A separate expansion each, since this one's
         # mixes the modalities. When a microphone is gone, the audio-visual readout fed silence labelled a tenth of
@@ -164,6 +170,7 @@ class AnalyticReadout(_Sums, nn.Module):
         return 0.0 if self.expand is None else fingerprint(self.expand)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.gram_stored = self.gram_rows = None  # `gram` becomes whatever the state holds
         for name in ("negative_sum", "negative_count", "negative_square", "rejection_inputs", "rejection_class"):
             state_dict.setdefault(prefix + name, getattr(self, name).clone())  # model dirs from before they existed
         for name in ("rejection_inputs", "rejection_class"):  # as many rows as were stored
@@ -177,6 +184,21 @@ class AnalyticReadout(_Sums, nn.Module):
     @property
     def num_classes(self) -> int:
         return self.cross.shape[1]
+
+    @torch.no_grad()
+    def add(self, increments: dict[str, torch.Tensor], rows: torch.Tensor | None = None) -> None:
+        """Add `increments` (see `_Sums`; a part's under "parts.NAME.", as `increments` gives them); `rows`: the φ
+        whose φᵀφ is the gram's increment, recorded in `gram_rows` (None: not known, as for the sums of several
+        processes' clips)."""
+        for name, part in self.parts.items():
+            prefix = f"parts.{name}."
+            if theirs := {key[len(prefix):]: value for key, value in increments.items() if key.startswith(prefix)}:
+                part.add(theirs)
+        increments = {key: value for key, value in increments.items() if not key.startswith("parts.")}
+        super().add(increments)
+        if "gram" in increments:
+            known = rows is not None and self.gram_rows is not None
+            self.gram_rows = [*self.gram_rows, rows.float()] if known else None
 
     def class_means(self) -> torch.Tensor:
         """The means in the expanded space [C_seen, width] of the classes that have clips: C over the counts."""
@@ -211,7 +233,10 @@ class AnalyticReadout(_Sums, nn.Module):
         """Add clips (readout inputs [n, in_dim], class indices [n]) to the statistics; `solve` afterwards."""
         if not bool(self.standardised) and len(x) > 1:
             self.standardise(x.float().mean(dim=0), x.float().std(dim=0))
-        self.add(self.increments(x, labels))
+        phi = self.expanded(x).double()
+        self.add(self._increments_of(phi, labels), rows=phi)
+        for name, columns in self._columns_of(x).items():
+            self.parts[name].accumulate(columns, labels)
 
     @torch.no_grad()
     def accumulate_background(self, x: torch.Tensor) -> None:
@@ -220,7 +245,7 @@ class AnalyticReadout(_Sums, nn.Module):
             raise InvalidInput("background can only be added to a readout that has learnt classes")
         phi = self.expanded(x).double()
         self.add({"gram": phi.T @ phi, "negative_sum": phi.sum(dim=0), "negative_count": torch.tensor(len(phi)),
-                  "negative_square": phi.pow(2).sum()})
+                  "negative_square": phi.pow(2).sum()}, rows=phi)
         for name, columns in self._columns_of(x).items():
             self.parts[name].accumulate_background(columns)
 
@@ -246,14 +271,17 @@ class AnalyticReadout(_Sums, nn.Module):
 
     @torch.no_grad()
     def increments(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What these clips add to each statistic (float64): sums, so that they add across processes too."""
-        phi = self.expanded(x).double()
-        onehot = F.one_hot(labels.long(), self.num_classes).double()
-        increments = {"gram": phi.T @ phi, "cross": phi.T @ onehot, "count": onehot.sum(dim=0)}
+        """What these clips add to each statistic (float64): sums, so that they add across processes too; a part's
+        under "parts.NAME."."""
+        increments = self._increments_of(self.expanded(x).double(), labels)
         for name, columns in self._columns_of(x).items():
             increments.update({f"parts.{name}.{key}": value
                                for key, value in self.parts[name].increments(columns, labels).items()})
         return increments
+
+    def _increments_of(self, phi: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        onehot = F.one_hot(labels.long(), self.num_classes).double()
+        return {"gram": phi.T @ phi, "cross": phi.T @ onehot, "count": onehot.sum(dim=0)}
 
     @torch.no_grad()
     def solve(self) -> None:

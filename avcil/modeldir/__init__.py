@@ -4,19 +4,23 @@ Layout:
     MODEL/CURRENT              name of the version in use (replaced atomically)
     MODEL/versions/v0001/      manifest.json, head.pt — one committed version each
     MODEL/exemplars/SHA.npz    one class's exemplars (ids, audio, visual), named by the sha256 of the file
+    MODEL/statistics/SHA.npy   the analytic readout's Gram matrix, or rows added to it (avcil/modeldir/statistics.py)
     MODEL/.staged              names a writer is creating (avcil/modeldir/staged.py), present while it commits
 
 Exemplar files are shared between versions: a version's manifest lists, per class, a file and how many of its
 first rows the class keeps (a class only ever loses its last exemplars when the memory makes room), so learning a
 class writes that class's exemplars and not the whole memory again (340 MB a version for the lite AVE budget,
 1.6 GB for the paper profile's). Format-1 versions, with the whole memory in their own memory.npz, still load.
+The analytic readout's Gram matrix is shared the same way (format 3): a version lists a base file and the rows
+learnt since, so a field class adds its clips' rows (8 KB a clip at lite's width) rather than the 16 MB matrix;
+format-1 and -2 versions, with the matrix inside head.pt, still load.
 
 A commit writes the whole version into a hidden temporary folder, fsyncs every file, renames the folder into
 place and only then points CURRENT at it, so a crash at any moment leaves the last good version loadable.
-The manifest holds every file's sha256 and its own; a version whose manifest (avcil/modeldir/schema.py) or head
-does not check out is refused, and `load()` then falls back to the newest older version that does (saying so), so
-that a damaged file never stops a device. A damaged exemplar file costs the exemplars it holds, not the version:
-recognition goes on, learning is refused until `avcil model repair` commits a version without them.
+The manifest holds every file's sha256 and its own; a version whose manifest (avcil/modeldir/schema.py), head or
+statistics files do not check out is refused, and `load()` then falls back to the newest older version that does
+(saying so), so that a damaged file never stops a device. A damaged exemplar file costs the exemplars it holds, not
+the version: recognition goes on, learning is refused until `avcil model repair` commits a version without them.
 Every file is reached without following a symbolic link (avcil/modeldir/confined.py): nothing the model dir reads,
 writes or removes lies outside it. A writer (commit, rollback, repair, field learning) holds a flock on the model
 dir's folder for its whole read-modify-commit (avcil/modeldir/lock.py), so that two writers cannot both build on
@@ -45,18 +49,20 @@ from avcil.model.head import FusionHead, HeadConfig
 from avcil.model.memory import ClassExemplars, ExemplarMemory
 from avcil.modeldir.confined import Confined
 from avcil.modeldir.lock import writer_lock
-from avcil.modeldir.schema import (EXEMPLAR_NAME, ManifestKey, HEAD_FILE, MANIFEST_FILE, MANIFEST_LIMIT, MEMORY_FILE,
-                                   POINTER_LIMIT, SEAL, VERSION_FILES, VERSION_NAME, check_manifest, check_pointer,
-                                   parse_manifest, seal_of)
+from avcil.modeldir.schema import (EXEMPLAR_NAME, EXEMPLARS_DIR, ManifestKey, HEAD_FILE, MANIFEST_FILE,
+                                   MANIFEST_LIMIT, MEMORY_FILE, POINTER_LIMIT, SEAL, STATISTICS_DIR, VERSION_FILES,
+                                   VERSION_NAME, check_manifest, check_pointer, parse_manifest, seal_of)
+from avcil.modeldir.shared import is_shared_file, write_shared
 from avcil.modeldir.staged import STAGED_FILE, clear_staged, stage, staged_names
+from avcil.modeldir.statistics import (gram_files, has_gram, head_state, read_grams, restore_stored, write_gram)
 
 __all__ = ["ModelDir", "ModelDirError", "LoadedModel", "check_manifest", "EXEMPLAR_NAME", "VERSION_NAME",
            "VERSION_FILES", "HEAD_FILE", "MEMORY_FILE", "MANIFEST_FILE"]
 
-FORMAT = 2  # 1: the whole memory in the version's memory.npz; 2: shared per-class exemplar files
-EXEMPLARS_DIR, VERSIONS_DIR, POINTER = "exemplars", "versions", "CURRENT"
+FORMAT = 3  # the formats it reads: avcil/modeldir/schema.py FORMATS
+VERSIONS_DIR, POINTER = "versions", "CURRENT"
 # The names of the model dir's own top level that a writer touches (CURRENT.tmp: earlier writers' aside-file).
-OWN_NAMES = (POINTER, STAGED_FILE, "CURRENT.tmp", VERSIONS_DIR, EXEMPLARS_DIR)
+OWN_NAMES = (POINTER, STAGED_FILE, "CURRENT.tmp", VERSIONS_DIR, EXEMPLARS_DIR, STATISTICS_DIR)
 # What a hostile file with a matching checksum can raise from numpy's reader: a refusal of the file, not a bug.
 UNREADABLE = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, zipfile.BadZipFile, AvcilError)
 
@@ -80,6 +86,7 @@ class ModelDir:
         self.root = Path(root)
         self.versions = self.root / VERSIONS_DIR
         self.exemplars = self.root / EXEMPLARS_DIR
+        self.statistics = self.root / STATISTICS_DIR
         self.files = Confined(self.root)
 
     def repair_hint(self) -> str:
@@ -117,18 +124,11 @@ class ModelDir:
             raise ModelDirError(f"{self.root / relative}: no such version (have {', '.join(self.list_versions())})")
         return relative
 
-    def _sha256(self, relative: str) -> str:
-        digest = hashlib.sha256()
-        with self.files.open_read(relative) as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-
     def _check_file(self, relative: str, sha: str, version: str, verified: set) -> None:
         if (relative, sha) in verified:
             return
         try:
-            matches = self._sha256(relative) == sha
+            matches = self.files.sha256(relative) == sha
         except FileNotFoundError:
             raise ModelDirError(f"{self.root / relative}: listed in the manifest of {version} but missing") from None
         if not matches:
@@ -137,13 +137,16 @@ class ModelDir:
         verified.add((relative, sha))
 
     def verify(self, version: str, verified: set | None = None) -> dict:
-        """The version's manifest, after checking it and the head file against its sha256: what serving needs.
-        The exemplar memory is checked apart (`damaged_exemplars`). `verified`: (path, sha256) pairs already
-        checked, so that going through several versions hashes each file once; filled as files pass."""
+        """The version's manifest, after checking it, the head file and the statistics files against their sha256:
+        what serving needs. The exemplar memory is checked apart (`damaged_exemplars`). `verified`: (path, sha256)
+        pairs already checked, so that going through several versions hashes each file once (a shared file among
+        them); filled as files pass."""
         manifest = self.manifest(version)
         verified = set() if verified is None else verified
         self._check_file(f"{self._version_folder(version)}/{HEAD_FILE}", manifest["files"][HEAD_FILE], version,
                          verified)
+        for name in gram_files(manifest.get(ManifestKey.GRAM)):
+            self._check_file(f"{STATISTICS_DIR}/{name}", Path(name).stem, version, verified)
         return manifest
 
     def damaged_exemplars(self, version: str, manifest: dict, verified: set | None = None) -> dict[int, str]:
@@ -221,11 +224,16 @@ class ModelDir:
         """The version's manifest and head, without its memory."""
         manifest = self.verify(version)
         relative = f"{self._version_folder(version)}/{HEAD_FILE}"
+        gram = manifest.get(ManifestKey.GRAM)
         try:
             head = FusionHead(HeadConfig(**manifest["head"]["config"]), num_classes=len(manifest["classes"]))
             with self.files.open_read(relative) as file:
                 state = torch.load(file, map_location="cpu", weights_only=True)
+            if gram is not None:  # format 3: kept in shared statistics files
+                state.update(self._read_grams(gram, head, version))
             head.load_state_dict(state)
+            if gram is not None:
+                restore_stored(head, gram)
         except ModelDirError:
             raise
         except Exception as error:  # noqa: BLE001 - a hostile file can fail anywhere in torch: refuse the version
@@ -234,6 +242,12 @@ class ModelDir:
                                 f"({reason}); refusing {version}") from None
         head.eval()
         return LoadedModel(version, manifest, head, None)
+
+    def _read_grams(self, entry: dict, head: FusionHead, version: str) -> dict[str, torch.Tensor]:
+        try:
+            return read_grams(self.files, entry, head)
+        except (ModelDirError, OSError) as error:
+            raise ModelDirError(f"{error}; refusing {version}") from None
 
     def _read_memory(self, version: str, manifest: dict) -> tuple[ExemplarMemory | None, dict[int, str]]:
         """The version's exemplar memory without the classes whose exemplars are damaged, and {label: why} of
@@ -314,8 +328,8 @@ class ModelDir:
             yield self
 
     def _refuse_links(self) -> None:
-        """A writer creates files inside versions/ and exemplars/ and replaces CURRENT: a link among them would take
-        its writes (or, through a shared folder, another model dir's files) outside the model dir."""
+        """A writer creates files inside versions/, exemplars/ and statistics/ and replaces CURRENT: a link among
+        them would take its writes (or, through a shared folder, another model dir's files) outside the model dir."""
         for name in OWN_NAMES:
             if self.files.kind(name) == "link":
                 raise self.files.link_refusal(name)
@@ -330,35 +344,36 @@ class ModelDir:
 
     def _remove_leftovers(self) -> None:
         """What killed writers staged and no version lists (safe: we hold the lock, so no commit is under way).
-        An exemplar file is kept while a manifest cannot be read, since that version may list it; its name stays
-        staged for a later writer."""
+        A shared file (exemplars, statistics) is kept while a manifest cannot be read, since that version may list
+        it; its name stays staged for a later writer."""
         names = staged_names(self.files)
         if not names:
             clear_staged(self.files)
             return
-        listed = self._listed_exemplar_files()
+        listed = self._listed_shared_files()
         kept = []
         for relative in names:
-            name = relative.removeprefix(f"{EXEMPLARS_DIR}/")
-            if name != relative and EXEMPLAR_NAME.fullmatch(name):
+            if is_shared_file(relative):
                 if listed is None:
                     kept.append(relative)
                     continue
-                if name in listed:  # the killed writer's version was committed after all
+                if relative in listed:  # the killed writer's version was committed after all
                     continue
             self.files.remove(relative)
         clear_staged(self.files)
         for relative in kept:
             stage(self.files, relative)
 
-    def _listed_exemplar_files(self) -> set[str] | None:
-        """Every exemplar file some version lists; None when a manifest cannot be read."""
+    def _listed_shared_files(self) -> set[str] | None:
+        """Every shared file some version lists (its path in the model dir); None when a manifest cannot be read."""
         listed = set()
         for version in self.list_versions():
             try:
-                listed.update(entry["file"] for entry in self.manifest(version).get("exemplars", []))
+                manifest = self.manifest(version)
             except ModelDirError:
                 return None
+            listed.update(f"{EXEMPLARS_DIR}/{entry['file']}" for entry in manifest.get(ManifestKey.EXEMPLARS, []))
+            listed.update(f"{STATISTICS_DIR}/{name}" for name in gram_files(manifest.get(ManifestKey.GRAM)))
         return listed
 
     def rollback(self, version: str | None = None) -> str:
@@ -412,10 +427,11 @@ class ModelDir:
             existing = self.list_versions()
             version = f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
             exemplars = self._write_exemplars(memory) if memory is not None else []
+            gram = write_gram(self.files, head.readout) if has_gram(head) else None
             staging = stage(self.files, self.files.fresh_name(VERSIONS_DIR, f".{version}-"))
             self.files.mkdir(staging)
             try:
-                files = {HEAD_FILE: _tensor_bytes(head.state_dict())}
+                files = {HEAD_FILE: _tensor_bytes(head_state(head, gram))}
                 for name, data in files.items():
                     self.files.write_new(f"{staging}/{name}", data)
                 key = ManifestKey
@@ -430,6 +446,7 @@ class ModelDir:
                     key.HEAD: {"config": head.config.to_dict()},
                     key.MEMORY: memory.settings() if memory is not None else None,
                     key.EXEMPLARS: exemplars,
+                    key.GRAM: gram,
                     key.FILES: {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
                     **(extra or {}),
                 }
@@ -463,31 +480,15 @@ class ModelDir:
 
     def _write_exemplars(self, memory: ExemplarMemory) -> list[dict]:
         """Per class, the exemplar file that holds its exemplars as first rows and how many it keeps: the file it
-        was loaded from when that is still here, else a new one (named by its sha256, written aside, renamed)."""
+        was loaded from when that is still here, else a new one (avcil/modeldir/shared.py)."""
         self.files.makedirs(EXEMPLARS_DIR)
         entries = []
         for label, exemplars in sorted(memory.classes.items()):
             if exemplars.stored_as is None or self.files.kind(f"{EXEMPLARS_DIR}/{exemplars.stored_as}") != "file":
-                data = _npz_bytes({"ids": np.asarray(exemplars.ids), "audio": exemplars.audio,
-                                   "visual": exemplars.visual})
-                sha = hashlib.sha256(data).hexdigest()
-                exemplars.stored_as = f"{sha}.npz"
-                final = f"{EXEMPLARS_DIR}/{exemplars.stored_as}"
-                if not self._holds(final, sha):
-                    stage(self.files, final)
-                    aside = stage(self.files, self.files.fresh_name(EXEMPLARS_DIR, f".{exemplars.stored_as}-",
-                                                                    ".tmp"))
-                    self.files.write_new(aside, data)
-                    self.files.rename(aside, final)
+                exemplars.stored_as = write_shared(self.files, EXEMPLARS_DIR, _npz_bytes(
+                    {"ids": np.asarray(exemplars.ids), "audio": exemplars.audio, "visual": exemplars.visual}))
             entries.append({"label": int(label), "file": exemplars.stored_as, "count": len(exemplars.ids)})
         return entries
-
-    def _holds(self, relative: str, sha: str) -> bool:
-        """Whether `relative` is a regular file with this sha256 (a damaged or planted one is written over)."""
-        try:
-            return self.files.kind(relative) == "file" and self._sha256(relative) == sha
-        except (OSError, ModelDirError):
-            return False
 
 
 def _checked_version(name: str) -> str:

@@ -10,6 +10,7 @@ The root itself is the folder the user named, and may be a link.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import shutil
@@ -107,6 +108,14 @@ class Confined:
         if len(data) > limit:
             raise ModelDirError(f"{self.root / relative}: larger than the {limit} bytes such a file holds")
         return data
+
+    def sha256(self, relative: str) -> str:
+        """The file's sha256, read a block at a time (a file may be larger than memory allows at once)."""
+        digest = hashlib.sha256()
+        with self.open_read(relative) as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def listdir(self, relative: str) -> list[str]:
         """The names in a folder inside the root; [] when it is absent."""

@@ -1,5 +1,5 @@
 """What a model dir's records must hold to be used: `check_manifest` for a version's manifest.json (its shape, its
-seal, its head config, its exemplar entries) and `check_pointer` for CURRENT.
+seal, its head config, its exemplar entries, its statistics files) and `check_pointer` for CURRENT.
 
 Every reader goes through these before it touches a value, so that a damaged or hostile record is a refusal of
 that version with one line saying what is wrong, never a TypeError deep inside loading. The manifest carries its
@@ -16,13 +16,21 @@ import re
 from avcil.errors import AvcilError, ModelDirError
 
 VERSION_NAME = re.compile(r"v\d{4,}")
-EXEMPLAR_NAME = re.compile(r"[0-9a-f]{64}\.npz")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+# The folders of files that versions share (avcil/modeldir/shared.py), each file named by its sha256 and a suffix:
+# one class's exemplars, and the analytic readout's statistics (avcil/modeldir/statistics.py).
+EXEMPLARS_DIR, STATISTICS_DIR = "exemplars", "statistics"
+SHARED_SUFFIX = {EXEMPLARS_DIR: ".npz", STATISTICS_DIR: ".npy"}
+SHARED_NAME = {folder: re.compile(SHA256.pattern + re.escape(suffix)) for folder, suffix in SHARED_SUFFIX.items()}
+EXEMPLAR_NAME, STATISTICS_NAME = SHARED_NAME[EXEMPLARS_DIR], SHARED_NAME[STATISTICS_DIR]
 HEAD_FILE, MEMORY_FILE, MANIFEST_FILE = "head.pt", "memory.npz", "manifest.json"
 VERSION_FILES = (HEAD_FILE, MEMORY_FILE)
-FORMATS = (1, 2)  # 1: the whole memory in the version's memory.npz; 2: shared per-class exemplar files
+# 1: the whole memory in the version's memory.npz; 2: shared per-class exemplar files; 3: the analytic readout's
+# Gram matrix in shared statistics files, a version storing the rows it added (before 3 it is inside head.pt).
+FORMATS = (1, 2, 3)
 SEAL = "manifest_sha256"
 POINTER_LIMIT = 64  # bytes: "v0001\n" and room for many more versions
+GRAM_PARTS = ("audio", "video")  # the analytic readout's per-modality readouts (avcil/model/readout.py)
 MANIFEST_LIMIT = 16 << 20  # bytes: a manifest is a few kilobytes; more is not one
 
 
@@ -34,6 +42,7 @@ class ManifestKey:
     FORMAT, VERSION, CREATED, AVCIL_VERSION, TORCH_VERSION = "format", "version", "created", "avcil_version", \
         "torch_version"
     CLASSES, FEATURES, HEAD, MEMORY, EXEMPLARS, FILES = "classes", "features", "head", "memory", "exemplars", "files"
+    GRAM = "gram"  # format 3: the statistics files that hold the analytic readout's Gram matrix, or null
     PARENT, NOTE, TRAINING = "parent", "note", "training"
     FIELD_LEARNING, REPAIR = "field_learning", "repair"
 
@@ -84,6 +93,7 @@ def check_manifest(manifest, where: str) -> dict:
     _check_head(manifest.get(ManifestKey.HEAD), shape, refuse)
     _check_files(manifest.get(ManifestKey.FILES), manifest[ManifestKey.FORMAT], refuse)
     _check_memory(manifest, len(classes), refuse)
+    _check_gram(manifest, refuse)
     for key in (ManifestKey.CREATED, ManifestKey.NOTE, ManifestKey.PARENT, ManifestKey.VERSION):
         if manifest.get(key) is not None and not isinstance(manifest[key], str):
             raise refuse(f"'{key}' is not a string")
@@ -202,3 +212,36 @@ def _check_memory(manifest: dict, class_count: int, refuse) -> None:
             raise refuse(f"an exemplar entry has label {entry['label']} / count {entry['count']} for "
                          f"{class_count} classes")
         labels.add(entry["label"])
+
+
+def _check_gram(manifest: dict, refuse) -> None:
+    """Format 3 lists a Gram matrix's files ({"base": name, "rows": [{"file": name, "count": n}]}, with its
+    per-modality readouts' entries under "parts") exactly when the head has an analytic readout; earlier formats keep
+    it inside head.pt."""
+    gram = manifest.get(ManifestKey.GRAM)
+    readout = manifest[ManifestKey.HEAD]["config"].get("readout")
+    needed = manifest[ManifestKey.FORMAT] >= 3 and isinstance(readout, dict) and readout.get("kind") == "analytic"
+    if gram is None:
+        if needed:
+            raise refuse("'gram' is missing for the head's analytic readout")
+        return
+    if not needed:
+        raise refuse("'gram' lists statistics files, which only an analytic readout of format 3 has")
+    _check_gram_entry(gram, "gram", refuse)
+
+
+def _check_gram_entry(gram, where: str, refuse) -> None:
+    if not (isinstance(gram, dict) and isinstance(gram.get("base"), str) and isinstance(gram.get("rows"), list)):
+        raise refuse(f"'{where}' is not {{\"base\", \"rows\"}}: {str(gram)[:80]}")
+    for entry in gram["rows"]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and _is_int(entry.get("count"))
+                and entry["count"] >= 1):
+            raise refuse(f"a '{where}.rows' entry is not {{\"file\", \"count\" >= 1}}: {str(entry)[:80]}")
+    for name in [gram["base"]] + [entry["file"] for entry in gram["rows"]]:
+        if not STATISTICS_NAME.fullmatch(name):
+            raise refuse(f"'{where}' names {name[:80]!r}, a file the writer never produces (outside the model dir?)")
+    parts = gram.get("parts", {})
+    if not (isinstance(parts, dict) and set(parts) <= set(GRAM_PARTS)):
+        raise refuse(f"'{where}.parts' is not an object of {' and '.join(GRAM_PARTS)}: {str(parts)[:80]}")
+    for name, part in parts.items():
+        _check_gram_entry(part, f"{where}.parts.{name}", refuse)

@@ -1,6 +1,6 @@
 """MODEL/.staged: the names a writer is about to create, recorded (and fsynced) before it creates them.
 
-A writer killed mid-commit leaves staging folders, aside-files and exemplar files that no version lists. The next
+A writer killed mid-commit leaves staging folders, aside-files and shared files that no version lists. The next
 writer removes those, and only those: a name is removed because a writer listed it here, never because it merely
 lies in the model dir unlisted (a folder shared with another model dir, or files put there by hand, are not ours).
 """
@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 
 from avcil.modeldir.confined import Confined
+from avcil.modeldir.schema import SHARED_NAME
 
 STAGED_FILE = ".staged"
-# The only names a writer stages; a line of any other shape (torn by a kill, or written by someone else) is ignored.
-STAGED_NAME = re.compile(r"versions/\.v\d{4,}-[0-9a-f]+|exemplars/\.[0-9a-f]{64}\.npz-[0-9a-f]+\.tmp"
-                         r"|exemplars/[0-9a-f]{64}\.npz|\.CURRENT-[0-9a-f]+\.tmp")
+# The only names a writer stages; a line of any other shape (torn by a kill, or written by someone else) is ignored:
+# a staging folder, CURRENT's aside-file, and a shared file (exemplars/, statistics/) and its aside-file.
+STAGED_NAME = re.compile("|".join([r"versions/\.v\d{4,}-[0-9a-f]+", r"\.CURRENT-[0-9a-f]+\.tmp"] + [
+    rf"{folder}/{name.pattern}|{folder}/\.{name.pattern}-[0-9a-f]+\.tmp" for folder, name in SHARED_NAME.items()]))
 STAGED_LIMIT = 1 << 20  # bytes: thousands of names; a larger file is not one a writer wrote
 
 
