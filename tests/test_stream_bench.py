@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from avcil.bench.stream import StreamWindows, choose_threshold, event_metrics, smooth
+from avcil.bench.stream_metrics import StreamWindows, choose_threshold, event_metrics, smooth
 from avcil.runtime.decision import DecisionRule
 
 # One stream, 20 s: digit "1" from 4 s to 6 s, digit "2" from 12 s to 14 s, background elsewhere. Windows of 3 s

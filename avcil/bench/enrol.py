@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from avcil.bench.report import machine_load, markdown_table, write_report
-from avcil.bench.stream import (DEFAULT_RULE, DEFAULT_THRESHOLD, add_stream_flags, checked_inputs, event_metrics,
-                                load_split, rule_scores)
+from avcil.bench.stream import add_stream_flags, checked_inputs, load_split
+from avcil.bench.stream_metrics import DEFAULT_RULE, DEFAULT_THRESHOLD, event_metrics, rule_scores
 from avcil.errors import InvalidInput
 from avcil.runtime.decision import HeadScores
 

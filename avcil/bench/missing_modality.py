@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from avcil.bench.report import markdown_table
-from avcil.bench.stream import DEFAULT_RULE, DEFAULT_THRESHOLD, StreamWindows, event_metrics, rule_scores, sweep
+from avcil.bench.stream_metrics import (DEFAULT_RULE, DEFAULT_THRESHOLD, StreamWindows, event_metrics, rule_scores,
+                                        sweep)
 from avcil.runtime.decision import HeadScores
 
 LEFT = {"audio": "video", "video": "audio"}  # the missing modality -> the one left

@@ -73,7 +73,7 @@ def build(base_head, width: int, ridge: float, old: tuple, new: tuple, classes: 
 
 
 def measure(head, test: tuple, splits: dict) -> dict:
-    from avcil.bench.stream import DEFAULT_RULE, choose_threshold, event_metrics, rule_scores, sweep
+    from avcil.bench.stream_metrics import DEFAULT_RULE, choose_threshold, event_metrics, rule_scores, sweep
     from avcil.runtime.class_space import readout_inputs_of
     from avcil.runtime.decision import HeadScores
 
