@@ -41,7 +41,7 @@ import torch
 import avcil
 from avcil.errors import AvcilError, ModelDirError
 from avcil.features import FeatureShape
-from avcil.model.head import FusionHead, HeadConfig
+from avcil.model.head import FusionHead, load_head
 from avcil.model.memory import ClassExemplars, ExemplarMemory
 from avcil.modeldir.confined import Confined
 from avcil.modeldir.lock import writer_lock
@@ -222,10 +222,10 @@ class ModelDir:
         manifest = self.verify(version)
         relative = f"{self._version_folder(version)}/{HEAD_FILE}"
         try:
-            head = FusionHead(HeadConfig(**manifest["head"]["config"]), num_classes=len(manifest["classes"]))
             with self.files.open_read(relative) as file:
                 state = torch.load(file, map_location="cpu", weights_only=True)
-            head.load_state_dict(state)
+            head = load_head(manifest[ManifestKey.HEAD]["config"], state, len(manifest[ManifestKey.CLASSES]),
+                             _trained_by_gradient(manifest))
         except ModelDirError:
             raise
         except Exception as error:  # noqa: BLE001 - a hostile file can fail anywhere in torch: refuse the version
@@ -488,6 +488,14 @@ class ModelDir:
             return self.files.kind(relative) == "file" and self._sha256(relative) == sha
         except (OSError, ModelDirError):
             return False
+
+
+def _trained_by_gradient(manifest: dict) -> bool:
+    """Whether the training record says the model was trained by gradient (its method had loss terms): what a
+    version from before the head config recorded its fusion part tells of it. Without a record it counts as trained,
+    so that such a head is kept as it is."""
+    method = (manifest.get(ManifestKey.TRAINING) or {}).get("method")
+    return not (isinstance(method, dict) and method.get("terms") == [])
 
 
 def _checked_version(name: str) -> str:
