@@ -47,7 +47,7 @@ def check_new_label(names: list[str], label: str, where: Path) -> None:
 
 def check_new_class(loaded, label: str, method: str, where: Path) -> None:
     """Refuse learning class `label` by `method` into the version `loaded`: a bad or known name, an unknown method,
-    a gradient update of a head that was never trained by gradient."""
+    a gradient update of a model without the fusion part (`check_gradient_update`)."""
     if method not in FIELD_METHODS:
         raise InvalidInput(f"unknown field learning method {method!r}; expected one of {FIELD_METHODS}")
     check_new_label(loaded.class_names, label, where)
