@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from avcil.errors import InvalidInput
 from avcil.features import FeatureShape
 from avcil.model.head import FusionHead, HeadConfig
 
@@ -72,3 +73,57 @@ def test_a_bf16_forward_gives_the_losses_float32_summaries_and_keeps_the_maps():
     assert {out.logits.dtype, out.fused.dtype, out.audio_embed.dtype, out.visual_embed.dtype} == {torch.float32}
     assert out.spatial_attn.dtype == out.temporal_attn.dtype == torch.bfloat16  # the big ones stay as computed
     torch.testing.assert_close(out.spatial_attn.float().sum(dim=2), torch.ones(2, 2, 4), atol=2e-2, rtol=0)
+
+
+def pooled_readout_head(fusion: bool, classes: int = 2) -> FusionHead:
+    from avcil.model.readout import readout_spec
+
+    torch.manual_seed(0)
+    return FusionHead(HeadConfig(5, 4, 6, readout=readout_spec("analytic", expansion=16), fusion=fusion), classes)
+
+
+def test_a_model_without_the_fusion_part_is_its_readout_alone_and_decides_as_one_with_it():
+    head, with_fusion = pooled_readout_head(fusion=False), pooled_readout_head(fusion=True)
+    assert not head.has_fusion and with_fusion.has_fusion
+    assert list(head.parameters()) == [] and head.classifier is None
+    assert all(name.startswith("readout.") for name in head.state_dict())
+    audio, visual = torch.randn(8, 5), torch.randn(8, 2, 3, 4)
+    for model in (head, with_fusion):  # fitted alike (a loaded weight can differ in memory layout, and so in bits)
+        model.readout.accumulate(model.readout_inputs(audio, visual), torch.arange(8) % 2)
+        model.readout.solve()
+    out = head(audio, visual)
+    assert torch.equal(out.logits, with_fusion(audio, visual).logits)  # the readout decides either way
+    assert out.fused is None and out.classifier_logits is None and out.spatial_attn is None
+    head.add_classes(1)
+    assert head.num_classes == 3 and head(audio, visual).logits.shape == (8, 3)
+    with pytest.raises(InvalidInput, match="needs the fusion part, which this model does not have"):
+        head.features(audio, visual)
+
+
+def test_a_model_without_the_fusion_part_decides_by_a_readout_of_the_pooled_features_only():
+    from avcil.model.readout import readout_spec
+
+    for readout in (None, readout_spec("analytic", "fused"), readout_spec("mean", "both")):
+        with pytest.raises(InvalidInput, match="without the fusion part decides by a readout of the encoders' pooled"):
+            HeadConfig(5, 4, 6, readout=readout, fusion=False)
+    head = pooled_readout_head(fusion=False)
+    for readout in (None, readout_spec("mean", "fused")):  # nothing would be left to decide, or to read
+        with pytest.raises(InvalidInput, match="pooled"):
+            head.set_readout(readout)
+    head.set_readout(readout_spec("mean"))
+    assert head.config.readout["kind"] == "mean" and head.num_classes == 2 and not head.has_fusion
+
+
+def test_a_head_record_from_before_the_fusion_flag_keeps_the_fusion_part_only_where_it_was_used():
+    from avcil.model.head import load_head
+
+    old = pooled_readout_head(fusion=True)
+    record = {k: v for k, v in old.config.to_dict().items() if k != "fusion"}  # as written before the flag
+    untrained = load_head(record, old.state_dict(), 2, trained_by_gradient=False)
+    assert not untrained.has_fusion and set(untrained.state_dict()) == set(old.readout.state_dict(prefix="readout."))
+    trained = load_head(record, old.state_dict(), 2, trained_by_gradient=True)
+    assert trained.has_fusion
+    torch.testing.assert_close(trained.state_dict(), old.state_dict(), rtol=0, atol=0)
+    linear = FusionHead(HeadConfig(5, 4, 6), 2)  # the linear classifier decides: the fusion part is used
+    plain = {k: v for k, v in linear.config.to_dict().items() if k != "fusion"}
+    assert load_head(plain, linear.state_dict(), 2, trained_by_gradient=False).has_fusion

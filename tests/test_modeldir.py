@@ -305,3 +305,78 @@ def test_a_current_pointer_outside_the_model_dir_is_refused_and_the_newest_good_
         assert model.load().version == "v0001"
     with pytest.raises(ModelDirError, match="not a version name"):
         model.load("../v0001")
+
+
+def old_style_version(root, trained_by_gradient: bool) -> tuple[ModelDir, FusionHead]:
+    """A version as avcil wrote it before the head config recorded the fusion part: an analytic readout of the
+    pooled features beside the fusion part's weights, a training record, no `fusion` key. With the head it holds."""
+    from avcil.model.readout import readout_spec
+
+    head, memory, classes = small_model()
+    head.set_readout(readout_spec("analytic", expansion=16))
+    audio, visual = torch.randn(12, 5), torch.randn(12, 2, 3, 4)
+    head.readout.accumulate(head.readout_inputs(audio, visual), torch.arange(12) % 3)
+    head.readout.solve()
+    terms = [{"type": "CrossEntropy"}] if trained_by_gradient else []
+    model = ModelDir(root)
+    model.commit(head, memory, classes, FEATURES, extra={"training": {"method": {
+        "name": "analytic", "classifier": "analytic", "terms": terms}}})
+    path = root / "versions" / "v0001" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["head"]["config"]["fusion"]
+    manifest[SEAL] = seal_of(manifest)
+    path.write_text(json.dumps(manifest))
+    return model, head.eval()
+
+
+def decisions(head: FusionHead, audio: torch.Tensor, visual: torch.Tensor) -> tuple:
+    from avcil.runtime.decision import HeadScores
+
+    with torch.no_grad():
+        ranking, scores = HeadScores(head)(audio, visual)
+        return head(audio, visual).logits, ranking, scores
+
+
+def test_a_version_from_before_the_fusion_flag_loads_without_the_untrained_fusion_part_and_decides_the_same(tmp_path):
+    from avcil.runtime.field import check_new_class, learn_class
+
+    model, _ = old_style_version(tmp_path / "m", trained_by_gradient=False)
+    # The head as the loader made it before: the recorded config, fusion part included, and the stored state.
+    before = FusionHead(HeadConfig(**model.manifest("v0001")["head"]["config"]), num_classes=3)
+    before.load_state_dict(torch.load(tmp_path / "m" / "versions" / "v0001" / "head.pt", weights_only=True))
+    loaded = model.load()
+    assert before.has_fusion and not loaded.head.has_fusion
+    assert all(name.startswith("readout.") for name in loaded.head.state_dict())
+    audio, visual = torch.randn(6, 5), torch.randn(6, 2, 3, 4)
+    (logits, ranking, scores), (old_logits, old_ranking, old_scores) = (decisions(h.eval(), audio, visual)
+                                                                        for h in (loaded.head, before))
+    assert torch.equal(logits, old_logits) and np.array_equal(ranking, old_ranking)
+    assert scores.keys() == old_scores.keys() and all(np.array_equal(scores[k], old_scores[k]) for k in scores)
+    with pytest.raises(ModelDirError, match="never trained by gradient"):
+        check_new_class(loaded, "c3", "avcil", model.root)
+    rng = np.random.default_rng(2)
+    learn_class(model.root, "c3", rng.normal(size=(3, 5)).astype(np.float32),
+                rng.normal(size=(3, 2, 3, 4)).astype(np.float32), progress=False, log=lambda line: None)
+    assert model.manifest("v0002")["head"]["config"]["fusion"] is False  # committed as a new-style version
+    state = torch.load(tmp_path / "m" / "versions" / "v0002" / "head.pt", weights_only=True)
+    assert all(name.startswith("readout.") for name in state) and model.load().head.num_classes == 4
+
+
+def test_a_version_from_before_the_fusion_flag_trained_by_gradient_keeps_its_fusion_part(tmp_path):
+    model, before = old_style_version(tmp_path / "m", trained_by_gradient=True)
+    loaded = model.load()
+    assert loaded.head.has_fusion
+    torch.testing.assert_close(loaded.head.state_dict(), before.state_dict(), rtol=0, atol=0)
+
+
+def test_a_head_config_whose_fusion_flag_is_not_true_or_false_is_refused(tmp_path):
+    head, memory, classes = small_model()
+    model = ModelDir(tmp_path / "m")
+    model.commit(head, memory, classes, FEATURES)
+    path = tmp_path / "m" / "versions" / "v0001" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["head"]["config"]["fusion"] = "no"
+    manifest[SEAL] = seal_of(manifest)
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelDirError, match="'head.config.fusion' is neither true nor false; this version is corrupt"):
+        model.manifest("v0001")

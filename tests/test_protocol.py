@@ -137,6 +137,36 @@ def test_the_analytic_method_after_five_steps_equals_one_fit_on_all_classes():
     np.testing.assert_allclose(head.readout.weight.numpy(), expected, rtol=1e-3, atol=1e-5)
 
 
+def test_the_default_model_is_its_readout_alone_and_decides_as_it_did_beside_an_untrained_fusion_part():
+    from avcil.model.head import FusionHead, HeadConfig
+    from avcil.train.learner import fit_readout
+
+    bench = synthetic_benchmark(SyntheticSpec(classes=6, steps=3, train_per_class=10))
+    config, method = TrainConfig(epochs=1), build_method("analytic")
+    head = run_protocol(bench, method, config, 12, 16, progress=False).head
+    assert not head.has_fusion and list(head.parameters()) == []
+    # What the protocol built before: the fusion part, never trained, with the readout fitted beside it per step.
+    torch.manual_seed(config.seed)
+    before = FusionHead(HeadConfig.for_shape(bench.shape, 16))
+    for step in bench.steps:
+        before.add_classes(len(step))
+        fit_readout(before, method.readout, bench.splits["train"], bench.indices("train", step), config)
+    torch.testing.assert_close(head.readout.state_dict(), before.readout.state_dict(), rtol=0, atol=0)
+    test = bench.splits["test"]
+    audio, visual = (torch.from_numpy(x) for x in test.load(range(len(test.labels))))
+    with torch.no_grad():
+        assert torch.equal(head(audio, visual).logits, before(audio, visual).logits)
+
+
+def test_gradient_methods_and_readouts_of_the_fused_feature_keep_the_fusion_part():
+    assert not build_method("analytic").uses_fusion and not build_method("simplecil").uses_fusion
+    for name in ("avcil", "ss-il", "lwf", "icarl", "icarl-fc", "afc", "finetune", "upper"):
+        assert build_method(name).uses_fusion, name
+    for features in ("fused", "both"):
+        assert build_method("analytic", readout_features=features).uses_fusion
+    assert build_method("simplecil", classifier="fc").uses_fusion  # the linear classifier decides
+
+
 def test_faithful_avcil_trains_step_zero_with_cross_entropy_only():
     from avcil.train.learner import Learner
     from avcil.model.head import FusionHead, HeadConfig

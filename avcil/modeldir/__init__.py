@@ -45,7 +45,7 @@ import torch
 import avcil
 from avcil.errors import AvcilError, ModelDirError
 from avcil.features import FeatureShape
-from avcil.model.head import FusionHead, HeadConfig
+from avcil.model.head import FusionHead, load_head
 from avcil.model.memory import ClassExemplars, ExemplarMemory
 from avcil.modeldir.confined import Confined
 from avcil.modeldir.lock import writer_lock
@@ -226,12 +226,12 @@ class ModelDir:
         relative = f"{self._version_folder(version)}/{HEAD_FILE}"
         gram = manifest.get(ManifestKey.GRAM)
         try:
-            head = FusionHead(HeadConfig(**manifest["head"]["config"]), num_classes=len(manifest["classes"]))
             with self.files.open_read(relative) as file:
                 state = torch.load(file, map_location="cpu", weights_only=True)
-            if gram is not None:  # format 3: kept in shared statistics files
-                state.update(self._read_grams(gram, head, version))
-            head.load_state_dict(state)
+            head = load_head(manifest[ManifestKey.HEAD]["config"], state, len(manifest[ManifestKey.CLASSES]),
+                             _trained_by_gradient(manifest),
+                             # format 3: the Gram matrices are kept in shared statistics files
+                             (lambda head: self._read_grams(gram, head, version)) if gram is not None else None)
             if gram is not None:
                 restore_stored(head, gram)
         except ModelDirError:
@@ -489,6 +489,14 @@ class ModelDir:
                     {"ids": np.asarray(exemplars.ids), "audio": exemplars.audio, "visual": exemplars.visual}))
             entries.append({"label": int(label), "file": exemplars.stored_as, "count": len(exemplars.ids)})
         return entries
+
+
+def _trained_by_gradient(manifest: dict) -> bool:
+    """Whether the training record says the model was trained by gradient (its method had loss terms): what a
+    version from before the head config recorded its fusion part tells of it. Without a record it counts as trained,
+    so that such a head is kept as it is."""
+    method = (manifest.get(ManifestKey.TRAINING) or {}).get("method")
+    return not (isinstance(method, dict) and method.get("terms") == [])
 
 
 def _checked_version(name: str) -> str:

@@ -170,6 +170,8 @@ def _check_head(head, shape, refuse) -> None:
                      f"'features.shape' says {shape.audio_dim} / {shape.visual_dim}")
     if config.readout is not None and not isinstance(config.readout, dict):
         raise refuse("'head.config.readout' is neither null nor an object")
+    if not isinstance(config.fusion, bool):  # absent in versions from before it: decided at load (load_head)
+        raise refuse("'head.config.fusion' is neither true nor false")
 
 
 def _check_files(files, format_, refuse) -> None:

@@ -47,12 +47,12 @@ def check_new_label(names: list[str], label: str, where: Path) -> None:
 
 def check_new_class(loaded, label: str, method: str, where: Path) -> None:
     """Refuse learning class `label` by `method` into the version `loaded`: a bad or known name, an unknown method,
-    a gradient update of a head that was never trained by gradient."""
+    a gradient update of a model without the fusion part (`check_gradient_update`)."""
     if method not in FIELD_METHODS:
         raise InvalidInput(f"unknown field learning method {method!r}; expected one of {FIELD_METHODS}")
     check_new_label(loaded.class_names, label, where)
     if method == "avcil":
-        check_gradient_update(loaded.manifest, where)
+        check_gradient_update(loaded.head, where)
 
 
 def preflight_new_class(model: ModelDir, label: str, method: str = "analytic"):
@@ -165,11 +165,10 @@ def analytic_readout_spec() -> dict:
     return build_method("analytic").readout
 
 
-def check_gradient_update(manifest: dict, where: Path) -> None:
-    """Refuse a gradient update of a head whose linear classifier was never trained: a model trained by the analytic
-    method on the encoders' features decides by its readout alone, and its head is still at its random start."""
-    training = (manifest.get(ManifestKey.TRAINING) or {}).get("method") or {}
-    if training.get("classifier") == "analytic" and training.get("terms") == []:
+def check_gradient_update(head, where: Path) -> None:
+    """Refuse a gradient update of a model without the fusion part: a model trained by the analytic method on the
+    encoders' features decides by its readout alone and has nothing a gradient step could start from."""
+    if not head.has_fusion:
         raise ModelDirError(f"{where}: this model's head was never trained by gradient (its analytic readout reads "
                             f"the encoders' features), so a gradient update has nothing to start from; learn with "
                             f"--method analytic, or train the model with a gradient method")

@@ -191,6 +191,7 @@ class Learner:
         terms = self.method.terms_at(len(old_task_ranges))
         if not terms:
             return StepReport(best_epoch=-1, best_val_accuracy=None, seconds=0.0, clips_per_second=0.0)
+        head.require_fusion(f"gradient training ({', '.join(t.name for t in terms)})")
         torch.manual_seed(cfg.seed)
         group = distributed.current()
         head.to(cfg.device)

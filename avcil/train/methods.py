@@ -26,6 +26,7 @@ from typing import Callable
 
 from avcil.errors import InvalidInput
 from avcil.model import losses
+from avcil.model.head import decides_by_fusion
 from avcil.model.readout import FEATURES, readout_spec
 from avcil.train.config import DEFAULT_INSTANCE_WEIGHT
 
@@ -61,6 +62,13 @@ class Method:
 
     def terms_at(self, step: int) -> list:
         return [t for t in self.terms if losses.applies_at(t, step)]
+
+    @property
+    def uses_fusion(self) -> bool:
+        """Whether the method's model has the fusion part (avcil/model/head.py): it trains by gradient, or decides
+        by what the fusion part computes (the linear classifier, or a readout of the fused feature). The analytic
+        method and SimpleCIL on the encoders' pooled features do neither."""
+        return bool(self.terms) or decides_by_fusion(self.readout)
 
     @property
     def readout_from_exemplars(self) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from avcil.errors import InvalidInput
 from avcil.data.clips import Benchmark
-from avcil.model.head import FusionHead, HeadConfig
+from avcil.model.head import FusionHead, HeadConfig, load_head
 from avcil.train import distributed, metrics
 from avcil.train.learner import Learner, StepReport, TrainConfig, fit_readout, predict
 from avcil.train.config import DEFAULT_MEMORY_BUDGET
@@ -52,7 +52,7 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig,
     ranges = check_steps(benchmark)
     _check_method(benchmark, method, memory_budget, modality)
     torch.manual_seed(config.seed)
-    head = FusionHead(HeadConfig.for_shape(benchmark.shape, fusion_dim, modality))
+    head = new_head(HeadConfig.for_shape(benchmark.shape, fusion_dim, modality), method)
     memory = ExemplarMemory(memory_budget, method.memory, memory_precision, config.seed) if method.memory else None
     learner = Learner(method, config, progress)
     train, val, test = (benchmark.splits[s] for s in ("train", "val", "test"))
@@ -66,7 +66,8 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig,
     settings = _settings_key(record)
     done, earlier_seconds = 0, 0.0
     if resume is not None:
-        head, memory, done, earlier_seconds = _restore(resume, settings, benchmark, matrix, step_accuracy, reports)
+        head, memory, done, earlier_seconds = _restore(resume, settings, benchmark, method, matrix, step_accuracy,
+                                                       reports)
     start = time.perf_counter()
     for step, (first, end) in enumerate(tqdm(ranges, desc=f"{method.name} on {benchmark.name}", unit="step",
                                              disable=not progress, initial=done)):
@@ -101,6 +102,15 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig,
                **metrics.summarise(matrix, step_accuracy), "steps": _step_rows(ranges, reports),
                "seconds": earlier_seconds + time.perf_counter() - start, "config": record}
     return ProtocolResult(head, memory, results)
+
+
+def new_head(config: HeadConfig, method: Method) -> FusionHead:
+    """An untrained model for `method`: the fusion part where the method uses it (Method.uses_fusion), its readout
+    installed later by `update_classifier`; else the method's readout alone, installed now, since it is all the
+    model has."""
+    if method.uses_fusion:
+        return FusionHead(config)
+    return FusionHead(replace(config, fusion=False, readout=method.readout))
 
 
 def _check_method(benchmark: Benchmark, method: Method, memory_budget: int, modality: str) -> None:
@@ -144,13 +154,13 @@ def _state(settings: str, steps_done: int, head: FusionHead, memory: ExemplarMem
             "seconds": seconds, "torch_rng": torch.get_rng_state()}  # the next step's new classifier rows draw from it
 
 
-def _restore(state: dict, settings: str, benchmark: Benchmark, matrix: list, step_accuracy: list,
+def _restore(state: dict, settings: str, benchmark: Benchmark, method: Method, matrix: list, step_accuracy: list,
              reports: list) -> tuple[FusionHead, ExemplarMemory | None, int, float]:
     if state["settings"] != settings:
         raise InvalidInput("the run's checkpoint was made with other settings (method, data or training flags); "
                            "rerun with those, or use another --out")
-    head = FusionHead(HeadConfig(**state["head_config"]), num_classes=state["num_classes"])
-    head.load_state_dict(state["head"])
+    # Matching settings: the run's method is the checkpoint's, and says whether it trains by gradient.
+    head = load_head(state["head_config"], state["head"], state["num_classes"], bool(method.terms))
     memory = None
     if state["memory"] is not None:
         saved = state["memory"]
