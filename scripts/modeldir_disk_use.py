@@ -3,7 +3,7 @@
     PYTHONPATH=. python scripts/modeldir_disk_use.py [--classes 5] [--clips 40] [--keep DIR]
 
 Builds a model dir as `avcil train --method analytic` leaves one for the lite profile (features [704] and
-[8, 49, 320], the analytic readout's expansion of 2048), from random features and without exemplars (a class's
+[8, 49, 320], the analytic readout's expansion of 2048 and its per-modality readouts), from random features and without exemplars (a class's
 exemplars are its own file whatever the format; this measures what the versions themselves take), then learns
 `--classes` classes of `--clips` clips each through `learn_class`, the path `avcil learn` takes once its clips are
 encoded. Prints, per version, `du -sb` of its folder, of the shared statistics/ and of the whole model dir.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,9 @@ def features(count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
 
 
 def trained_model(root: Path, rng: np.random.Generator) -> ModelDir:
-    head = FusionHead(HeadConfig.for_shape(LITE), num_classes=BASE_CLASSES)
-    head.set_readout(analytic_readout_spec())
+    # As the default analytic method builds it: the readout alone (no fusion part), with its per-modality readouts.
+    head = FusionHead(replace(HeadConfig.for_shape(LITE), fusion=False, readout=analytic_readout_spec()),
+                      num_classes=BASE_CLASSES)
     audio, visual = (torch.from_numpy(part) for part in features(BASE_CLASSES * BASE_CLIPS, rng))
     with torch.no_grad():
         head.readout.accumulate(head.readout_inputs(audio, visual), torch.arange(len(audio)) % BASE_CLASSES)

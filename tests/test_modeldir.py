@@ -10,6 +10,7 @@ import torch
 
 from avcil.data.clips import ArrayClipSet
 from avcil.fileio import sha256_file
+from avcil.model.head import FusionHead, HeadConfig
 from avcil.modeldir import ModelDir, ModelDirError
 from avcil.model.memory import ClassExemplars
 from avcil.modeldir.confined import Confined
@@ -313,7 +314,7 @@ def old_style_version(root, trained_by_gradient: bool) -> tuple[ModelDir, Fusion
     from avcil.model.readout import readout_spec
 
     head, memory, classes = small_model()
-    head.set_readout(readout_spec("analytic", expansion=16))
+    head.set_readout(readout_spec("analytic", expansion=16, per_modality=False))  # as specs were then
     audio, visual = torch.randn(12, 5), torch.randn(12, 2, 3, 4)
     head.readout.accumulate(head.readout_inputs(audio, visual), torch.arange(12) % 3)
     head.readout.solve()
@@ -340,10 +341,14 @@ def decisions(head: FusionHead, audio: torch.Tensor, visual: torch.Tensor) -> tu
 def test_a_version_from_before_the_fusion_flag_loads_without_the_untrained_fusion_part_and_decides_the_same(tmp_path):
     from avcil.runtime.field import check_new_class, learn_class
 
+    from avcil.modeldir.statistics import read_grams
+
     model, _ = old_style_version(tmp_path / "m", trained_by_gradient=False)
-    # The head as the loader made it before: the recorded config, fusion part included, and the stored state.
+    # The head as the loader made it before: the recorded config, fusion part included, and the stored state (with
+    # the Gram matrix, which this format keeps in statistics files).
     before = FusionHead(HeadConfig(**model.manifest("v0001")["head"]["config"]), num_classes=3)
-    before.load_state_dict(torch.load(tmp_path / "m" / "versions" / "v0001" / "head.pt", weights_only=True))
+    state = torch.load(tmp_path / "m" / "versions" / "v0001" / "head.pt", weights_only=True)
+    before.load_state_dict({**state, **read_grams(model.files, model.manifest("v0001")["gram"], before)})
     loaded = model.load()
     assert before.has_fusion and not loaded.head.has_fusion
     assert all(name.startswith("readout.") for name in loaded.head.state_dict())

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avcil.modeldir.schema import ManifestKey
 from avcil.bench.report import machine_load, markdown_table, write_report
 from avcil.bench.stream import add_stream_flags, checked_inputs, load_split
 from avcil.bench.stream_metrics import DEFAULT_RULE, DEFAULT_THRESHOLD, event_metrics, rule_scores
@@ -104,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
     model, csv = ModelDir(model_dir), cache / "av-digits" / "clips.csv"
     base_version = _version_before(model, args.label)
     loaded = model.load(base_version, with_memory=False)
-    head, classes = loaded.head.eval(), loaded.manifest["classes"]
-    profile = profile_from_record(loaded.manifest["features"].get("profile"))
+    head, classes = loaded.head.eval(), loaded.manifest[ManifestKey.CLASSES]
+    profile = profile_from_record(loaded.manifest[ManifestKey.FEATURES].get("profile"))
     started, load_before = time.perf_counter(), machine_load()
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     if loaded.head.readout.negative_count == 0:

@@ -11,8 +11,9 @@ Each model is measured on:
 - what it costs on a device: the Gram matrix's bytes, the seconds of the field update (the new class's sums and the
   solve) and of fitting the open-set score's Gaussians (what a reload pays).
 It also gives the ridge that generalised cross-validation picks from the final model's sums (G, C, the counts, one
-eigendecomposition of G): GCV(γ) = n · RSS(γ) / (n − Σᵢ λᵢ/(λᵢ+γ))², with RSS(γ) = Σ|y|² − Σᵢ (2/(λᵢ+γ) −
-λᵢ/(λᵢ+γ)²)·|vᵢᵀC|², over the same relative ridges as the sweep.
+eigendecomposition of G = V diag(λ) Vᵀ), over relative ridges from 1e-4 to 10:
+    GCV(γ) = n · RSS(γ) / (n − Σᵢ λᵢ/(λᵢ+γ))²
+    RSS(γ) = Σ|y|² − Σᵢ (2/(λᵢ+γ) − λᵢ/(λᵢ+γ)²) · |(VᵀC)ᵢ|²
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avcil.modeldir.schema import ManifestKey
 from avcil.bench.report import machine_load, markdown_table, write_report
 
 WIDTHS = (0, 512, 1024, 2048, 4096)
@@ -101,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     model_dir, cache = checked_inputs(args.model, args.cache)
     model = ModelDir(model_dir)
     base = model.load(model.list_versions()[0], with_memory=False)  # the demo's digits 0-8, before the field
-    profile = profile_from_record(base.manifest["features"].get("profile"))
+    profile = profile_from_record(base.manifest[ManifestKey.FEATURES].get("profile"))
     benchmark = av_digits_benchmark(cache, progress=False)
     train = first_classes(benchmark, len(base.class_names), args.clips).splits["train"]
     everything = benchmark.splits["train"]
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for width, ridge in [(w, 1.0) for w in args.widths] + [(2048, r) for r in args.ridges if r != 1.0]:
         head, update_seconds = build(base.head, width, ridge, old, everything.load(new_rows),
-                                     base.manifest["classes"], profile, cache)
+                                     base.manifest[ManifestKey.CLASSES], profile, cache)
         row = {"width": width, "ridge": ridge, **measure(head, test_set, splits), "update_seconds": update_seconds,
                "gram_mb": len(head.readout.gram) ** 2 * 4 / 2 ** 20}
         if width == 2048 and ridge == 1.0:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avcil.modeldir.schema import ManifestKey
 from avcil.bench.report import DEFAULT_DIR, machine_load, markdown_table, write_report
 from avcil.bench.stream_metrics import (DEFAULT_RULE, DEFAULT_THRESHOLD, EVENT_OVERLAP_S, TARGET_RECALL,
                                         StreamWindows, choose_threshold, event_metrics, rule_scores, sweep)
@@ -57,7 +58,8 @@ def window_inputs(model_dir: Path, folder: Path, stream: dict, cache: Path, back
 
     manifest = ModelDir(model_dir).load(with_memory=False).manifest
     video, audio = folder / stream["video"], folder / stream["audio"]
-    key = _key(manifest["features"].get("profile"), video.stat().st_size, audio.stat().st_size, str(video), backend)
+    key = _key(manifest[ManifestKey.FEATURES].get("profile"), video.stat().st_size, audio.stat().st_size, str(video),
+               backend)
     path = cache / f"{video.stem}-{key}.npz"
     if path.is_file():
         with np.load(path) as f:
@@ -181,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     default = _default_row(splits["test"], default_scored["test"])
     rows.append(default)
     tracked, chosen = event_settings(splits, default_scored)
-    missing = missing_modality_rows(head, profile_from_record(loaded.manifest["features"].get("profile")),
+    missing = missing_modality_rows(head, profile_from_record(loaded.manifest[ManifestKey.FEATURES].get("profile")),
                                     splits["test"], default)
     payload = {"model": str(model_dir), "model_version": loaded.version, "classes": loaded.class_names,
                "seed": args.seed, "backend": args.backend, "event_overlap_s": EVENT_OVERLAP_S,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avcil.modeldir.schema import ManifestKey
 from avcil.errors import InvalidInput
 from avcil.export import onnx as onnx_export
 
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         engines.environment()  # fail before the long ONNX export when TensorRT or the GPU is missing
     manifest = ModelDir(model_dir).manifest()
     weights = {k: v for k, v in (("audiomae", args.audiomae), ("videomae", args.videomae)) if v}
-    profile = profile_from_record(manifest["features"].get("profile"), str(model_dir), **weights)
+    profile = profile_from_record(manifest[ManifestKey.FEATURES].get("profile"), str(model_dir), **weights)
     real, source = sample_clip(profile, args.sample) if args.sample else builtin_real_clip(profile)
     if real is None:
         print(f"avcil export: {source}", file=sys.stderr)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 import avcil
+from avcil.modeldir.schema import ManifestKey
 from avcil.errors import AvcilError, InvalidInput
 from avcil.model.graphs import (
     ENCODERS_DIR, FRAME_AXIS, REPORT_FILE, SPEC_FILE, SPEC_FORMAT, Graph, dynamic_axes, graph_modules)
@@ -182,7 +183,7 @@ def export_onnx(model_dir: Path, profile, real: tuple[np.ndarray, np.ndarray] | 
     from avcil.modeldir import ModelDir
 
     model_dir = Path(model_dir)
-    recorded = ModelDir(model_dir).manifest()["features"]["shape"]
+    recorded = ModelDir(model_dir).manifest()[ManifestKey.FEATURES]["shape"]
     if profile.shape.to_dict() != recorded:
         raise InvalidInput(f"{model_dir}: the head takes features {recorded}, the {profile.name} encoders make "
                            f"{profile.shape.to_dict()}")

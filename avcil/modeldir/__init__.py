@@ -78,7 +78,7 @@ class LoadedModel:
 
     @property
     def class_names(self) -> list[str]:
-        return [c["name"] for c in self.manifest["classes"]]
+        return [c["name"] for c in self.manifest[ManifestKey.CLASSES]]
 
 
 class ModelDir:
@@ -143,8 +143,8 @@ class ModelDir:
         them); filled as files pass."""
         manifest = self.manifest(version)
         verified = set() if verified is None else verified
-        self._check_file(f"{self._version_folder(version)}/{HEAD_FILE}", manifest["files"][HEAD_FILE], version,
-                         verified)
+        self._check_file(f"{self._version_folder(version)}/{HEAD_FILE}", manifest[ManifestKey.FILES][HEAD_FILE],
+                         version, verified)
         for name in gram_files(manifest.get(ManifestKey.GRAM)):
             self._check_file(f"{STATISTICS_DIR}/{name}", Path(name).stem, version, verified)
         return manifest
@@ -163,11 +163,12 @@ class ModelDir:
 
     def _memory_files(self, version: str, manifest: dict) -> list[tuple[int, str, str]]:
         """(label, path, sha256) of each file that holds exemplars of the version's classes."""
-        if MEMORY_FILE in manifest["files"]:  # format 1: one file holds every class
+        if MEMORY_FILE in manifest[ManifestKey.FILES]:  # format 1: one file holds every class
             relative = f"{self._version_folder(version)}/{MEMORY_FILE}"
-            return [(label, relative, manifest["files"][MEMORY_FILE]) for label in range(len(manifest["classes"]))]
+            return [(label, relative, manifest[ManifestKey.FILES][MEMORY_FILE])
+                    for label in range(len(manifest[ManifestKey.CLASSES]))]
         return [(entry["label"], f"{EXEMPLARS_DIR}/{entry['file']}", Path(entry["file"]).stem)
-                for entry in manifest.get("exemplars", [])]
+                for entry in manifest.get(ManifestKey.EXEMPLARS, [])]
 
     def load(self, version: str | None = None, with_memory: bool = True) -> LoadedModel:
         """A verified version: `version` exactly, or (by default) the current one — falling back to the newest
@@ -252,22 +253,23 @@ class ModelDir:
     def _read_memory(self, version: str, manifest: dict) -> tuple[ExemplarMemory | None, dict[int, str]]:
         """The version's exemplar memory without the classes whose exemplars are damaged, and {label: why} of
         those. A file is damaged when it fails its checksum or does not read as the exemplars it should hold."""
-        if manifest.get("memory") is None:
+        if manifest.get(ManifestKey.MEMORY) is None:
             return None, {}
         damaged = self.damaged_exemplars(version, manifest)
-        shape = FeatureShape.from_dict(manifest["features"]["shape"])
-        if MEMORY_FILE in manifest["files"]:  # format 1
+        shape = FeatureShape.from_dict(manifest[ManifestKey.FEATURES]["shape"])
+        if MEMORY_FILE in manifest[ManifestKey.FILES]:  # format 1
             if damaged:
-                return ExemplarMemory(**manifest["memory"]), damaged
+                return ExemplarMemory(**manifest[ManifestKey.MEMORY]), damaged
             relative = f"{self._version_folder(version)}/{MEMORY_FILE}"
             try:
                 with self.files.open_read(relative) as file, np.load(file, allow_pickle=False) as arrays:
-                    return ExemplarMemory.from_arrays(manifest["memory"], dict(arrays), shape), {}
+                    return ExemplarMemory.from_arrays(manifest[ManifestKey.MEMORY], dict(arrays), shape), {}
             except UNREADABLE as error:
                 why = f"{self.root / relative}: does not read as an exemplar memory ({error})"
-                return ExemplarMemory(**manifest["memory"]), {label: why for label in range(len(manifest["classes"]))}
-        memory = ExemplarMemory(**manifest["memory"])
-        for entry in manifest["exemplars"]:
+                return ExemplarMemory(**manifest[ManifestKey.MEMORY]), {
+                    label: why for label in range(len(manifest[ManifestKey.CLASSES]))}
+        memory = ExemplarMemory(**manifest[ManifestKey.MEMORY])
+        for entry in manifest[ManifestKey.EXEMPLARS]:
             if entry["label"] in damaged:
                 continue
             try:
@@ -300,9 +302,9 @@ class ModelDir:
             try:
                 manifest = self.verify(version, verified=verified)
                 damaged = self.damaged_exemplars(version, manifest, verified=verified)
-                row.update(classes=[c["name"] for c in manifest["classes"]], created=manifest.get("created"),
-                           parent=manifest.get("parent"), note=manifest.get("note") or "",
-                           exemplars_damaged=[{"class": manifest["classes"][label]["name"], "reason": why}
+                row.update(classes=[c["name"] for c in manifest[ManifestKey.CLASSES]],
+                           created=manifest.get(ManifestKey.CREATED), parent=manifest.get(ManifestKey.PARENT), note=manifest.get(ManifestKey.NOTE) or "",
+                           exemplars_damaged=[{"class": manifest[ManifestKey.CLASSES][label]["name"], "reason": why}
                                               for label, why in sorted(damaged.items())])
             except ModelDirError as error:
                 row.update(ok=False, classes=None, created=None, parent=None, note=str(error))

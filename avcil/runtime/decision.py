@@ -137,6 +137,11 @@ class HeadScores:
             self.relative_mahalanobis(self.readout.class_means()[:1].float())
         if len(self.readout.rejection_inputs):
             self.rejected(self.readout.class_means()[:1].float())
+
+    def prepare_alone(self, score: str) -> None:
+        """`prepare` for the per-modality readouts: apart, so that a reload can swap the new version in once the
+        audio-visual readout is ready and fit these after (they double the work; a window missing a modality is
+        rare)."""
         for scores in self.alone.values():
             scores.prepare(score)
 

@@ -18,6 +18,7 @@ from typing import Callable, Sequence, Union
 import numpy as np
 
 from avcil.errors import InvalidInput
+from avcil.modeldir.schema import ManifestKey
 from avcil.runtime.field_settings import STRETCH_WINDOWS
 
 
@@ -57,7 +58,6 @@ def learn_new_class(model, label: str, clips: Clips, *, method: str = "analytic"
     from avcil.model.encoders import profile_from_record
     from avcil.runtime.clip_signals import measure_signals
     from avcil.runtime.enrol_checks import gate_enrolment
-    from avcil.modeldir.schema import ManifestKey
     from avcil.runtime.field import learn_class, preflight_new_class, record_clips
 
     # Refusals before recording or encoding anything (a refinement's gradient step included, not after the analytic
@@ -104,7 +104,7 @@ def learn_negatives(model, clips: Clips, *, not_label: str | None = None, force:
     if not_label is not None and not_label not in loaded.class_names:
         raise InvalidInput(f"--not {not_label!r}: the model ({loaded.version}) has no such class; it knows "
                            f"{', '.join(map(repr, loaded.class_names))}")
-    profile = profile_from_record(loaded.manifest["features"].get("profile"))
+    profile = profile_from_record(loaded.manifest[ManifestKey.FEATURES].get("profile"))
     started = time.perf_counter()
     probes = sources = None  # recorded: each clip is its own source
     if isinstance(clips, Stretch):

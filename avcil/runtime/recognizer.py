@@ -38,6 +38,7 @@ from typing import Callable, TextIO
 import numpy as np
 import torch
 
+from avcil.modeldir.schema import ManifestKey
 from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
 from avcil.runtime.decision import (DEFAULT_SMOOTHING, DEFAULT_TOP_K, FALLBACK_SCORE, UNKNOWN, DecisionRule,
                                     REJECTED, HeadScores, default_score)
@@ -77,7 +78,7 @@ class Recognizer:
         self.threads = (threads or RuntimeThreads(backend=backend)).apply()
         self.model = ModelDir(model_dir)
         loaded = self.model.load(with_memory=False)
-        record = loaded.manifest["features"].get("profile")
+        record = loaded.manifest[ManifestKey.FEATURES].get("profile")
         if not record:
             raise ModelDirError(f"{model_dir}: the model records no encoder profile (trained on features from "
                                 f"elsewhere), so live sources cannot be encoded for it")
@@ -145,6 +146,7 @@ class Recognizer:
     # Hot reload ------------------------------------------------------------------------------------------------
     def _watch(self) -> None:
         seen = self._current.version
+        self._current.scores.prepare_alone(self._current.rule.score)
         while not self._stop.wait(WATCH_INTERVAL_S):
             try:
                 pointer = self.model.current()
@@ -170,6 +172,7 @@ class Recognizer:
         # One reference assignment: a decision sees the old or the new head.
         self._current = self._wrap(loaded, self._current)
         log.info("now using model %s (%d classes)", loaded.version, len(loaded.class_names))
+        self._current.scores.prepare_alone(self._current.rule.score)  # after the swap: see HeadScores.prepare_alone
         trim_heap()  # the old head's memory, else kept by this thread's arena (avcil.runtime.heap)
         return True
 
@@ -310,9 +313,9 @@ def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Sche
     `dropped_windows` (so far), `latency_ms.total` (from the window's end to the decision), `audio_missing` (a
     live microphone's audio did not reach the window's end: the stream ended or the device went away; the
     decision is made on video alone) and `video_missing` (a live camera delivered no frame lately; the decision
-    is made on audio alone); `decided_on` says which readout decided (see the module's docstring). `audio`, `video`: the presence watchers of live
-    sources (SourcePresence, which say in one line when one is lost and when it is back); None for file sources,
-    which are never missing."""
+    is made on audio alone); `decided_on` says which readout decided (see the module's docstring). `audio`,
+    `video`: the presence watchers of live sources (SourcePresence, which say in one line when one is lost and
+    when it is back); None for file sources, which are never missing."""
     count = 0
     stop = stop or threading.Event()
     while not stop.is_set():
