@@ -10,8 +10,9 @@ Each model is measured on:
   streams (the threshold moves with the width, so a fixed one would compare a different operating point each time);
 - what it costs on a device: the Gram matrix's bytes, the seconds of the field update (the new class's sums and the
   solve) and of fitting the open-set score's Gaussians (what a reload pays).
-It also gives the ridge that generalised cross-validation picks from the final model's sums (G, C, the counts, one
-eigendecomposition of G = V diag(λ) Vᵀ), over relative ridges from 1e-4 to 10:
+It also gives the ridge that generalised cross-validation picks from the default width's final sums, and measures
+the model at that ridge too: what choosing the ridge per update by GCV would give. GCV from the sums (G, C, the
+counts, one eigendecomposition of G = V diag(λ) Vᵀ), over relative ridges from 1e-4 to 10:
     GCV(γ) = n · RSS(γ) / (n − Σᵢ λᵢ/(λᵢ+γ))²
     RSS(γ) = Σ|y|² − Σᵢ (2/(λᵢ+γ) − λᵢ/(λᵢ+γ)²) · |(VᵀC)ᵢ|²
 """
@@ -30,6 +31,7 @@ import torch
 
 from avcil.modeldir.schema import ManifestKey
 from avcil.bench.report import machine_load, markdown_table, write_report
+from avcil.train.methods import ANALYTIC_EXPANSION as DEFAULT_WIDTH
 
 WIDTHS = (0, 512, 1024, 2048, 4096)
 RIDGES = (0.1, 0.3, 1.0, 3.0)
@@ -119,14 +121,17 @@ def run(args: argparse.Namespace) -> int:
               for split, hours in (("val", args.val_hours), ("test", args.hours))}
     load_before, started = machine_load(), time.perf_counter()
     rows = []
-    for width, ridge in [(w, 1.0) for w in args.widths] + [(2048, r) for r in args.ridges if r != 1.0]:
+    settings = [(w, 1.0) for w in args.widths] + [(DEFAULT_WIDTH, r) for r in args.ridges if r != 1.0]
+    while settings:
+        width, ridge = settings.pop(0)
         head, update_seconds = build(base.head, width, ridge, old, everything.load(new_rows),
                                      base.manifest[ManifestKey.CLASSES], profile, cache)
         row = {"width": width, "ridge": ridge, **measure(head, test_set, splits), "update_seconds": update_seconds,
                "gram_mb": len(head.readout.gram) ** 2 * 4 / 2 ** 20}
-        if width == 2048 and ridge == 1.0:
+        if (width, ridge) == (DEFAULT_WIDTH, 1.0):  # the default's sums: what GCV would pick, measured too
             gcv = gcv_scores(head.readout)
             row["gcv_ridge"] = min(gcv, key=gcv.get)
+            settings.append((DEFAULT_WIDTH, row["gcv_ridge"]))
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     payload = {"model": str(model_dir), "clips_per_class": args.clips, "seed": args.seed, "rows": rows,
