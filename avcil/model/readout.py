@@ -297,7 +297,9 @@ class AnalyticReadout(_Sums, nn.Module):
         """G + γI (float64) for a sum of φᵀφ. γ relative to the mean diagonal, so that one setting serves features
         of any scale and any clip count."""
         ridge = self.spec["ridge"] * max(float(gram.diagonal().mean()), 1e-12)
-        return gram + ridge * torch.eye(len(gram), dtype=torch.float64)
+        system = gram.to(torch.float64, copy=True)
+        system.diagonal().add_(ridge)  # not + γ·eye: a 32 MB identity built and added for each of the readouts
+        return system
 
     @torch.no_grad()
     def left_out_outputs(self, x: torch.Tensor, learnt: torch.Tensor | None = None) -> torch.Tensor:
