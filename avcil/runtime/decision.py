@@ -137,13 +137,9 @@ class HeadScores:
             self.relative_mahalanobis(self.readout.class_means()[:1].float())
         if len(self.readout.rejection_inputs):
             self.rejected(self.readout.class_means()[:1].float())
-
-    def prepare_alone(self, score: str) -> None:
-        """`prepare` for the per-modality readouts: apart, so that a reload can swap the new version in once the
-        audio-visual readout is ready and fit these after (they double the work; a window missing a modality is
-        rare)."""
-        for scores in self.alone.values():
-            scores.prepare(score)
+        # Not the per-modality readouts' (`alone`): they would more than double a reload, for windows that a missing
+        # microphone or camera makes rare; the first such window fits them. Nor on a thread after the swap: a torch
+        # call still running in a daemon thread when the process exits aborts it.
 
     @torch.no_grad()
     def __call__(self, audio: torch.Tensor, visual: torch.Tensor, scores=SCORES,

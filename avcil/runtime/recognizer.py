@@ -146,7 +146,6 @@ class Recognizer:
     # Hot reload ------------------------------------------------------------------------------------------------
     def _watch(self) -> None:
         seen = self._current.version
-        self._current.scores.prepare_alone(self._current.rule.score)
         while not self._stop.wait(WATCH_INTERVAL_S):
             try:
                 pointer = self.model.current()
@@ -172,7 +171,6 @@ class Recognizer:
         # One reference assignment: a decision sees the old or the new head.
         self._current = self._wrap(loaded, self._current)
         log.info("now using model %s (%d classes)", loaded.version, len(loaded.class_names))
-        self._current.scores.prepare_alone(self._current.rule.score)  # after the swap: see HeadScores.prepare_alone
         trim_heap()  # the old head's memory, else kept by this thread's arena (avcil.runtime.heap)
         return True
 
