@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from avcil.modeldir.schema import ManifestKey
 from avcil.bench.report import machine_load, markdown_table, write_report
 from avcil.bench.stream import add_stream_flags, checked_inputs, load_split
 from avcil.bench.stream_metrics import DEFAULT_RULE, DEFAULT_THRESHOLD, event_metrics, rule_scores
 from avcil.errors import InvalidInput
+from avcil.modeldir.schema import ManifestKey
 from avcil.runtime.decision import HeadScores
 
 COUNTS = (1, 3, 5, 10, 20, 40)

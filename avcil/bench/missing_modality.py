@@ -14,6 +14,8 @@ curve), and that recall as a share of the audio-visual recall (the issue's targe
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from avcil.bench.report import markdown_table
@@ -30,20 +32,19 @@ def stand_in_columns(head, profile) -> dict[str, np.ndarray]:
     from avcil.runtime.class_space import readout_inputs_of
     from avcil.runtime.windows import window_seconds
 
-    rate, prep = profile.audio_prep.sample_rate, profile.frame_prep
+    rate = profile.audio_prep.sample_rate
     silence = np.zeros(int(round(window_seconds(profile.audio_prep) * rate)), np.float32)
-    black = [np.zeros((prep.size, prep.size, 3), np.uint8)] * prep.count
-    audio, visual = profile.encode_batch(*(x[None] for x in profile.clip_inputs(silence, rate, black)))
+    audio, visual = profile.encode_batch(*(x[None] for x in profile.clip_inputs(silence, rate,
+                                                                                  profile.frame_prep.black_frames())))
     inputs = readout_inputs_of(head, audio, visual)[0].numpy()
     return {name: inputs[first:end] for name, (first, end) in head.readout.columns.items()}
 
 
 def with_inputs(windows: StreamWindows, change) -> StreamWindows:
     """A copy of `windows` whose streams' readout inputs are `change(inputs)`."""
-    copy = object.__new__(StreamWindows)
-    copy.__dict__.update(windows.__dict__)
-    copy.streams = [{**stream, "inputs": change(stream["inputs"])} for stream in windows.streams]
-    return copy
+    changed = copy.copy(windows)
+    changed.streams = [{**stream, "inputs": change(stream["inputs"])} for stream in windows.streams]
+    return changed
 
 
 def missing_modality_rows(head, profile, test: StreamWindows, both: dict) -> list[dict]:

@@ -3,6 +3,8 @@
 For each (width, ridge) the demo's model is rebuilt as `avcil demo` builds it, from the same features: digits 0-8
 from their first 40 training clips, digit 9 learnt in closed form from its first 40 (as `avcil learn --files`), the
 demo's background (as `avcil learn --background`); width 0 is ridge regression on the pooled features themselves.
+The audio-visual readout alone is built (no per-modality readouts): its Gram matrix, update and Gaussians are what
+the cost columns give; the default model has two more readouts of the same width beside it.
 Each model is measured on:
 - the closed set: accuracy on every AV-Digits test clip of digits 0-9, from the features;
 - the stream benchmark (`avcil bench stream`): the default rule's score with its threshold chosen on the val streams
@@ -29,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avcil.modeldir.schema import ManifestKey
 from avcil.bench.report import machine_load, markdown_table, write_report
+from avcil.modeldir.schema import ManifestKey
 from avcil.train.methods import ANALYTIC_EXPANSION as DEFAULT_WIDTH
 
 WIDTHS = (0, 512, 1024, 2048, 4096)

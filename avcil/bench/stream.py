@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avcil.modeldir.schema import ManifestKey
 from avcil.bench.report import DEFAULT_DIR, machine_load, markdown_table, write_report
 from avcil.bench.stream_metrics import (DEFAULT_RULE, DEFAULT_THRESHOLD, EVENT_OVERLAP_S, TARGET_RECALL,
                                         StreamWindows, choose_threshold, event_metrics, rule_scores, sweep)
 from avcil.errors import InvalidInput
+from avcil.modeldir.schema import ManifestKey
 from avcil.runtime.decision import SCORES, HeadScores
 
 RULES = [{"score": s, "smoothing": k} for s in SCORES for k in (1, 2, 3)]

@@ -355,6 +355,10 @@ class FramePreprocess:
     def input_shape(self) -> tuple[int, ...]:
         return (self.count, 3, self.size, self.size)
 
+    def black_frames(self) -> list[np.ndarray]:
+        """What an unlit camera shows: `count` black RGB frames, what stands in where no frame came."""
+        return [np.zeros((self.size, self.size, 3), np.uint8)] * self.count
+
     def __call__(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         if len(frames) != self.count:
             raise InvalidInput(f"expected {self.count} frames (sample them with sample_frame_indices), got {len(frames)}")

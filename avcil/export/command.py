@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from avcil.modeldir.schema import ManifestKey
 from avcil.errors import InvalidInput
 from avcil.export import onnx as onnx_export
+from avcil.modeldir.schema import ManifestKey
 
 from avcil.model import graphs
 from avcil.export import tensorrt as engines

@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 import avcil
-from avcil.modeldir.schema import ManifestKey
 from avcil.errors import AvcilError, InvalidInput
 from avcil.model.graphs import (
     ENCODERS_DIR, FRAME_AXIS, REPORT_FILE, SPEC_FILE, SPEC_FORMAT, Graph, dynamic_axes, graph_modules)
 from avcil.fileio import atomic_write, fsync_dir, sha256_file, write_synced
+from avcil.modeldir.schema import ManifestKey
 
 OPSET = 17  # LayerNormalization is an ONNX op from 17 on: TensorRT then keeps LayerNorm as one accurate layer
 TOLERANCE = 1e-4  # largest relative error (see `errors`) an fp32 graph may have against PyTorch

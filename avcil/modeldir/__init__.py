@@ -303,7 +303,8 @@ class ModelDir:
                 manifest = self.verify(version, verified=verified)
                 damaged = self.damaged_exemplars(version, manifest, verified=verified)
                 row.update(classes=[c["name"] for c in manifest[ManifestKey.CLASSES]],
-                           created=manifest.get(ManifestKey.CREATED), parent=manifest.get(ManifestKey.PARENT), note=manifest.get(ManifestKey.NOTE) or "",
+                           created=manifest.get(ManifestKey.CREATED), parent=manifest.get(ManifestKey.PARENT),
+                           note=manifest.get(ManifestKey.NOTE) or "",
                            exemplars_damaged=[{"class": manifest[ManifestKey.CLASSES][label]["name"], "reason": why}
                                               for label, why in sorted(damaged.items())])
             except ModelDirError as error:

@@ -120,8 +120,8 @@ class HeadScores:
         self._rejections = None
         # The scores of the readouts of one modality alone (AnalyticReadout.part), for windows whose other modality
         # is missing.
-        self.alone = {name: HeadScores(head, self.readout.part(name)) for name in self.readout.columns
-                      if self.readout.part(name) is not None} if self.readout is not None else {}
+        parts = {name: self.readout.part(name) for name in self.readout.columns} if self.readout is not None else {}
+        self.alone = {name: HeadScores(head, part) for name, part in parts.items() if part is not None}
 
     def supports(self, score: str) -> bool:
         return score != "mahalanobis" or self.readout is not None

@@ -38,7 +38,6 @@ from typing import Callable, TextIO
 import numpy as np
 import torch
 
-from avcil.modeldir.schema import ManifestKey
 from avcil.data.preprocess import audio_preprocess_from_settings, frame_preprocess_from_settings
 from avcil.runtime.decision import (DEFAULT_SMOOTHING, DEFAULT_TOP_K, FALLBACK_SCORE, UNKNOWN, DecisionRule,
                                     REJECTED, HeadScores, default_score)
@@ -46,6 +45,7 @@ from avcil.runtime.frame_tokens import FrameTokens
 from avcil.runtime.heap import trim_heap
 from avcil.runtime.speech_stream import SpeechStream, snap_hop
 from avcil.modeldir import LoadedModel, ModelDir, ModelDirError
+from avcil.modeldir.schema import ManifestKey
 from avcil.runtime.sources import clock
 from avcil.runtime.threads import RuntimeThreads
 from avcil.runtime.windows import Schedule, SourcePresence, Window, WindowAssembler
@@ -207,7 +207,7 @@ class Recognizer:
         else:
             frames = window.frames
             if frames is None:  # no camera frame yet: black frames, as an unlit camera would show
-                frames = [np.zeros((self.frame_prep.size, self.frame_prep.size, 3), np.uint8)] * self.frame_prep.count
+                frames = self.frame_prep.black_frames()
             visual_input = self.frame_prep(frames)[None]
             mark("frame_preprocess")
             visual_features, = self.visual_encoder(visual_input)
