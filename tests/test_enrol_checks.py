@@ -164,3 +164,17 @@ def test_a_class_of_suspect_clips_only_is_refused_naming_the_reasons(toy_model, 
     for reason in ("silent audio", "dark camera", "frozen camera"):
         assert reason in line, line
     assert ModelDir(toy_model).list_versions() == ["v0001"]
+
+
+def test_a_clip_whose_recording_is_at_fault_is_named_for_that_alone(toy_model, tiny_profile, toy_clips, tmp_path):
+    # A silenced red clip among green ones: its picture is red's, so its features lie near red, yet the silence
+    # is what a user must fix; the same clip with its sound is named for its class.
+    green, red = toy_clips["green"][:GOOD], toy_clips["red"][1]
+    paths = [*green, _damage(red, tmp_path / "silent-red.mp4", "-af", "volume=0"), red]
+    audio, visual, signals = _encode(tiny_profile, paths)
+    model = ModelDir(toy_model)
+    check = check_enrolment(model.load(with_memory=False), audio, visual, signals, [p.name for p in paths],
+                            exemplars=lambda: model.load().memory)
+    assert check.suspects[GOOD] == ["silent audio (peak -inf dBFS)"], check.suspects
+    assert check.suspects[GOOD + 1][0].startswith("closer to class 'red' ("), check.suspects
+    assert set(check.suspects) == {GOOD, GOOD + 1}, check.suspects

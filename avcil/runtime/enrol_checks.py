@@ -14,7 +14,8 @@ frozen or blurred camera), and for what the model makes of its features (the ana
   twice weighs double. Only the later clip of a pair is suspect.
 - closer to another class than to its own clips: with the class learnt from its other clips, the readout's output
   for some known class exceeds the clip's output for its own class by more than OTHER_CLASS_MARGIN. A clip of that
-  class mixed in, or a class the model already knows under another name.
+  class mixed in, or a class the model already knows under another name. A clip whose recording is at fault is not
+  judged this way: its features say more about the fault than the class, and the fault is already named.
 "Its other clips" are those whose recording looked right and that duplicate no earlier one (all of them if fewer
 than two did): a black clip should not teach the class what it is, nor should the clip judge itself. The readout
 gives each clip's outputs with it left out exactly and from one solve (`AnalyticReadout.left_out_outputs`).
@@ -159,6 +160,7 @@ def check_enrolment(loaded, audio: np.ndarray, visual: np.ndarray, signals: Sequ
         faults = signal_faults(measured)
         if faults:
             suspects[i] = faults
+    recorded_badly = set(suspects)
     check = EnrolmentCheck(list(clips), suspects, list(loaded.class_names))
     head = _head_with_readout(loaded.head, exemplars)
     if head is None:
@@ -174,7 +176,10 @@ def check_enrolment(loaded, audio: np.ndarray, visual: np.ndarray, signals: Sequ
         if learnt is None:
             check.all_left_out = outputs
         own, (other, nearest) = outputs[:, -1], outputs[:, :-1].max(dim=1)
-        for i in np.flatnonzero((other - own > OTHER_CLASS_MARGIN).numpy()):
+        # A clip whose recording is at fault is not also judged by its features: silence or a black frame is
+        # near whichever class it happens to be near, and the recording's fault already says why.
+        judged = torch.tensor([i not in recorded_badly for i in range(len(clips))])
+        for i in np.flatnonzero(((other - own > OTHER_CLASS_MARGIN) & judged).numpy()):
             name = check.class_names[int(nearest[i])]
             suspects.setdefault(int(i), []).append(f"closer to class {name!r} (output {float(other[i]):.2f}) than "
                                                    f"to its own clips ({float(own[i]):.2f})")
