@@ -56,8 +56,10 @@ def _play(recognizer, files: list[Path], labels: list[str], slot_s: float, sink,
 def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 12, clips_per_class: int = 1,
              train_clips: int = 40, method: str | None = None, background_clips: int = BACKGROUND_CLIPS) -> dict:
     from avcil.data.avdigits import build_av_digits, clip_files
+    from avcil.export.cached import use_onnxruntime
     from avcil.model.encoders import profile_from_record
-    from avcil.train.benchmarks import av_digits_benchmark, default_cache
+    from avcil.fileio import default_cache
+    from avcil.train.benchmarks import av_digits_benchmark
     from avcil.train.methods import DEFAULT_METHOD
 
     method = method or DEFAULT_METHOD
@@ -73,8 +75,9 @@ def run_demo(out: str | Path, cache: str | Path | None = None, epochs: int = 12,
     base_accuracy = split_accuracy(model_dir, base_version, benchmark, OLD_DIGITS)
     say(f"    test accuracy on digits {OLD_DIGITS[0]}-{OLD_DIGITS[-1]}, every test clip (features): "
         f"{_pct(base_accuracy)}")
-    live = _live_and_field(model_dir, profile_from_record(benchmark.profile), files, cache, out, clips_per_class,
-                           train_clips, background_clips)
+    profile = profile_from_record(benchmark.profile)
+    use_onnxruntime(profile, cache)  # the field's clips encoded as `avcil learn --files` encodes them
+    live = _live_and_field(model_dir, profile, files, cache, out, clips_per_class, train_clips, background_clips)
     final = ModelDir(model_dir).current()
     summary = {"model": str(model_dir), "method": method, "base_test_accuracy": base_accuracy,
                **_test_split_after(model_dir, final, benchmark), **_field_summary(live)}

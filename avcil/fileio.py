@@ -16,6 +16,11 @@ from typing import BinaryIO, Iterator
 TMP_SUFFIX = ".tmp"
 
 
+def default_cache() -> Path:
+    """Where built data, features and exported encoders are kept between runs: $AVCIL_CACHE or ~/.cache/avcil."""
+    return Path(os.environ.get("AVCIL_CACHE", Path.home() / ".cache" / "avcil"))
+
+
 def sha256_file(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

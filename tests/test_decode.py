@@ -41,6 +41,24 @@ def test_audio_is_mono_float_at_the_requested_rate(videos):
     assert np.fft.rfftfreq(len(waveform), 1 / 16000)[spectrum.argmax()] == pytest.approx(440, abs=2)
 
 
+@pytest.mark.parametrize("rate", [44100, 16000])
+def test_audio_decodes_as_the_ffmpeg_command_does(tmp_path, rate):
+    # Stereo at 48 kHz, the channels unlike: the downmix and the resampler are FFmpeg's own, as the ffmpeg command
+    # (which decoding used before) gives them, so features extracted before and after agree.
+    path = tmp_path / "stereo.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=64x48:rate=10:duration=2",
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=2", "-f", "lavfi", "-i",
+                    "anoisesrc=color=pink:sample_rate=48000:duration=2:seed=3", "-filter_complex",
+                    "[1:a][2:a]join=inputs=2:channel_layout=stereo[a]", "-map", "0:v", "-map", "[a]", "-c:v",
+                    "libx264", "-c:a", "aac", str(path)], check=True)
+    command = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn", "-ac",
+                              "1", "-ar", str(rate), "-f", "f32le", "pipe:1"], check=True, capture_output=True)
+    expected = np.frombuffer(command.stdout, dtype="<f4")
+    waveform = read_audio(path, rate)
+    assert waveform.shape == expected.shape
+    np.testing.assert_allclose(waveform, expected, atol=1e-5)
+
+
 def test_a_video_without_audio_is_an_error_or_silence_when_asked(videos):
     with pytest.raises(NoAudioTrack, match="silent.mp4"):
         decode_clip(videos / "silent.mp4", 4, 16000)

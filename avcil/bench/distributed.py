@@ -76,7 +76,7 @@ def measure_train(method: str, epochs: int, processes: int, threads: int, device
 
 def _default_videos(cache: Path | None) -> Path:
     from avcil.data.avdigits import build_av_digits
-    from avcil.train.benchmarks import default_cache
+    from avcil.fileio import default_cache
 
     return build_av_digits((cache or default_cache()) / "av-digits")
 

@@ -70,7 +70,7 @@ def summarise(backend: str, decisions: list[dict], summary: dict, load_before: t
 
 def run(args: argparse.Namespace) -> int:
     from avcil.data.avdigits import build_av_digits
-    from avcil.train.benchmarks import default_cache
+    from avcil.fileio import default_cache
 
     if args.threads:
         torch.set_num_threads(args.threads)

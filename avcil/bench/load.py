@@ -74,7 +74,7 @@ def measure_backend(backend: str, clips: list[Path], seconds: float, competitors
 def run(args: argparse.Namespace) -> int:
     from avcil.data.avdigits import build_av_digits
     from avcil.runtime.threads import RuntimeThreads
-    from avcil.train.benchmarks import default_cache
+    from avcil.fileio import default_cache
     from avcil.train.plots import plt
 
     csv_path = Path(build_av_digits(default_cache() / "av-digits"))

@@ -262,7 +262,7 @@ def plot(payload: dict, path: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from avcil.data.avdigits import build_av_digits
-    from avcil.train.benchmarks import default_cache
+    from avcil.fileio import default_cache
 
     if args.threads:
         torch.set_num_threads(args.threads)

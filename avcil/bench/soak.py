@@ -328,7 +328,8 @@ def run(args: argparse.Namespace) -> int:
     from avcil.data.avdigits import build_av_digits
     from avcil.data.avdigits import clip_files
     from avcil.model.encoders import profile_from_record
-    from avcil.train.benchmarks import av_digits_benchmark, default_cache
+    from avcil.fileio import default_cache
+    from avcil.train.benchmarks import av_digits_benchmark
 
     cache = Path(args.cache) if args.cache else default_cache()
     benchmark = av_digits_benchmark(cache)

@@ -147,7 +147,7 @@ def load_split(model_dir: Path, streams_root: Path, av_digits: Path, split: str,
 def checked_inputs(model: str | Path, cache: str | Path | None, av_digits: bool = True) -> tuple[Path, Path]:
     """(model dir, cache) of a benchmark on the streams, refused with what to run first where the model dir or (with
     `av_digits`) the AV-Digits build is missing."""
-    from avcil.train.benchmarks import default_cache
+    from avcil.fileio import default_cache
 
     model_dir = Path(model)
     if not (model_dir / "CURRENT").exists():

@@ -75,7 +75,8 @@ def build_model(model_dir: Path, benchmark, method: str, epochs: int, digits: in
 
 def measure(args: argparse.Namespace) -> list[dict]:
     from avcil.data.avdigits import build_av_digits, clip_files
-    from avcil.train.benchmarks import av_digits_benchmark, default_cache
+    from avcil.fileio import default_cache
+    from avcil.train.benchmarks import av_digits_benchmark
 
     cache = Path(args.cache) if args.cache else default_cache()
     benchmark = av_digits_benchmark(cache)

@@ -48,6 +48,18 @@ def say(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def bulk_encoder(loaded):
+    """The encoder profile a loaded version records, set to encode in ONNX Runtime where that is faster on this
+    machine (avcil.export.cached: lite on a CPU, exported once into the cache)."""
+    from avcil.export.cached import use_onnxruntime
+    from avcil.model.encoders import profile_from_record
+    from avcil.fileio import default_cache
+
+    profile = profile_from_record(loaded.manifest[ManifestKey.FEATURES].get("profile"))
+    use_onnxruntime(profile, default_cache())
+    return profile
+
+
 def learn_new_class(model, label: str, clips: Clips, *, method: str = "analytic", settings=None,
                     drop_suspect: bool = False, refine_later: bool = False, progress: bool = True,
                     log: Callable[[str], None] = say) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -55,7 +67,6 @@ def learn_new_class(model, label: str, clips: Clips, *, method: str = "analytic"
     before anything is encoded, the clips encoded, the enrolment gate, the class learnt and committed.
     `refine_later`: a gradient update will follow (refused up front where it cannot run). (summary, audio, visual):
     the features, for a refinement."""
-    from avcil.model.encoders import profile_from_record
     from avcil.runtime.clip_signals import measure_signals
     from avcil.runtime.enrol_checks import gate_enrolment
     from avcil.runtime.field import learn_class, preflight_new_class, record_clips
@@ -63,7 +74,7 @@ def learn_new_class(model, label: str, clips: Clips, *, method: str = "analytic"
     # Refusals before recording or encoding anything (a refinement's gradient step included, not after the analytic
     # update is committed).
     loaded = preflight_new_class(model, label, "avcil" if refine_later else method)
-    profile = profile_from_record(loaded.manifest[ManifestKey.FEATURES].get("profile"))
+    profile = bulk_encoder(loaded)
     encode_started = time.perf_counter()
     signals = []  # what each clip's recording shows, for the enrolment gate
     if isinstance(clips, Recording):
@@ -94,7 +105,6 @@ def learn_negatives(model, clips: Clips, *, not_label: str | None = None, force:
     """Learn what live windows see of `clips` as none of the classes: background (`not_label` None: the clips
     hold no class; `force` adds files that look like one) or corrections of class `not_label` (windows labelled it
     that are not it). `model`: a ModelDir whose writer lock the caller holds."""
-    from avcil.model.encoders import profile_from_record
     from avcil.runtime.background import learn_background, learn_not
     from avcil.runtime.field import record_clips, record_stretch
     from avcil.runtime.file_windows import encode_window_views
@@ -104,7 +114,7 @@ def learn_negatives(model, clips: Clips, *, not_label: str | None = None, force:
     if not_label is not None and not_label not in loaded.class_names:
         raise InvalidInput(f"--not {not_label!r}: the model ({loaded.version}) has no such class; it knows "
                            f"{', '.join(map(repr, loaded.class_names))}")
-    profile = profile_from_record(loaded.manifest[ManifestKey.FEATURES].get("profile"))
+    profile = bulk_encoder(loaded)
     started = time.perf_counter()
     probes = sources = None  # recorded: each clip is its own source
     if isinstance(clips, Stretch):

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from avcil.errors import InvalidInput
+from avcil.fileio import default_cache
 from avcil.data.clips import Benchmark, BenchmarkDefaults
 
 BUILT_IN = ("synthetic", "av-digits")
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("AVCIL_CACHE", Path.home() / ".cache" / "avcil"))
 
 
 def av_digits_benchmark(cache: Path, progress: bool = True) -> Benchmark:

@@ -36,7 +36,9 @@ from avcil.errors import InvalidInput, StageFailed
 from avcil.data.clips import SPLITS
 from avcil.data.decode import MISSING_AUDIO_POLICIES
 from avcil.data.store import FeatureStoreWriter, merge_shards, shard_root, stored_ids, write_json
+from avcil.export.cached import BACKENDS, use_onnxruntime
 from avcil.features import Features
+from avcil.fileio import default_cache
 from avcil.model.encoders import PROFILES, EncoderProfile, load_profile
 from avcil.train import distributed
 from avcil.train.distributed import Group
@@ -163,15 +165,16 @@ def _encode_and_store(batch: list[Prepared], profile: EncoderProfile, writer: Fe
 def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, profile: EncoderProfile | None = None,
             batch_size: int | None = None, workers: int = 2, threads: int | None = None, device: str | None = None,
             missing_audio: str = "error", limit: int | None = None, progress: bool = True, group: Group | None = None,
-            **profile_options) -> dict:
+            backend: str = "auto", **profile_options) -> dict:
     """Extract the features of every clip under `videos` not yet in the store `out`; return a summary.
 
     `profile` (an already loaded EncoderProfile) takes precedence over `profile_name` + `profile_options`
     (e.g. audiomae=..., videomae=..., random_init=True). `threads`: torch threads (default: torch's own, one per
     core); `device`: move the encoders there first ('cpu', 'cuda'; default: leave them where they are);
     `batch_size`: clips per forward pass (default: 2 on a CPU, where larger batches of 224² frames run slower per
-    frame, 16 on a GPU); `workers`: decoding threads; `missing_audio`: 'error' or 'silence' (see avcil.data.decode); `limit`: extract
-    at most this many new clips. The summary holds counts, `failures` {clip id: reason}, `silent_audio`
+    frame, 16 on a GPU); `workers`: decoding threads; `missing_audio`: 'error' or 'silence' (see avcil.data.decode);
+    `backend`: what runs the encoders, 'auto' (ONNX Runtime on a CPU where the profile's export is cheap, see
+    avcil.export.cached), 'onnxruntime' or 'torch'; `limit`: extract at most this many new clips. The summary holds counts, `failures` {clip id: reason}, `silent_audio`
     (clips encoded with silence), `clips_per_second` and `feature_bytes_per_clip_fp16`.
 
     `group` (from avcil.train.distributed.start, under torchrun): every rank calls this alike; rank 0 lists the
@@ -188,6 +191,7 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
         profile = load_profile(profile_name, **profile_options)
     if device:
         profile.to(device)
+    use_onnxruntime(profile, default_cache(), str(next(profile.visual.parameters()).device), backend)
     if batch_size is None:
         batch_size = _default_batch_size(profile)
     out = Path(out)
@@ -328,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = extract(args.videos, args.out, args.profile, batch_size=args.batch_size, workers=args.workers,
                           threads=args.threads, device=group.device(args.device), missing_audio=args.missing_audio,
-                          limit=args.limit, group=group, **options)
+                          limit=args.limit, group=group, backend=args.backend, **options)
     finally:
         distributed.stop()
     if group.is_main:
@@ -367,6 +371,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="decoding threads")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     parser.add_argument("--device", default="cpu", help="where the encoders run: cpu (default), cuda, cuda:1, ...")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="what runs the encoders: auto (default: ONNX Runtime on a CPU for the lite profile, "
+                             "exported once into $AVCIL_CACHE/onnx and checked against torch; torch otherwise), "
+                             "onnxruntime or torch")
     parser.add_argument("--limit", type=int, default=None, help="extract at most this many new clips")
     parser.add_argument("--json", help="also write the summary to this JSON file")
     parser.set_defaults(func=run)

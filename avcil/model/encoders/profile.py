@@ -71,6 +71,9 @@ class EncoderProfile:
     weights: dict  # per encoder: {'file', 'sha256'} of the weights, or how random ones were made
     frames_independent: bool = False
     version: int | None = None  # of the profile's design (default: PROFILE_VERSIONS); versions never mix
+    # The encoders as another runtime runs them, {'audio': backend, 'visual': backend}, which encode_batch uses in
+    # place of the modules: set by avcil.export.cached.use_onnxruntime for bulk encoding on a CPU.
+    runtime: dict | None = None
 
     def __post_init__(self) -> None:
         if self.version is None:
@@ -142,14 +145,17 @@ class EncoderProfile:
         return np.concatenate(audio), np.concatenate(visual)
 
     def to(self, device: str | torch.device) -> "EncoderProfile":
-        """Move both encoders (e.g. to 'cuda' for extraction); encode_batch follows them."""
+        """Move both encoders (e.g. to 'cuda' for extraction); encode_batch follows them, in torch."""
         self.audio.to(device)
         self.visual.to(device)
+        self.runtime = None
         return self
 
     @torch.inference_mode()
     def encode_batch(self, audio_inputs: np.ndarray, visual_inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed batches -> float32 audio [B, audio_dim] and visual [B, time, positions, visual_dim]."""
+        if self.runtime is not None:
+            return self.runtime["audio"](audio_inputs)[0], self.runtime["visual"](visual_inputs)[0]
         outputs = []
         for module, inputs in ((self.audio, audio_inputs), (self.visual, visual_inputs)):
             device = next(module.parameters()).device
