@@ -11,7 +11,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from avcil.bench import (accuracy, correction, distributed, enrol, gpu, head_speed, latency, live_latency, load,
-                             mqtt_outage, probes, readout_width, soak, stream, update)
+                             mqtt_outage, probes, readout_width, soak, speed, stream, update)
     from avcil.train.options import add_training_flags
 
     bench = subparsers.add_parser("bench", help="benchmarks that write JSON, a markdown table and a plot")
@@ -39,6 +39,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                        "buys in false accepts, on the stream benchmark"),
             ("enrol", enrol, "event recall of a class learnt in the field from 1-40 clips, on the stream "
                              "benchmark; sets the default clip count"),
+            ("speed", speed, "extraction and field encoding clips/s, replay speed and decision latency, with the "
+                             "encoders in torch and in ONNX Runtime"),
             ("readout", readout_width, "the analytic readout's expansion width and ridge swept on the demo's "
                                        "model: closed-set accuracy, the stream benchmark, what each costs")):
         parser = kinds.add_parser(name, help=text)

@@ -1,0 +1,166 @@
+"""`avcil bench speed`: the throughputs and latencies a user of the lite profile waits on, in one run, with the
+encoders in torch and in ONNX Runtime side by side:
+
+- extraction: `avcil extract` of the first `--extract-clips` AV-Digits clips into a new store, start-up (loading
+  the profile, and in ONNX Runtime the encoders' export when the cache lacks it) included: clips per second;
+- field encoding: `--field-clips` clip files of one digit encoded as `avcil learn --files` encodes them: clips/s;
+- replay: the live path at CPU speed (avcil/runtime/replay.py, as `avcil bench stream` runs it) over a stream of
+  `--replay-clips` test clips one after another: seconds of stream decided per second of wall time;
+- decisions: from a window's end to its decision on paced clips, p50 and p95, as `avcil bench live-latency`
+  measures them (`--paced-clips` 2 s clips per backend).
+
+Targets on two quiet cores: extraction >= 8 clips/s, 40 field clips in <= 8 s, replay >= 20x real time, decision
+p95 <= 50 ms in ONNX Runtime and <= 70 ms in torch. Writes speed-lite-cpu.{json,md,png} with the machine and its
+load average before and after each part (a shared machine shows there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from avcil.bench.report import DEFAULT_DIR, machine, machine_load, markdown_table, write_report
+
+BACKENDS = ("torch", "onnxruntime")
+TARGETS = {"extract_clips_per_s": 8.0, "field_seconds_for_40": 8.0, "replay_real_time_factor": 20.0,
+           "decision_p95_ms": {"onnxruntime": 50.0, "torch": 70.0}}
+
+
+def _timed(part: str, work) -> dict:
+    """`work()` (-> a dict of results), with its wall time and the load averages around it."""
+    before = machine_load()
+    started = time.perf_counter()
+    result = work()
+    return {"part": part, **result, "seconds": round(time.perf_counter() - started, 2), "load_before": before,
+            "load_after": machine_load()}
+
+
+def extraction(clips_csv: Path, count: int, backend: str, scratch: Path) -> dict:
+    from avcil.train.extract import extract
+
+    summary = extract(clips_csv, scratch / f"store-{backend}", "lite", limit=count, progress=False, backend=backend)
+    return {"clips": summary["extracted"], "clips_per_s": summary["clips_per_second"]}
+
+
+def field_encoding(files: list[Path], backend: str) -> dict:
+    from avcil.export.cached import use_onnxruntime
+    from avcil.fileio import default_cache
+    from avcil.model.encoders import load_profile
+
+    profile = load_profile("lite")
+    use_onnxruntime(profile, default_cache(), when=backend)
+    started = time.perf_counter()
+    profile.encode_files(files, progress=False)
+    seconds = time.perf_counter() - started
+    return {"clips": len(files), "encode_seconds": round(seconds, 2), "clips_per_s": round(len(files) / seconds, 2)}
+
+
+def replay_speed(clips: list[Path], backend: str, scratch: Path) -> dict:
+    from avcil.bench.live_latency import lite_model
+    from avcil.runtime.recognizer import Recognizer
+    from avcil.runtime.replay import replay
+
+    root = scratch / f"model-{backend}"
+    profile = lite_model(root, backend)
+    recognizer = Recognizer(root, backend, profile=profile if backend == "torch" else None, smoothing=1, watch=False)
+    ends: list[float] = []
+    paths = ",".join(str(p) for p in clips)
+    try:
+        started = time.perf_counter()
+        replay(recognizer, paths, paths, lambda decision, window: ends.append(window.end))
+        seconds = time.perf_counter() - started
+    finally:
+        recognizer.close()
+    return {"decisions": len(ends), "stream_seconds": round(ends[-1], 2),
+            "real_time_factor": round(ends[-1] / seconds, 2)}
+
+
+def decisions(clips: list[Path], backend: str) -> dict:
+    from avcil.bench.live_latency import measure
+
+    measured = measure(backend, clips)
+    return {"decisions": measured["decisions"], "p50_ms": measured["latency"]["total"]["p50_ms"],
+            "p95_ms": measured["latency"]["total"]["p95_ms"], "stages": measured["latency"]}
+
+
+def run(args: argparse.Namespace) -> int:
+    from avcil.data.avdigits import build_av_digits
+    from avcil.fileio import default_cache
+
+    clips_csv = Path(build_av_digits(default_cache() / "av-digits"))
+    tests = sorted(clips_csv.parent.glob("clips/test/*/*.mp4"))
+    field = sorted(clips_csv.parent.glob("clips/train/9/*.mp4"))[:args.field_clips]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="avcil-speed-") as tmp:
+        for backend in BACKENDS:
+            rows.append({"backend": backend,
+                         "extract": _timed("extract", lambda: extraction(clips_csv, args.extract_clips, backend,
+                                                                         Path(tmp))),
+                         "field": _timed("field", lambda: field_encoding(field, backend)),
+                         "replay": _timed("replay", lambda: replay_speed(tests[::12][:args.replay_clips], backend,
+                                                                         Path(tmp))),
+                         "decisions": _timed("decisions", lambda: decisions(tests[::12][:args.paced_clips],
+                                                                            backend))})
+    result = {"targets": TARGETS, "rows": rows,
+              "settings": {k: getattr(args, k) for k in ("extract_clips", "field_clips", "replay_clips",
+                                                         "paced_clips")}}
+    text = describe(result)
+    paths = write_report(args.out_dir, "speed-lite-cpu", result, text, "Speed of the lite profile on this CPU",
+                         lambda path: plot(result, path))
+    print(text)
+    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['plot']}")
+    return 0
+
+
+def describe(result: dict) -> str:
+    table = markdown_table([{
+        "backend": r["backend"], "extract": r["extract"]["clips_per_s"],
+        "field": f"{r['field']['clips_per_s']} ({r['field']['encode_seconds']} s for {r['field']['clips']})",
+        "replay": r["replay"]["real_time_factor"],
+        "p50": r["decisions"]["p50_ms"], "p95": r["decisions"]["p95_ms"],
+        "load": f"{r['extract']['load_before'][0]} / {r['decisions']['load_after'][0]}"} for r in result["rows"]],
+        [("backend", "encoders in"), ("extract", "extraction (clips/s)"), ("field", "field encoding (clips/s)"),
+         ("replay", "replay (x real time)"), ("p50", "decision p50 (ms)"), ("p95", "decision p95 (ms)"),
+         ("load", "1-min load before / after")])
+    targets = result["targets"]
+    return (f"{machine()['processor']}, {machine()['threads']} threads. Settings: {result['settings']}.\n\n{table}\n\n"
+            f"Targets on two quiet cores: extraction >= {targets['extract_clips_per_s']} clips/s, 40 field clips "
+            f"in <= {targets['field_seconds_for_40']} s, replay >= {targets['replay_real_time_factor']}x real time, "
+            f"decision p95 <= {targets['decision_p95_ms']['onnxruntime']} ms (ONNX Runtime) and <= "
+            f"{targets['decision_p95_ms']['torch']} ms (torch). Extraction includes start-up; decisions are timed "
+            f"from a window's end on paced clips.\n")
+
+
+def plot(result: dict, path: Path) -> None:
+    """Clips/s and real-time factor (left) and decision latency (right), per backend."""
+    from avcil.train.plots import plt
+
+    rows = result["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    measures = [("extraction clips/s", lambda r: r["extract"]["clips_per_s"]),
+                ("field clips/s", lambda r: r["field"]["clips_per_s"]),
+                ("replay x real time", lambda r: r["replay"]["real_time_factor"])]
+    width = 0.8 / len(rows)
+    for i, row in enumerate(rows):
+        left.bar([m + i * width for m in range(len(measures))], [get(row) for _, get in measures], width,
+                 label=row["backend"])
+        right.bar([m + i * width for m in range(2)], [row["decisions"]["p50_ms"], row["decisions"]["p95_ms"]], width,
+                  label=row["backend"])
+    left.set(xticks=[m + width / 2 for m in range(len(measures))], xticklabels=[n for n, _ in measures],
+             title="throughput (higher is better)")
+    right.set(xticks=[width / 2, 1 + width / 2], xticklabels=["p50", "p95"], ylabel="ms",
+              title="decision latency (lower is better)")
+    left.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--extract-clips", type=int, default=300, help="AV-Digits clips extracted per backend")
+    parser.add_argument("--field-clips", type=int, default=40, help="clip files encoded as avcil learn --files does")
+    parser.add_argument("--replay-clips", type=int, default=10, help="test clips replayed one after another")
+    parser.add_argument("--paced-clips", type=int, default=6, help="test clips played in real time per backend")
+    parser.add_argument("--out-dir", type=Path, default=DEFAULT_DIR)
