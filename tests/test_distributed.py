@@ -125,11 +125,13 @@ def _processed(store: Path, rank: int) -> int:
 
 
 def test_a_killed_rank_stops_the_other_with_a_clear_error_and_a_rerun_resumes(videos, one_process_store, tmp_path):
-    many = tmp_path / "many"  # 36 clips: copies of the 12 good ones, so that the kill lands mid-run
+    # 300 clips: copies of the 12 good ones, so that the kill lands mid-run (a rank extracts about 25 tiny clips a
+    # second, and reports its progress once a second).
+    many, copies = tmp_path / "many", 25
     for label in CLASSES:
         (many / label).mkdir(parents=True)
         for i in range(4):
-            for copy in range(3):
+            for copy in range(copies):
                 os.link(videos / label / f"clip{i}.mp4", many / label / f"clip{i}-{copy}.mp4")
     command = ("extract", "--profile", "tiny", "--videos", str(many), "--out", "store", "--threads", "1",
                "--batch-size", "1", "--json", "summary.json")
@@ -147,9 +149,10 @@ def test_a_killed_rank_stops_the_other_with_a_clear_error_and_a_rerun_resumes(vi
     status, output = finish(torchrun(*command, cwd=tmp_path))
     assert status == 0, output
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["already_done"] > 0 and summary["already_done"] + summary["extracted"] == 36  # resumed
+    total = len(CLASSES) * 4 * copies
+    assert summary["already_done"] > 0 and summary["already_done"] + summary["extracted"] == total  # resumed
     merged, alone = features_by_id(tmp_path / "store"), features_by_id(one_process_store)
-    assert len(merged) == 36
+    assert len(merged) == total
     for clip_id, (label, audio, visual) in merged.items():
         source = clip_id.rsplit("-", 1)[0] + ".mp4"
         assert label == alone[source][0]

@@ -144,17 +144,26 @@ def _batches(prepared: Iterator[Prepared], size: int) -> Iterator[list[Prepared]
         yield batch
 
 
-def _encode_and_store(batch: list[Prepared], profile: EncoderProfile, writer: FeatureStoreWriter,
-                      summary: dict) -> None:
-    """One encoder forward for the clips of `batch` that decoded; the others are recorded as failures."""
+def _encode(batch: list[Prepared], profile: EncoderProfile) -> tuple[list[Prepared], np.ndarray | None,
+                                                                     np.ndarray | None]:
+    """One encoder forward for the clips of `batch` that decoded: (the batch, their audio and visual features)."""
     good = [p for p in batch if p.error is None]
+    if not good:
+        return batch, None, None
+    return batch, *profile.encode_batch(np.stack([p.audio for p in good]), np.stack([p.visual for p in good]))
+
+
+def _store(encoded: tuple[list[Prepared], np.ndarray | None, np.ndarray | None], writer: FeatureStoreWriter,
+           summary: dict) -> None:
+    """The features of a batch's clips into the store; the clips that failed to decode are recorded as failures."""
+    batch, audio, visual = encoded
     for bad in batch:
         if bad.error is not None:
             summary["failures"][bad.entry.clip_id] = bad.error
             log.warning("skipped %s", bad.error)
+    good = [p for p in batch if p.error is None]
     if not good:
         return
-    audio, visual = profile.encode_batch(np.stack([p.audio for p in good]), np.stack([p.visual for p in good]))
     for p, a, v in zip(good, audio, visual):
         writer.add(p.entry.clip_id, p.entry.label, p.entry.split, Features(audio=a, visual=v))
     summary["silent_audio"] += [p.entry.clip_id for p in good if p.silent_fallback]
@@ -191,7 +200,7 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
         profile = load_profile(profile_name, **profile_options)
     if device:
         profile.to(device)
-    use_onnxruntime(profile, default_cache(), str(next(profile.visual.parameters()).device), backend)
+    use_onnxruntime(profile, default_cache(), str(next(profile.visual.parameters()).device), backend, threads=1)
     if batch_size is None:
         batch_size = _default_batch_size(profile)
     out = Path(out)
@@ -226,10 +235,14 @@ def _extract_share(mine: list[ClipEntry], profile: EncoderProfile, missing_audio
     group)."""
     out, shard, group = where
     last_flush = last_report = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    # In ONNX Runtime one single-threaded call per core at a time (avcil.export.cached.use_onnxruntime); torch runs
+    # one call at a time on all of them.
+    encoders = torch.get_num_threads() if profile.runtime is not None else 1
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(encoders) as encoding:
         prepared = _ahead(pool, lambda e: _prepare(e, profile, missing_audio), mine, window=2 * batch_size)
-        for batch in _batches(prepared, batch_size):
-            _encode_and_store(batch, profile, writer, summary)
+        for encoded in _ahead(encoding, lambda b: _encode(b, profile), _batches(prepared, batch_size), encoders):
+            batch = encoded[0]
+            _store(encoded, writer, summary)
             if time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
                 writer.flush()
                 last_flush = time.perf_counter()
