@@ -144,7 +144,7 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     try:
         import av
     except ImportError as error:
-        raise MissingPackage("decoding a clip's audio needs PyAV: pip install 'av>=12'") from error
+        raise MissingPackage("decoding a clip's audio needs PyAV: pip install 'av>=14'") from error
 
     path = Path(path)
     if not path.is_file():
