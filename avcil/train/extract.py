@@ -162,7 +162,7 @@ def _store(encoded: tuple[list[Prepared], np.ndarray | None, np.ndarray | None],
             summary["failures"][bad.entry.clip_id] = bad.error
             log.warning("skipped %s", bad.error)
     good = [p for p in batch if p.error is None]
-    if not good:
+    if audio is None:
         return
     for p, a, v in zip(good, audio, visual):
         writer.add(p.entry.clip_id, p.entry.label, p.entry.split, Features(audio=a, visual=v))
@@ -183,8 +183,9 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
     `batch_size`: clips per forward pass (default: 2 on a CPU, where larger batches of 224² frames run slower per
     frame, 16 on a GPU); `workers`: decoding threads; `missing_audio`: 'error' or 'silence' (see avcil.data.decode);
     `backend`: what runs the encoders, 'auto' (ONNX Runtime on a CPU where the profile's export is cheap, see
-    avcil.export.cached), 'onnxruntime' or 'torch'; `limit`: extract at most this many new clips. The summary holds counts, `failures` {clip id: reason}, `silent_audio`
-    (clips encoded with silence), `clips_per_second` and `feature_bytes_per_clip_fp16`.
+    avcil.export.cached), 'onnxruntime' or 'torch'; `limit`: extract at most this many new clips. The summary holds
+    counts, `failures` {clip id: reason}, `silent_audio` (clips encoded with silence), `clips_per_second` and
+    `feature_bytes_per_clip_fp16`.
 
     `group` (from avcil.train.distributed.start, under torchrun): every rank calls this alike; rank 0 lists the
     clips still missing and deals them out, each rank extracts its share into its own shard store, rank 0 merges
