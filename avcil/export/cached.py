@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from avcil.export.onnx import OPSET, TOLERANCE, ExportError, check_tolerance, export_graph, random_inputs, validate
-from avcil.model.graphs import dynamic_axes, graph_modules
+from avcil.model.graphs import GRAPH_NAMES, dynamic_axes, graph_modules
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,6 @@ CACHE_DIR = "onnx"
 # The profiles whose bulk encoding runs in ONNX Runtime on a CPU by default: those whose export takes seconds. The
 # paper profile's two ViT-Bs would be exported (700 MB) on first use for a gain not measured.
 ON_CPU_BY_DEFAULT = ("lite",)
-ENCODERS = ("audio", "visual")
 BACKENDS = ("auto", "onnxruntime", "torch")
 
 
@@ -67,9 +66,9 @@ def _sessions(profile, folder: Path, threads: int | None) -> dict:
     from avcil.backends import load_backend
 
     def load() -> dict:
-        return {name: load_backend(folder / f"{name}.onnx", "onnxruntime", threads=threads) for name in ENCODERS}
+        return {name: load_backend(folder / f"{name}.onnx", "onnxruntime", threads=threads) for name in GRAPH_NAMES}
 
-    if not all((folder / f"{name}.onnx").is_file() for name in ENCODERS):
+    if not all((folder / f"{name}.onnx").is_file() for name in GRAPH_NAMES):
         _export(profile, folder)
     try:
         return load()
@@ -88,7 +87,7 @@ def _export(profile, folder: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         modules, rng, checked = graph_modules(profile), np.random.default_rng(0), {}
-        for name in ENCODERS:
+        for name in GRAPH_NAMES:
             module, spec, shapes = modules[name]
             path = staging / spec.file
             export_graph(module, [torch.from_numpy(x) for x in random_inputs(shapes, 2, rng)], path, spec,
