@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
@@ -162,9 +161,10 @@ def test_frames_show_the_labelled_digit_moving_along_its_recorded_path(built):
         assert np.hypot(*moved) > 10
 
 
-def _digest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted((folder / "clips").rglob("*.mp4"))}
+def _decoded(folder: Path, suffix: str = ".mp4") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{clip path: (decoded sound, decoded frames as int16)} of the build's clips whose names end with `suffix`."""
+    return {p.relative_to(folder).as_posix(): (_audio(p), np.stack(_frames(p)).astype(np.int16))
+            for p in sorted((folder / "clips").rglob("*.mp4")) if p.name.endswith(suffix)}
 
 
 def test_same_settings_are_reused_other_settings_rebuilt_and_a_seed_reproduces(built, tmp_path):
@@ -173,16 +173,28 @@ def test_same_settings_are_reused_other_settings_rebuilt_and_a_seed_reproduces(b
     build_av_digits(out, seed=0, clips_per_class=PER_CLASS, progress=False)
     assert (out / "avdigits.json").stat().st_mtime_ns == before
 
-    # With one clip per class, a build holds the first clip of each class of the bigger build, byte for byte.
+    # With one clip per class, a build holds the first clip of each class of the bigger build: the same sound
+    # sample for sample and the same frames. The frames are held to a tolerance, not bytes: ffmpeg 5.1's x264 on
+    # busy cores codes a few macroblocks of a clip differently now and then (measured here: about one clip in 500,
+    # up to 9 grey levels in part of 3 frames), whatever the thread settings.
     small = tmp_path / "small"
     build_av_digits(small, seed=0, clips_per_class=1, progress=False)
-    first_clips = {path: sha for path, sha in _digest(out).items() if path.endswith("_000.mp4")}
-    assert _digest(small) == first_clips
+    first_clips = _decoded(out, "_000.mp4")
+    rebuilt = _decoded(small)
+    assert rebuilt.keys() == first_clips.keys()
+    for path, (sound, frames) in rebuilt.items():
+        assert np.array_equal(sound, first_clips[path][0]), path
+        assert frames.shape == first_clips[path][1].shape, path
+        assert np.abs(frames - first_clips[path][1]).mean() < 0.5, path
+
     build_av_digits(small, seed=1, clips_per_class=1, progress=False)
-    rebuilt = json.loads((small / "avdigits.json").read_text())
-    assert rebuilt["settings"]["seed"] == 1 and rebuilt["settings_sha"] != manifest["settings_sha"]
-    assert _digest(small).keys() == first_clips.keys()
-    assert all(_digest(small)[path] != sha for path, sha in first_clips.items())
+    manifest_1 = json.loads((small / "avdigits.json").read_text())
+    assert manifest_1["settings"]["seed"] == 1 and manifest_1["settings_sha"] != manifest["settings_sha"]
+    other_seed = _decoded(small)
+    assert other_seed.keys() == first_clips.keys()
+    for path, (sound, frames) in other_seed.items():
+        assert not np.array_equal(sound, first_clips[path][0]), path
+        assert np.abs(frames - first_clips[path][1]).mean() > 10, path
 
 
 def test_missing_sound_package_or_program_names_what_to_install(tmp_path, monkeypatch):

@@ -425,7 +425,8 @@ def _encode(clips: list[tuple[Path, np.ndarray, np.ndarray]], tmp: Path) -> None
         outputs += ["-map", f"{2 * i}:v", "-map", f"{2 * i + 1}:a",
                     "-c:v", "libx264", "-preset", "veryfast", "-crf", "20", "-pix_fmt", "yuv420p", "-threads", "1",
                     "-c:a", "aac", "-b:a", "64k", "-ar", str(SAMPLE_RATE), "-ac", "1",
-                    # bitexact and no metadata: the same seed gives the same bytes
+                    # bitexact and no metadata: the same seed gives the same sound and, but for x264's rare
+                    # differences on busy cores (a few macroblocks), the same frames
                     "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", "-map_metadata", "-1",
                     "-movflags", "+faststart", "-y", str(path)]
     _run(["ffmpeg", "-nostdin", "-v", "error", *inputs, *outputs], f"encoding {clips[0][0].name} ...")
