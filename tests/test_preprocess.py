@@ -1,3 +1,5 @@
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -39,6 +41,18 @@ def test_resample_keeps_pitch_and_duration(from_rate, to_rate):
     assert abs(len(out) - 2.0 * to_rate) <= 1
     assert dominant_frequency(out, to_rate) == pytest.approx(440.0, abs=1.0)
     assert np.abs(out[to_rate // 4:-to_rate // 4]).max() == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("from_rate,to_rate", [(44100, 16000), (44100, 11430), (48000, 16000), (8000, 44100)])
+def test_resample_with_its_filter_designed_once_gives_scipys_samples_bit_for_bit(from_rate, to_rate):
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(to_rate, from_rate).limit_denominator(4096)
+    noise = np.random.default_rng(0).standard_normal(from_rate // 3).astype(np.float32)
+    designed_each_call = resample_poly(noise, ratio.numerator, ratio.denominator)
+    assert np.array_equal(resample(noise, from_rate, to_rate), designed_each_call)
+    assert np.array_equal(resample(noise[::-1], from_rate, to_rate),  # a second call, with the cached filter
+                          resample_poly(noise[::-1], ratio.numerator, ratio.denominator))
 
 
 def test_resample_removes_what_the_new_rate_cannot_hold():

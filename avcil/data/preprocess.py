@@ -54,7 +54,21 @@ def resample(waveform: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     from scipy.signal import resample_poly  # scipy.signal takes a second to import: only when resampling
 
     ratio = Fraction(to_rate, from_rate).limit_denominator(4096)
-    return resample_poly(waveform, ratio.numerator, ratio.denominator).astype(np.float32)
+    return resample_poly(waveform, ratio.numerator, ratio.denominator,
+                         window=antialias_filter(ratio.numerator, ratio.denominator)).astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def antialias_filter(up: int, down: int) -> np.ndarray:
+    """The low-pass filter that scipy's resample_poly designs for a reduced ratio up/down at its defaults (a Kaiser
+    window, beta 5, ten zero crossings a side at the lower rate), in float32 as it applies it to float32 audio.
+
+    Designed once per ratio rather than in every call: the live path resamples each 0.78 s speech window on its
+    own, and designing the filter took 60 % of that. The samples are the same, bit for bit."""
+    from scipy.signal import firwin
+
+    widest = max(up, down)
+    return _read_only(firwin(2 * 10 * widest + 1, 1.0 / widest, window=("kaiser", 5.0)).astype(np.float32))
 
 
 def as_mono(waveform: np.ndarray, what: str = "waveform") -> np.ndarray:
