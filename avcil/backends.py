@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import torch
@@ -121,9 +121,10 @@ class TorchBackend(Backend):
 
 
 # ONNX Runtime ----------------------------------------------------------------------------------------------------
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None, spinning: bool = False):
     """CPU settings that matter for the ViT encoders: every graph optimisation, memory patterns, one intra-op
-    thread per core, no inter-op parallelism (the graphs are one chain), threads that sleep between calls."""
+    thread per core, no inter-op parallelism (the graphs are one chain), threads that sleep between calls unless
+    `spinning` (see avcil.runtime.threads.SPINNING_GRAPHS for the one graph of the live path that spins)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -133,10 +134,11 @@ def session_options(threads: int | None = None):
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3  # errors only: ORT warns about every provider it is not given
-    # No spinning: a session's threads otherwise spin on after each call and take the cores from the next graph's
-    # call. The live lite recogniser runs five graphs one after another; with spinning its decision latency on two
-    # quiet cores was p50 83 / p95 107 ms (aiSFX 50 ms right after a speech window), without 44 / 72 ms.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No spinning by default: a session's threads otherwise spin on after each call and take the cores from the
+    # next graph's call. The live lite recogniser runs five graphs one after another; with every session spinning
+    # its decision latency on two quiet cores was p50 83 / p95 107 ms (aiSFX 50 ms right after a speech window),
+    # without 44 / 72 ms. One graph is the exception (avcil.runtime.threads.SPINNING_GRAPHS).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return options
 
 
@@ -160,14 +162,15 @@ def onnxruntime_providers(device: str, available: Sequence[str], fp16: bool = Fa
 class OnnxRuntimeBackend(Backend):
     kind = "onnxruntime"
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, fp16: bool = False):
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None, fp16: bool = False,
+                 spinning: bool = False):
         import onnxruntime as ort
 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such ONNX file (export it with `avcil export --format onnx`)")
         providers = onnxruntime_providers(device, ort.get_available_providers(), fp16, path.parent / ".ort-trt-cache")
-        self.session = ort.InferenceSession(str(path), session_options(threads), providers=providers)
+        self.session = ort.InferenceSession(str(path), session_options(threads, spinning), providers=providers)
         self.device, self.path = device, path
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -373,12 +376,13 @@ def checked_file(folder: Path, listed: dict, name: str, suffix: str) -> Path:
 
 
 def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profile=None, manifest: dict | None = None,
-                   **options) -> dict[str, Backend]:
+                   spinning: Collection[str] = (), **options) -> dict[str, Backend]:
     """The audio and visual encoders of a model dir, on one runtime, and the audio encoder's stream parts where the
     profile has them (lite: 'audio_sfx', 'speech_window'). The head is the model's own, in torch (see GRAPH_NAMES).
 
     onnxruntime/tensorrt run MODEL/encoders/{audio,visual,...}.{onnx,engine}; torch runs the encoder profile
-    (`profile`, or rebuilt from the manifest). `manifest`: the model's, when the caller has loaded it already."""
+    (`profile`, or rebuilt from the manifest). `manifest`: the model's, when the caller has loaded it already.
+    `spinning`: the graphs whose onnxruntime sessions keep their threads spinning between calls."""
     from avcil.model.encoders import profile_from_record
     from avcil.model.graphs import GRAPH_NAMES, dynamic_axes, graph_modules, read_spec
     from avcil.modeldir import ModelDir
@@ -395,7 +399,8 @@ def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profil
         listed = spec["graphs"] if kind == "onnxruntime" else spec["engines"]
         # An export from before the head was left out lists it too: it is not loaded.
         names = [n for n in listed if n not in GRAPH_NAMES and n != "head"]
-        return {name: load_backend(checked_file(folder, listed, name, suffix), kind, device, **options)
+        spins = (lambda name: {"spinning": name in spinning}) if kind == "onnxruntime" else (lambda name: {})
+        return {name: load_backend(checked_file(folder, listed, name, suffix), kind, device, **options, **spins(name))
                 for name in (*GRAPH_NAMES, *names)}
     record = (manifest or ModelDir(model_dir).manifest())["features"].get("profile")
     if profile is None:

@@ -105,6 +105,19 @@ def test_onnxruntime_session_uses_the_cpu_settings(model):
     assert options.intra_op_num_threads == 2 and options.enable_mem_pattern
 
 
+def test_only_the_graphs_named_spinning_keep_their_threads_spinning(model):
+    root, _ = model
+
+    def spins(backend) -> bool:
+        value = backend.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        return value == "1"
+
+    backends = model_backends(root, "onnxruntime", spinning=("audio",), threads=2)
+    assert spins(backends["audio"]) and not spins(backends["visual"])
+    assert not any(spins(b) for b in model_backends(root, "onnxruntime").values())
+    assert model_backends(root, "torch", spinning=("audio",)).keys() == backends.keys()  # no such option in torch
+
+
 def test_torch_backend_refuses_gpu_only_options_on_cpu():
     with pytest.raises(ValueError, match="need a CUDA device"):
         load_backend(torch.nn.Linear(3, 2), input_names=["x"], output_names=["y"], input_shapes=[(3,)], fp16=True)

@@ -118,7 +118,7 @@ def test_each_decision_records_the_thread_settings_and_the_backend(tmp_path, toy
     for decision in decisions:
         assert decision["backend"] == "torch"
         assert decision["threads"]["torch_intra_op"] == 1 and decision["threads"]["torch_inter_op"] == 1
-        assert decision["threads"]["blas"] == 1 and decision["threads"]["onnxruntime_spinning"] is False
+        assert decision["threads"]["blas"] == 1 and decision["threads"]["onnxruntime_spinning"] == []
         assert decision["audio_missing"] is False  # file sources are never missing
 
 
@@ -130,3 +130,7 @@ def test_the_default_thread_count_is_the_measured_one_per_backend():
     assert RuntimeThreads(backend="torch").intra_op == 1
     assert RuntimeThreads(backend="onnxruntime").intra_op == min(2, cores)
     assert RuntimeThreads(3, backend="torch").intra_op == 3  # a count given wins
+    # The sound-event CNN spins in the live path; a replay, which never idles, and torch spin nothing.
+    assert RuntimeThreads(backend="onnxruntime").record()["onnxruntime_spinning"] == ["audio_sfx"]
+    assert RuntimeThreads(backend="onnxruntime", spinning=()).record()["onnxruntime_spinning"] == []
+    assert RuntimeThreads(backend="torch").record()["onnxruntime_spinning"] == []

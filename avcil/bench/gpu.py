@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import tempfile
@@ -29,7 +28,7 @@ import torch
 
 from avcil.bench import encoder_speed, extract_speed
 from avcil.bench.latency import summarise
-from avcil.bench.report import DEFAULT_DIR, markdown_table, write_report
+from avcil.bench.report import DEFAULT_DIR, cpu_model, markdown_table, write_report
 from avcil.errors import InvalidInput
 
 # The issue's targets on a datacentre GPU (checked in the report, never asserted).
@@ -213,7 +212,7 @@ def gpu_info(device: str) -> dict:
     """The GPU's name, driver, memory and compute capability, torch's CUDA and cuDNN, and the attention kernels
     SDPA may pick; on a CPU, the processor."""
     if not device.startswith("cuda"):
-        return {"device": "cpu", "name": platform.processor() or platform.machine()}
+        return {"device": "cpu", "name": cpu_model()}
     index = torch.device(device).index or 0
     props = torch.cuda.get_device_properties(index)
     try:

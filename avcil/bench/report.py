@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -17,9 +18,20 @@ DEFAULT_DIR = Path("benchmarks/results")
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    return {"platform": platform.platform(), "processor": cpu_model(), "cores": os.cpu_count(),
             "torch": torch.__version__, "threads": torch.get_num_threads(), "avcil": avcil.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it (timings differ between machines that both say x86_64), else the
+    architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
 
 
 def percentiles(values: Iterable[float], qs: Sequence[float] = (50, 95, 99), suffix: str = "_ms",
@@ -59,6 +71,4 @@ def write_report(out_dir: Path, name: str, payload: dict, table: str, title: str
 
 def machine_load() -> list[float]:
     """The load averages over 1, 5 and 15 minutes, as the benchmarks on the streams record them before and after."""
-    import os
-
     return [round(x, 2) for x in os.getloadavg()]

@@ -84,7 +84,8 @@ class Recognizer:
                                 f"elsewhere), so live sources cannot be encoded for it")
         self.audio_prep = audio_preprocess_from_settings(record["settings"]["audio"])
         self.frame_prep = frame_preprocess_from_settings(record["settings"]["visual"])
-        options = {"threads": self.threads["onnxruntime_intra_op"]} if backend == "onnxruntime" else {}
+        options = ({"threads": self.threads["onnxruntime_intra_op"], "spinning": self.threads["onnxruntime_spinning"]}
+                   if backend == "onnxruntime" else {})
         encoders = model_backends(model_dir, backend, device, profile=profile, manifest=loaded.manifest,
                                   **options)
         self.audio_encoder, self.visual_encoder = encoders["audio"], encoders["visual"]
