@@ -94,7 +94,6 @@ def _live_and_field(model_dir: Path, profile, files: dict, cache: Path, out: Pat
     stays up, then every digit live with the version it picked up."""
     from avcil.export.onnx import export_onnx
     from avcil.runtime.recognizer import DecisionWriter, Recognizer
-    from avcil.runtime.threads import RuntimeThreads
     from avcil.runtime.windows import window_seconds
 
     slot = window_seconds(profile.audio_prep)
@@ -103,10 +102,8 @@ def _live_and_field(model_dir: Path, profile, files: dict, cache: Path, out: Pat
     export_onnx(model_dir, profile, progress=False)
     # Closed-set figures (threshold 0: every window gets its best class), comparable with the features' accuracy;
     # the open-set behaviour is `avcil bench stream`'s.
-    # The raw argmax; no spinning threads (avcil.runtime.threads): the replay of every test clip, which never idles,
-    # takes most of this recognizer's time, the few clips played in real time little.
     recognizer = Recognizer(model_dir, "onnxruntime", profile=profile, score="softmax", threshold=0.0,
-                            smoothing=1, threads=RuntimeThreads(backend="onnxruntime", spinning=()))
+                            smoothing=1)  # the raw argmax
     writer = DecisionWriter(out / "decisions.jsonl", console=None)
     tests = {d: files[("test", d)] for d in OLD_DIGITS + [NEW_DIGIT]}
     try:

@@ -93,7 +93,7 @@ def test_a_device_runs_learns_and_reloads_with_the_runtime_extra_alone(device_py
            "--jsonl", jsonl, *paced)
     decisions = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert len(decisions) >= 2 and sum(d["label"] == "red" for d in decisions) > len(decisions) / 2
-    assert all(d["model_version"] == "v0001" for d in decisions)
+    assert all(d["model_version"] == "v0001" and d["threads"]["onnxruntime_spinning"] == [] for d in decisions)
 
     learnt = _avcil(device_python, "learn", "--model", model, "--label", "green", "--json", "--files",
                     *toy_clips["green"][:4])
@@ -104,9 +104,10 @@ def test_a_device_runs_learns_and_reloads_with_the_runtime_extra_alone(device_py
 
     green = ",".join(str(p) for p in toy_clips["green"][4:])
     _avcil(device_python, "run", "--model", model, "--backend", "onnxruntime", "--camera", green, "--mic", green,
-           "--jsonl", jsonl, *paced)
+           "--jsonl", jsonl, "--spin", *paced)
     after = [json.loads(line) for line in jsonl.read_text().splitlines()][len(decisions):]
     assert len(after) >= 2 and all(d["model_version"] == "v0002" for d in after)
+    assert all(d["threads"]["onnxruntime_spinning"] == ["audio_sfx"] for d in after)
     assert sum(d["label"] == "green" for d in after) > len(after) / 2, [d["label"] for d in after]
 
 

@@ -75,12 +75,10 @@ def replay_speed(clips: list[Path], backend: str, scratch: Path) -> dict:
     from avcil.bench.live_latency import lite_model
     from avcil.runtime.recognizer import Recognizer
     from avcil.runtime.replay import replay
-    from avcil.runtime.threads import RuntimeThreads
 
     root = scratch / f"model-{backend}"
     profile = lite_model(root, backend)
-    recognizer = Recognizer(root, backend, profile=profile if backend == "torch" else None, smoothing=1, watch=False,
-                            threads=RuntimeThreads(backend=backend, spinning=()))  # a replay never idles
+    recognizer = Recognizer(root, backend, profile=profile if backend == "torch" else None, smoothing=1, watch=False)
     ends: list[float] = []
     paths = ",".join(str(p) for p in clips)
     try:

@@ -55,7 +55,6 @@ def window_inputs(model_dir: Path, folder: Path, stream: dict, cache: Path, back
     from avcil.modeldir import ModelDir
     from avcil.runtime.recognizer import Recognizer
     from avcil.runtime.replay import replay
-    from avcil.runtime.threads import RuntimeThreads
 
     manifest = ModelDir(model_dir).load(with_memory=False).manifest
     video, audio = folder / stream["video"], folder / stream["audio"]
@@ -65,8 +64,7 @@ def window_inputs(model_dir: Path, folder: Path, stream: dict, cache: Path, back
     if path.is_file():
         with np.load(path) as f:
             return {"inputs": f["inputs"], "ends": f["ends"], "seconds": float(f["seconds"])}
-    recognizer = Recognizer(model_dir, backend, watch=False, score="softmax", smoothing=1, threshold=0.0,
-                            threads=RuntimeThreads(backend=backend, spinning=()))  # a replay never idles
+    recognizer = Recognizer(model_dir, backend, watch=False, score="softmax", smoothing=1, threshold=0.0)
     inputs, ends = [], []
 
     def keep(decision: dict, window) -> None:

@@ -6,8 +6,9 @@ against the settings that produced it:
 - torch intra-op threads: a fixed small count (default: 1 for torch, 2 for onnxruntime; DEFAULT_INTRA_OP), never "all cores" of a bigger
   machine, where each call would wait at a barrier for threads other processes' work delays;
 - torch inter-op threads: 1 (the encoders are one chain of ops; a second pool only competes with the first);
-- onnxruntime: the same intra-op count, one inter-op thread, spinning off (avcil.backends.session_options) except
-  in the graph that runs alone after a window's end (SPINNING_GRAPHS; none in a replay, which never idles);
+- onnxruntime: the same intra-op count, one inter-op thread, spinning off (avcil.backends.session_options); on a
+  device that runs nothing else, `avcil run --spin` keeps the threads of the graph that runs alone after a window's
+  end spinning (SPINNING_GRAPHS);
 - torch's OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE, set when avcil is imported);
 - numpy's BLAS: 1 thread. OpenBLAS threads spin for a while after each call; right after the preprocessing's mel
   matmul they took the cores the encoders need, which doubled the lite audio encoder's time (30 -> 60 ms on two
@@ -28,13 +29,14 @@ from dataclasses import asdict, dataclass
 # 289 ms with 1 (quiet / 1 / 2 competitors), so torch takes 1; onnxruntime's was 73 / 110 / 150 ms with 2 and
 # 124 / 114 / 176 ms with 1, so it keeps 2.
 DEFAULT_INTRA_OP = {"torch": 1, "onnxruntime": 2, "tensorrt": 2}
-# onnxruntime sessions whose threads spin between calls: the lite sound-event CNN, which runs alone after a window's
-# end. A session whose threads sleep between calls ran it in 41 ms after an idle gap of 0.2 s or more on two quiet
-# cores, against 24 ms back to back (the threads' first wake-ups on idle cores); spinning, 26 ms after 0.9 s. In the
-# paced live path (avcil bench speed's decisions, 20 clips, run twice each way) the decision's p50 went from 72-73 to
-# 57-60 ms and its p95 from 83-92 to 82-84 ms; every session spinning made both worse (p50 88 ms), as above. A replay
-# as fast as the CPU allows has no idle gaps, and there the spinning threads slowed the next graphs (10 test clips:
-# 9.5-10.2x real time against 10.5-11.9x): replays run with `RuntimeThreads(spinning=())`.
+# The onnxruntime sessions that `avcil run --spin` keeps spinning between calls: the lite sound-event CNN, which runs
+# alone after a window's end. A session whose threads sleep between calls ran it in 41 ms after an idle gap of 0.2 s
+# or more on two quiet cores, against 24 ms back to back (the threads' first wake-ups on idle cores); spinning, 26 ms
+# after 0.9 s. In the paced live path (avcil bench speed's decisions, 20 clips, run twice each way) the decision's
+# p50 went from 72-73 to 57-60 ms and its p95 from 83-92 to 82-84 ms; every session spinning made both worse (p50
+# 88 ms), as above. It is not the default: beside one CPU-bound process (avcil bench load's phases, 40 s each) p95
+# went from 111 to 137 ms (1.28x to 1.81x the quiet p95, over the 1.5x target), beside two from 118 to 136 ms; and a
+# replay, which never idles, ran 9.5-10.2x real time against 10.5-11.9x.
 SPINNING_GRAPHS = ("audio_sfx",)
 LEARNER_THREADS = 1  # `avcil learn`'s default torch threads: the update is small, encoding its clips is not
 LEARNER_NICE = 10  # `avcil learn`'s default priority drop, also that of a class learnt from the page
@@ -50,7 +52,7 @@ class RuntimeThreads:
     inter_op: int = 1
     blas: int = 1
     backend: str = "onnxruntime"  # whose default intra_op takes when it is 0
-    spinning: tuple[str, ...] = SPINNING_GRAPHS  # onnxruntime graphs whose threads spin between calls
+    spinning: tuple[str, ...] = ()  # onnxruntime graphs whose threads spin between calls (--spin: SPINNING_GRAPHS)
 
     def __post_init__(self) -> None:
         if not self.intra_op:
