@@ -124,7 +124,7 @@ class TorchBackend(Backend):
 def session_options(threads: int | None = None, spinning: bool = False):
     """CPU settings that matter for the ViT encoders: every graph optimisation, memory patterns, one intra-op
     thread per core, no inter-op parallelism (the graphs are one chain), threads that sleep between calls unless
-    `spinning` (see avcil.runtime.threads.SPINNING_GRAPHS for the one graph of the live path that spins)."""
+    `spinning` (avcil.runtime.threads.SPINNING_GRAPHS: the graph that `avcil run --spin` keeps spinning)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -137,7 +137,7 @@ def session_options(threads: int | None = None, spinning: bool = False):
     # No spinning by default: a session's threads otherwise spin on after each call and take the cores from the
     # next graph's call. The live lite recogniser runs five graphs one after another; with every session spinning
     # its decision latency on two quiet cores was p50 83 / p95 107 ms (aiSFX 50 ms right after a speech window),
-    # without 44 / 72 ms. One graph is the exception (avcil.runtime.threads.SPINNING_GRAPHS).
+    # without 44 / 72 ms. `avcil run --spin` makes one graph the exception (avcil.runtime.threads.SPINNING_GRAPHS).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return options
 
