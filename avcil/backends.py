@@ -399,8 +399,8 @@ def model_backends(model_dir: str | Path, kind: str, device: str = "cpu", profil
         listed = spec["graphs"] if kind == "onnxruntime" else spec["engines"]
         # An export from before the head was left out lists it too: it is not loaded.
         names = [n for n in listed if n not in GRAPH_NAMES and n != "head"]
-        spins = (lambda name: {"spinning": name in spinning}) if kind == "onnxruntime" else (lambda name: {})
-        return {name: load_backend(checked_file(folder, listed, name, suffix), kind, device, **options, **spins(name))
+        return {name: load_backend(checked_file(folder, listed, name, suffix), kind, device, **options,
+                                   **({"spinning": name in spinning} if kind == "onnxruntime" else {}))
                 for name in (*GRAPH_NAMES, *names)}
     record = (manifest or ModelDir(model_dir).manifest())["features"].get("profile")
     if profile is None:
