@@ -76,3 +76,14 @@ def test_events_tracked_over_the_windows_are_matched_to_the_streams_events():
     assert m["delay_s_median"] == 2.0  # opened by the window ending at 6 s, 2 s after the event's start
     # Two windows needed to open: the lone window at 18 s opens nothing.
     assert tracked_event_metrics(windows(), [labelled], [scores], 2, 1)["false_events"] == 0
+
+
+def test_window_accuracy_counts_every_event_window_and_those_holding_the_whole_event():
+    from avcil.bench.stream_metrics import window_accuracy
+
+    # Event windows of "1" (4-6 s) end at 5-8 s, of "2" (12-14 s) at 13-16 s; those ending at 6-7 s and 14-15 s hold
+    # the whole event. Right: 6 and 7 ("1" whole), 13 ("2" partial); the rest wrong or unknown.
+    best = labels(e5=1, e6=0, e7=0, e8=1, e13=1, e14=0, e15=0)
+    accuracy = window_accuracy(windows(), [best])
+    assert accuracy["event_windows"] == {"windows": 8, "accuracy": 3 / 8}
+    assert accuracy["whole_event_windows"] == {"windows": 4, "accuracy": 2 / 4}

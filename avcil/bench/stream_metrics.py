@@ -102,6 +102,23 @@ def event_metrics(windows: StreamWindows, labelled: list[np.ndarray]) -> dict:
     return result
 
 
+def window_accuracy(windows: StreamWindows, best: list[np.ndarray]) -> dict:
+    """Of the event windows, the share whose best class (`best`: per stream and window, before any threshold) is
+    the event's: every event window, and those that hold the whole event. What the classes' readout makes of a
+    window with background around the event, whatever the threshold: event recall and wrong-class labels cannot be
+    better than it allows."""
+    hits = {"event_windows": [], "whole_event_windows": []}
+    for stream, labels in zip(windows.streams, best):
+        starts = stream["ends"] - stream["seconds"]
+        for i in np.flatnonzero(stream["event_of"] >= 0):
+            event = stream["record"]["events"][stream["event_of"][i]]
+            right = event["label"] in windows.class_names and labels[i] == windows.class_names.index(event["label"])
+            hits["event_windows"].append(right)
+            if starts[i] <= event["start"] + 1e-6 and stream["ends"][i] >= event["end"] - 1e-6:
+                hits["whole_event_windows"].append(right)
+    return {name: {"windows": len(h), "accuracy": float(np.mean(h)) if h else None} for name, h in hits.items()}
+
+
 def sweep(windows: StreamWindows, scored: list[tuple[np.ndarray, np.ndarray]], points: int = 60) -> list[dict]:
     """Recall and false accepts per hour at thresholds spread over the scores' quantiles."""
     every = np.concatenate([s for _, s in scored])
