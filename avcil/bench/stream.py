@@ -202,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
              f"{splits['test'].background_hours:.2f} h of background, {rows[0]['events']} events; thresholds chosen "
              f"on val streams ({splits['val'].background_hours:.2f} h). Seed {args.seed}, backend {args.backend}, "
              f"machine load {load_before} before. Default rule: **{default['rule']}**.\n\n"
-             + _window_accuracy_line(windows_right) + _rules_table(rows, default) + _events_table(tracked, chosen) + missing_modality_table(missing, default))
+             + _window_accuracy_line(windows_right) + _rules_table(rows, default) + _events_table(tracked, chosen)
+             + missing_modality_table(missing, default))
     paths = write_report(Path(args.out_dir), args.name, payload, table, "Stream benchmark: event recall and false "
                          "accepts per hour of background, through the live path",
                          lambda p: _plot(p, curves, rows))

@@ -24,7 +24,7 @@ from torch import nn
 
 from avcil.errors import InvalidInput
 from avcil.features import FeatureShape
-from avcil.model.readout import build_readout, input_dim, modality_columns, readout_inputs
+from avcil.model.readout import build_readout, input_dim, modality_columns, readout_inputs, readout_parts
 
 MODALITIES = ("audio-visual", "audio", "visual")
 
@@ -41,18 +41,30 @@ class HeadConfig:
     # Whether the model has the fusion part (attention, projections, linear classifier). Without it the readout,
     # which must then read the encoders' pooled features, is the whole model (see the module's docstring).
     fusion: bool = True
+    # The widths of the separately pooled parts of the audio vector, in order (the lite encoder's: aiSFX | speech
+    # mean | speech max), so that the analytic readout weighs every pooled part alike (`readout_parts`); None (a
+    # model made before it was recorded, or an audio encoder of one part): each input column alike.
+    audio_parts: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise InvalidInput(f"unknown modality {self.modality!r}; expected one of {MODALITIES}")
+        if self.audio_parts is not None:
+            object.__setattr__(self, "audio_parts", tuple(self.audio_parts))  # a list where read back from JSON
+            if (not all(isinstance(w, int) and w >= 1 for w in self.audio_parts)
+                    or sum(self.audio_parts) != self.audio_dim):
+                raise InvalidInput(f"audio parts {list(self.audio_parts)} are not positive widths that add up to "
+                                   f"the audio width {self.audio_dim}")
         if not self.fusion and decides_by_fusion(self.readout):
             raise InvalidInput("a model without the fusion part decides by a readout of the encoders' pooled "
                                f"features; got readout {self.readout!r}")
 
     @classmethod
-    def for_shape(cls, shape: FeatureShape, fusion_dim: int | None = None, modality: str = "audio-visual") -> "HeadConfig":
+    def for_shape(cls, shape: FeatureShape, fusion_dim: int | None = None, modality: str = "audio-visual",
+                  audio_parts: tuple[int, ...] | None = None) -> "HeadConfig":
         # The paper's fusion width equals the visual width (768); keep that unless told otherwise.
-        return cls(shape.audio_dim, shape.visual_dim, fusion_dim or shape.visual_dim, modality)
+        return cls(shape.audio_dim, shape.visual_dim, fusion_dim or shape.visual_dim, modality,
+                   audio_parts=audio_parts)
 
     @property
     def uses_audio(self) -> bool:
@@ -140,7 +152,9 @@ class FusionHead(nn.Module):
         audio_dim = c.audio_dim if c.uses_audio else None
         visual_dim = c.visual_dim if c.uses_visual else None
         return build_readout(spec, input_dim(spec["features"], audio_dim, visual_dim, c.fusion_dim), num_classes,
-                             modality_columns(spec, audio_dim, visual_dim))
+                             modality_columns(spec, audio_dim, visual_dim),
+                             readout_parts(spec["features"], c.audio_parts if audio_dim else (), visual_dim,
+                                           c.fusion_dim) if c.audio_parts is not None else None)
 
     def set_readout(self, spec: dict | None) -> None:
         """Install a new, empty readout of these settings (or remove it: None); fit it with `readout.accumulate`

@@ -77,6 +77,14 @@ def modality_columns(spec: dict, audio_dim: int | None, visual_dim: int | None) 
     return {"audio": (0, audio_dim), "video": (audio_dim, audio_dim + 2 * visual_dim)}
 
 
+def readout_parts(features: str, audio_parts: tuple[int, ...], visual_dim: int | None,
+                  fusion_dim: int) -> list[int]:
+    """The widths of the separately pooled parts of the readout's inputs, in column order: the audio vector's parts,
+    the visual tokens' mean and max, the fused feature."""
+    pooled = [*audio_parts, *([visual_dim, visual_dim] if visual_dim else [])]
+    return {"pooled": pooled, "fused": [fusion_dim], "both": [*pooled, fusion_dim]}[features]
+
+
 def readout_inputs(features: str, audio: torch.Tensor | None, visual: torch.Tensor | None,
                    fused: torch.Tensor) -> torch.Tensor:
     if features == "fused":
@@ -109,9 +117,13 @@ class _Sums:
 
 
 class AnalyticReadout(_Sums, nn.Module):
-    def __init__(self, spec: dict, in_dim: int, num_classes: int, columns: dict[str, tuple[int, int]] | None = None):
+    def __init__(self, spec: dict, in_dim: int, num_classes: int, columns: dict[str, tuple[int, int]] | None = None,
+                 parts: list[int] | None = None):
         super().__init__()
         self.spec, self.in_dim = spec, in_dim
+        if parts is not None and sum(parts) != in_dim:
+            raise InvalidInput(f"readout parts {parts} do not add up to its {in_dim} inputs")
+        self.input_parts = list(parts) if parts is not None else None
         width = spec["expansion"] or in_dim
         if spec["expansion"]:
             self.register_buffer("expand", torch.from_numpy(_expansion_matrix(in_dim, width, spec["seed"])),
@@ -155,13 +167,25 @@ class AnalyticReadout(_Sums, nn.Module):
         # the events of the stream benchmark; the video readout found four in ten, with fewer false accepts
         # (docs/decision.md#a-missing-modality).
         self.columns = dict(columns or {})
-        self.parts = nn.ModuleDict({name: AnalyticReadout(spec, end - first, num_classes)
+        self.parts = nn.ModuleDict({name: AnalyticReadout(spec, end - first, num_classes,
+                                                          parts=_parts_within(self.input_parts, first, end))
                                     for name, (first, end) in self.columns.items()})
 
     def part(self, modality: str) -> "AnalyticReadout | None":
         """The readout of `modality` alone, where this one keeps it and it has learnt clips; else None."""
         part = self.parts[modality] if modality in self.parts else None
         return part if part is not None and float(part.count.sum()) > 0 else None
+
+    def _column_norms(self) -> torch.Tensor:
+        """Per input column, the factor that its standardised value is divided by beyond its std: sqrt(in_dim), or
+        with `input_parts` sqrt(width of its part x number of parts), so that each part weighs alike in the
+        expansion (the lite audio vector is 512 aiSFX columns beside 2 x 96 speech ones; weighed by columns, the
+        sound-event CNN, which names a digit in a third of the clips, outweighed the speech embedding, which names
+        it in five of six: docs/method.md#standardisation-and-parts)."""
+        if self.input_parts is None:
+            return torch.full((self.in_dim,), float(self.in_dim) ** 0.5)
+        count = len(self.input_parts)
+        return torch.cat([torch.full((width,), float(width * count) ** 0.5) for width in self.input_parts])
 
     def _columns_of(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {name: x[:, first:end] for name, (first, end) in self.columns.items()}
@@ -262,9 +286,11 @@ class AnalyticReadout(_Sums, nn.Module):
 
     def standardise(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Fix the per-input standardisation (once, from the first clips; over all ranks' clips under torchrun)."""
-        # sqrt(in_dim) keeps the standardised vector at about unit norm, as the expansion's scale expects.
+        # sqrt(in_dim) keeps the standardised vector at about unit norm, as the expansion's scale expects. With
+        # `input_parts`, each part's columns share that norm equally rather than by their count: a part of n columns
+        # out of K parts gets sqrt(n K) in place of sqrt(in_dim), the same where the parts are of one width.
         self.shift = mean.float()
-        self.spread = (std.float() + 1e-6) * len(self.shift) ** 0.5
+        self.spread = (std.float() + 1e-6) * self._column_norms()
         self.standardised = torch.tensor(True)
         for name, (first, end) in self.columns.items():
             self.parts[name].standardise(mean[first:end], std[first:end])
@@ -356,8 +382,21 @@ class MeanReadout(_Sums, nn.Module):
         return self.spec["scale"] * (F.normalize(x.float(), dim=-1) @ means.T)
 
 
-def build_readout(spec: dict, in_dim: int, num_classes: int,
-                  columns: dict[str, tuple[int, int]] | None = None) -> nn.Module:
+def _parts_within(parts: list[int] | None, first: int, end: int) -> list[int] | None:
+    """The widths of `parts` that lie in columns [first, end) (a per-modality readout's share of them)."""
+    if parts is None:
+        return None
+    bounds = np.cumsum([0, *parts])
+    inside = [(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]) if start >= first and stop <= end]
+    if sum(stop - start for start, stop in inside) != end - first:
+        raise InvalidInput(f"columns [{first}, {end}) cut a part of {parts}")
+    return [int(stop - start) for start, stop in inside]
+
+
+def build_readout(spec: dict, in_dim: int, num_classes: int, columns: dict[str, tuple[int, int]] | None = None,
+                  parts: list[int] | None = None) -> nn.Module:
+    """`parts`: the widths of the inputs' separately pooled parts (`readout_parts`), which an analytic readout
+    weighs alike; None: every column alike."""
     if spec["kind"] == "analytic":
-        return AnalyticReadout(spec, in_dim, num_classes, columns)
+        return AnalyticReadout(spec, in_dim, num_classes, columns, parts)
     return MeanReadout(spec, in_dim, num_classes)

@@ -12,13 +12,14 @@ An operator who records a class by mistake as background would teach the model t
 is compared with the classes first, in the readout's expanded space and from the sums it keeps: the distance of the
 source's whole-clip features (the view training clips were learnt from) to the nearest class mean, in units of the
 pooled spread of training clips about their class mean (`AnalyticReadout.class_spread`). A class's own clips lie
-about 1 unit from its mean; on AV-Digits with the lite encoders, held-out test digits lay 0.84-1.17 units from
-their digit's mean and background clips 1.84-2.87 (docs/decision.md). A source within RESEMBLANCE units of a class
-mean is refused, naming the class, unless forced. The windows learnt are not the probe: a window view of a class's
-clip is shifted from its training clips by the silence and frames around it (1.2-1.4 units on AV-Digits, several
-on the toy clips of the tests), which would blur the line. Neither the ridge output (windows the model wrongly
-takes for a class, the most useful background there is, have high outputs too) nor the class's output on its own
-clips after the update (the ridge, wider than it has clips, still fits them) can tell.
+about 1 unit from its mean; on AV-Digits with the lite encoders, held-out test digits lay 0.82-1.53 units from
+their digit's mean (90 % within 1.23) and background clips 1.45-3.70 (docs/decision.md). A source within
+RESEMBLANCE units of a class mean is refused, naming the class, unless forced. The windows learnt are not the
+probe: a window view of a class's clip is shifted from its training clips by the silence and frames around it
+(1.2-1.4 units on AV-Digits, several on the toy clips of the tests), which would blur the line. Neither the ridge
+output (windows the model wrongly takes for a class, the most useful background there is, have high outputs too)
+nor the class's output on its own clips after the update (the ridge, wider than it has clips, still fits them) can
+tell.
 
 A correction (`learn_not`, `avcil learn --not LABEL`) is a window the model labelled LABEL that holds none of the
 classes. It is kept as it is beside the readout's sums, not added to them (avcil/model/readout.py says why), and
@@ -40,7 +41,7 @@ from avcil.modeldir.schema import ManifestKey
 from avcil.runtime.class_space import ClassSpace, readout_inputs_of
 
 # A source this close to a class mean (in units of the classes' own spread about their means) is refused.
-RESEMBLANCE = 1.5
+RESEMBLANCE = 1.4
 
 
 def resemblance(readout, inputs: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

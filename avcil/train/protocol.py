@@ -16,6 +16,7 @@ from tqdm import tqdm
 from avcil.errors import InvalidInput
 from avcil.data.clips import Benchmark
 from avcil.model.head import FusionHead, HeadConfig, load_head
+from avcil.model.encoders import audio_parts
 from avcil.train import distributed, metrics
 from avcil.train.learner import Learner, StepReport, TrainConfig, fit_readout, predict
 from avcil.train.config import DEFAULT_MEMORY_BUDGET
@@ -52,7 +53,8 @@ def run_protocol(benchmark: Benchmark, method: Method, config: TrainConfig,
     ranges = check_steps(benchmark)
     _check_method(benchmark, method, memory_budget, modality)
     torch.manual_seed(config.seed)
-    head = new_head(HeadConfig.for_shape(benchmark.shape, fusion_dim, modality), method)
+    head = new_head(HeadConfig.for_shape(benchmark.shape, fusion_dim, modality,
+                                         audio_parts(benchmark.profile, benchmark.shape.audio_dim)), method)
     memory = ExemplarMemory(memory_budget, method.memory, memory_precision, config.seed) if method.memory else None
     learner = Learner(method, config, progress)
     train, val, test = (benchmark.splits[s] for s in ("train", "val", "test"))

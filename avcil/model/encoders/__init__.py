@@ -79,6 +79,17 @@ __all__ = ["EncoderProfile", "PROFILES", "PROFILE_SPECS", "PROFILE_VERSIONS", "P
            "load_profile_without_weights", "check_version", "profile_label"]
 
 
+def audio_parts(record: dict | None, audio_dim: int) -> tuple[int, ...] | None:
+    """The widths of the separately pooled parts of the audio vector that the profile a manifest or feature store
+    records (`EncoderProfile.describe()`) produces (`HeadConfig.audio_parts`): the lite encoder's [aiSFX | speech
+    embedding mean | max] (lite.SoundAndSpeechEncoder.combine); None where it is one part or nothing is recorded."""
+    if not record or record.get("settings", {}).get("audio", {}).get("kind") != "sfx_speech":
+        return None
+    from avcil.model.encoders.speech import EMBEDDING_DIM
+
+    return (audio_dim - 2 * EMBEDDING_DIM, EMBEDDING_DIM, EMBEDDING_DIM)
+
+
 def check_version(record: dict, where: str, rebuild: str) -> None:
     """Refuse, in one line naming both and the fix (`rebuild`), a record of another version than this avcil's."""
     name, version = record.get("name"), recorded_version(record)
