@@ -132,5 +132,6 @@ def test_the_default_thread_count_is_the_measured_one_per_backend():
     assert RuntimeThreads(3, backend="torch").intra_op == 3  # a count given wins
     # Nothing spins unless asked (avcil run --spin), and never in torch.
     assert RuntimeThreads(backend="onnxruntime").record()["onnxruntime_spinning"] == []
-    assert RuntimeThreads(backend="onnxruntime", spinning=("audio_sfx",)).record()["onnxruntime_spinning"] == ["audio_sfx"]
+    spinning = RuntimeThreads(backend="onnxruntime", spinning=("audio_sfx",))
+    assert spinning.record()["onnxruntime_spinning"] == ["audio_sfx"]
     assert RuntimeThreads(backend="torch", spinning=("audio_sfx",)).record()["onnxruntime_spinning"] == []
