@@ -131,8 +131,10 @@ def test_lite_export_matches_torch(tmp_path):
     lite = load_profile("lite")
     commit_model(tmp_path / "lite", lite)
     report = export_onnx(tmp_path / "lite", lite, progress=False)
-    # The audio encoder's two parts that a live stream runs on their own are exported and validated too.
-    assert set(report["models"]) == {"audio", "visual", "audio_sfx", "speech_window"}
+    # The audio encoder's parts that a live stream runs on their own are exported and validated too; aiSFX's
+    # columns also on the fewest frames they take (a window's tail).
+    assert set(report["models"]) == {"audio", "visual", "audio_sfx", "audio_sfx_columns", "speech_window"}
+    assert "random-batch1-frames64" in {case["input"] for case in report["models"]["audio_sfx_columns"]["cases"]}
     assert max(m["relative_error"] for m in report["models"].values()) < 1e-4
     frames = np.random.default_rng(0).standard_normal((4, *lite.visual_input_shape)).astype(np.float32)
     (tokens,) = plain_session(tmp_path / "lite" / ENCODERS_DIR / "visual.onnx").run(None, {"frames": frames})

@@ -124,6 +124,9 @@ def test_lite_recognizer_on_onnxruntime_embeds_speech_windows_as_the_audio_arriv
     after_end = [d["speech_windows_after_end"] for d in decisions]
     # Of a window's 28 speech windows, the newest one or two wait for its end (a busy machine may leave more).
     assert np.median(after_end) <= 2, [(n, d["latency_ms"]["total"]) for n, d in zip(after_end, decisions)]
+    # aiSFX ran its head before the end: its tail is left (75 of 131 frames), as for every window after the first.
+    sfx_frames = [d["sfx_frames_after_end"] for d in decisions]
+    assert np.median(sfx_frames) == 75, sfx_frames
 
 
 def test_each_version_decides_with_the_default_score_it_can_give(toy_model, tiny_profile, toy_clips):

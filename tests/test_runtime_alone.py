@@ -107,7 +107,7 @@ def test_a_device_runs_learns_and_reloads_with_the_runtime_extra_alone(device_py
            "--jsonl", jsonl, "--spin", *paced)
     after = [json.loads(line) for line in jsonl.read_text().splitlines()][len(decisions):]
     assert len(after) >= 2 and all(d["model_version"] == "v0002" for d in after)
-    assert all(d["threads"]["onnxruntime_spinning"] == ["audio_sfx"] for d in after)
+    assert all(d["threads"]["onnxruntime_spinning"] == ["audio_sfx", "audio_sfx_columns"] for d in after)
     assert sum(d["label"] == "green" for d in after) > len(after) / 2, [d["label"] for d in after]
 
 

@@ -47,11 +47,12 @@ def test_streamed_speech_windows_give_the_whole_window_audio_vector(lite_audio, 
         ring.append(audio[block_end - 1024:block_end], block_end / RATE)
         embedded_before_end += stream.encode_ready(ring, start)
     window = ring.window(end, prep.window_seconds)
-    streamed, after_end = stream.audio_features(prep.sfx_input(window, RATE)[None], window, RATE, start)
+    streamed, after_end, sfx_frames = stream.audio_features(prep.sfx_input(window, RATE)[None], window, RATE, start)
     with torch.no_grad():
         whole = encoder(torch.from_numpy(prep(window, RATE)[None])).numpy()
     assert streamed.shape == whole.shape == (1, encoder.dim)
     assert embedded_before_end + after_end == stream.count and after_end <= 2
+    assert sfx_frames == prep.sfx_shape[0]  # no columns graph given: aiSFX runs whole after the end
     # Only the resampling at the windows' edges differs (the stream resamples each window with real context).
     cosine = float(streamed[0] @ whole[0] / np.linalg.norm(streamed[0]) / np.linalg.norm(whole[0]))
     assert cosine > 0.999

@@ -11,6 +11,7 @@ from avcil.export import tensorrt as engines
 from avcil.model import engine_file
 from avcil.export.onnx import export_graph
 from avcil.model.graphs import VISUAL_GRAPH
+from avcil.model.graphs import free_axis_minimum
 from avcil.export.tensorrt import BatchRange
 from avcil.model.engine_file import EngineError
 from avcil.model.encoders import load_profile
@@ -90,6 +91,10 @@ def test_an_engine_takes_one_frame_to_a_window_where_the_graph_leaves_the_frame_
     profile = engines.optimization_profile(shapes, BatchRange(1, 1, 4), free)
     assert profile["frames"] == {"min": [1, 1, 3, 224, 224], "opt": [1, 8, 3, 224, 224], "max": [4, 8, 3, 224, 224]}
     assert engine_file.backend_input_shapes(profile, ["frames"]) == [(None, 3, 224, 224)]
+    # aiSFX's columns take a window's tail at the least (avcil.model.graphs.free_axis_minimum), not one frame.
+    shapes, free = engines.engine_input_shapes({"sfx_spectrogram": ["sfx_frames", 96]}, [(131, 96)])
+    columns = engines.optimization_profile(shapes, BatchRange(1, 1, 1), free, free_axis_minimum("audio_sfx_columns"))
+    assert columns["sfx_spectrogram"] == {"min": [1, 64, 96], "opt": [1, 131, 96], "max": [1, 131, 96]}
     fixed, none_free = engines.engine_input_shapes({"a": [24], "b": [2, 4, 32]}, None)
     assert fixed == {"a": [24], "b": [2, 4, 32]} and none_free == {"a": set(), "b": set()}
     assert engine_file.backend_input_shapes(engines.optimization_profile(fixed, BatchRange(1, 2, 8)), ["a", "b"]) == [

@@ -32,7 +32,8 @@ from torch import nn
 import avcil
 from avcil.errors import AvcilError, InvalidInput
 from avcil.model.graphs import (
-    ENCODERS_DIR, FRAME_AXIS, REPORT_FILE, SPEC_FILE, SPEC_FORMAT, Graph, dynamic_axes, graph_modules)
+    ENCODERS_DIR, FRAME_AXIS, REPORT_FILE, SPEC_FILE, SPEC_FORMAT, Graph, dynamic_axes, free_axis_minimum,
+    graph_modules)
 from avcil.fileio import atomic_write, fsync_dir, sha256_file, write_synced
 from avcil.modeldir.schema import ManifestKey
 
@@ -204,8 +205,9 @@ def export_onnx(model_dir: Path, profile, real: tuple[np.ndarray, np.ndarray] | 
             _fsync_file(path)
             bar.set_postfix_str(f"{spec.name}: validate")
             cases = {f"random-batch{b}": random_inputs(shapes, b, rng) for b in VALIDATION_BATCHES}
-            if FRAME_AXIS in dynamic[spec.inputs[0]]:  # one frame, as a live window encodes them
-                cases["random-batch1-frames1"] = random_inputs([(1, *shapes[0][1:])], 1, rng)
+            if FRAME_AXIS in dynamic[spec.inputs[0]]:  # the fewest frames (one, as a live window encodes them)
+                shortest = free_axis_minimum(spec.name)
+                cases[f"random-batch1-frames{shortest}"] = random_inputs([(shortest, *shapes[0][1:])], 1, rng)
             if spec.name in real_inputs:
                 cases["real-batch1"] = real_inputs[spec.name]
             models[spec.name] = {"file": spec.file, **validate(module, load_backend(path, "onnxruntime"), cases)}

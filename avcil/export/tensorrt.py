@@ -20,6 +20,7 @@ import numpy as np
 from avcil.errors import InvalidInput
 from avcil.fileio import atomic_write
 from avcil.model.engine_file import EngineError, _cc, environment, import_tensorrt, make_header, write_engine
+from avcil.model.graphs import free_axis_minimum
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Layer types that overflow or lose too much in fp16 (docs/architecture.md#exported-encoders): pinned to fp32 in fp16
@@ -63,16 +64,18 @@ class BatchRange:
 
 
 def optimization_profile(input_shapes: dict[str, Sequence[int]], batch: BatchRange,
-                         free: dict[str, set[int]] | None = None) -> dict[str, dict[str, list[int]]]:
+                         free: dict[str, set[int]] | None = None, minimum: int = 1) -> dict[str, dict[str, list[int]]]:
     """Per input: the min/opt/max shapes of one profile. `input_shapes` holds each input's shape without the
     batch dimension, fixed by the encoder profile; an axis in `free` (the lite visual graph's frames, counted
-    without the batch) ranges from 1 to that size, so that the engine also encodes one frame at a time."""
+    without the batch) ranges from `minimum` (avcil.model.graphs.free_axis_minimum: one frame, so that the engine
+    also encodes one frame at a time) to that size."""
     profile = {}
     for name, shape in input_shapes.items():
         if any(int(d) < 1 for d in shape):
             raise InvalidInput(f"input {name!r}: every dimension but the batch must be fixed and positive, got {shape}")
         ranged = (free or {}).get(name, set())
-        profile[name] = {key: [size, *(1 if key == "min" and axis in ranged else int(d) for axis, d in enumerate(shape))]
+        profile[name] = {key: [size, *(minimum if key == "min" and axis in ranged else int(d)
+                                       for axis, d in enumerate(shape))]
                          for key, size in (("min", batch.min), ("opt", batch.opt), ("max", batch.max))}
     return profile
 
@@ -146,7 +149,7 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, batch: Batc
         {i.name: [d.dim_value or d.dim_param for d in i.type.tensor_type.shape.dim[1:]]
          for i in graph.input if i.name not in initializers}, window_shapes)
     outputs = [o.name for o in graph.output]
-    profile_shapes = optimization_profile(input_shapes, batch, free)
+    profile_shapes = optimization_profile(input_shapes, batch, free, free_axis_minimum(Path(onnx_path).stem))
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

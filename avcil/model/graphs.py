@@ -34,7 +34,15 @@ AUDIO_GRAPH = Graph("audio", ("audio_input",), ("audio_embedding",))
 VISUAL_GRAPH = Graph("visual", ("frames",), ("visual_tokens",))
 # The parts of an audio encoder that a live stream runs on their own (lite: `SoundAndSpeechEncoder.stream_parts`).
 STREAM_GRAPHS = {"audio_sfx": Graph("audio_sfx", ("sfx_spectrogram",), ("sfx_embedding",)),
+                 "audio_sfx_columns": Graph("audio_sfx_columns", ("sfx_spectrogram",), ("sfx_columns",)),
                  "speech_window": Graph("speech_window", ("speech_samples",), ("speech_embedding",))}
+# Axes besides the batch that a graph leaves free, per input and output name, and the smallest size an input's free
+# axis takes (an engine's optimisation profile ranges from it to a whole window's size). aiSFX's columns take any
+# number of spectrogram frames from 64 (a window's tail, avcil.runtime.sfx_stream) and give one column per 8.
+TIME_AXIS = 1
+FREE_AXES = {"audio_sfx_columns": {"sfx_spectrogram": {TIME_AXIS: "sfx_frames"},
+                                   "sfx_columns": {TIME_AXIS: "sfx_time_columns"}}}
+FREE_AXIS_MINIMUM = {"audio_sfx_columns": 64}
 # A single-modality head takes only the features it uses (the exporter drops an unused input anyway).
 HEAD_INPUTS = {"audio-visual": ("audio_embedding", "visual_tokens"), "audio": ("audio_embedding",),
                "visual": ("visual_tokens",)}
@@ -66,13 +74,20 @@ FRAME_AXIS = 1  # of frames [batch, T, 3, H, W] and of visual_tokens [batch, T, 
 
 
 def dynamic_axes(spec: Graph, frames_independent: bool = False) -> dict[str, dict[int, str]]:
-    """The axes of a graph's inputs and outputs that are not fixed: the batch, and the frame count of the visual
-    graph of a profile that encodes each frame on its own."""
+    """The axes of a graph's inputs and outputs that are not fixed: the batch, the frame count of the visual graph
+    of a profile that encodes each frame on its own, and a graph's FREE_AXES."""
     axes = {name: {0: "batch"} for name in (*spec.inputs, *spec.outputs)}
     if frames_independent and spec.name == VISUAL_GRAPH.name:
         for name in (*spec.inputs, *spec.outputs):
             axes[name][FRAME_AXIS] = "frames"
+    for name, free in FREE_AXES.get(spec.name, {}).items():
+        axes[name].update(free)
     return axes
+
+
+def free_axis_minimum(name: str) -> int:
+    """The smallest size of graph `name`'s free input axes (the visual graph's frames: one)."""
+    return FREE_AXIS_MINIMUM.get(name, 1)
 
 
 def graph_modules(profile, head: FusionHead | None = None

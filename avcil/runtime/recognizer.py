@@ -93,7 +93,8 @@ class Recognizer:
                              if FrameTokens.supports(self.visual_encoder) else None)
         self.speech = None  # the lite audio's speech windows, embedded as the audio arrives (runtime.speech_stream)
         if {"audio_sfx", "speech_window"} <= set(encoders) and SpeechStream.supports(self.audio_prep):
-            self.speech = SpeechStream(encoders["audio_sfx"], encoders["speech_window"], self.audio_prep)
+            self.speech = SpeechStream(encoders["audio_sfx"], encoders["speech_window"], self.audio_prep,
+                                       encoders.get("audio_sfx_columns"))
         self.backend = backend
         # `score` None: each version's default (decision.default_score). A --threshold is on the scale of the score
         # in effect when it was given; a later version that needs another score decides with that one's default.
@@ -188,12 +189,12 @@ class Recognizer:
         def mark(stage: str) -> None:
             marks.append((stage, time.perf_counter()))
 
-        speech_after_end = 0
+        speech_after_end = sfx_frames = 0
         if self.speech is not None:
             spectrogram = self.audio_prep.sfx_input(window.waveform, window.rate)[None]
             mark("audio_preprocess")
-            audio_features, speech_after_end = self.speech.audio_features(spectrogram, window.waveform, window.rate,
-                                                                          window.start)
+            audio_features, speech_after_end, sfx_frames = self.speech.audio_features(
+                spectrogram, window.waveform, window.rate, window.start, window.first_sample)
         else:
             audio_input = self.audio_prep(window.waveform, window.rate)[None]
             mark("audio_preprocess")
@@ -228,7 +229,7 @@ class Recognizer:
                 "decided_on": decided_on,
                 "latency_ms": {k: round(v, 2) for k, v in latency.items()},
                 "frames_encoded_after_end": frames_encoded,
-                "speech_windows_after_end": speech_after_end,
+                "speech_windows_after_end": speech_after_end, "sfx_frames_after_end": sfx_frames,
                 "model_version": current.version, "backend": self.backend, "threads": self.threads}
 
     def wait_for_end(self, end: float, assembler: WindowAssembler, stop: threading.Event) -> None:

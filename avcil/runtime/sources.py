@@ -67,19 +67,44 @@ class AudioRing:
     def window(self, end_time: float, seconds: float) -> np.ndarray:
         """The `seconds` of audio that end at clock time `end_time`; zeros where nothing was recorded (before the
         source started, or after its newest sample)."""
+        return self.cut(end_time, seconds)[0]
+
+    def cut(self, end_time: float, seconds: float) -> tuple[np.ndarray, int | None]:
+        """`window`, and the index (samples ever appended before it) of its first sample: the same index is the
+        same samples, so that work done on part of a window before it ends can be matched to it (None: nothing
+        recorded yet)."""
         length = int(round(seconds * self.rate))
         out = np.zeros(length, dtype=np.float32)
         with self.lock:
             if self.newest_time is None:
-                return out
+                return out, None
             end = self.written - int(round((self.newest_time - end_time) * self.rate))  # sample index of end_time
             start = end - length
             lo, hi = max(start, self.written - len(self.buffer), 0), min(end, self.written)
-            if hi <= lo:
-                return out
-            positions = np.arange(lo, hi) % len(self.buffer)
-            out[lo - start:hi - start] = self.buffer[positions]
-        return out
+            if hi > lo:
+                out[lo - start:hi - start] = self.buffer[np.arange(lo, hi) % len(self.buffer)]
+        return out, start
+
+
+class SteadyStamps:
+    """Clock times for a sound card's blocks counted from its samples rather than read when each callback runs, so
+    that a moment maps to the same sample index of the ring whenever it is asked (a window's head and the window
+    itself, avcil.runtime.sfx_stream). A callback runs a few milliseconds late, and by a different amount each time;
+    the count follows the clock again when the two drift apart by more than `max_drift_s` (a card's clock runs some
+    ppm off the computer's, and an overflow loses samples)."""
+
+    def __init__(self, rate: int, max_drift_s: float = 0.05):
+        self.rate, self.max_drift_s = rate, max_drift_s
+        self.anchor: float | None = None  # the clock time of sample 0 of the count
+        self.samples = 0
+
+    def __call__(self, count: int, now: float) -> float:
+        """The clock time of the last of `count` samples handed over at clock time `now`."""
+        self.samples += count
+        stamp = None if self.anchor is None else self.anchor + self.samples / self.rate
+        if stamp is None or abs(stamp - now) > self.max_drift_s:
+            self.anchor, self.samples, stamp = now, 0, now
+        return stamp
 
 
 class FrameHistory:
@@ -425,6 +450,7 @@ class Microphone:
         self.ring = AudioRing(self.rate, history_s)
         self.callbacks = 0
         self.overflows = 0
+        self.stamps = SteadyStamps(self.rate)
         self.stream = sd.InputStream(device=self.device["index"], channels=1, samplerate=self.rate,
                                      blocksize=max(1, int(AUDIO_BLOCK_S * self.rate)), dtype="float32",
                                      callback=self._callback)
@@ -444,7 +470,7 @@ class Microphone:
         if status.input_overflow:
             self.overflows += 1
         self.callbacks += 1
-        self.ring.append(indata[:, 0].copy(), clock())
+        self.ring.append(indata[:, 0].copy(), self.stamps(frames, clock()))
 
     def start(self) -> "Microphone":
         self.stream.start()

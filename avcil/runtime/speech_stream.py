@@ -1,6 +1,6 @@
 """The lite audio encoder on a live stream: its speech-embedding windows (0.78 s, one every 80 ms) are embedded
 one by one as their audio arrives, while the recognizer waits for the decision window to end, so that after the
-end only aiSFX and the newest window or two are left to run.
+end only aiSFX (its tail, avcil.runtime.sfx_stream) and the newest window or two are left to run.
 
 Embedding the 28 windows of a 3-second window after its end took as long as aiSFX itself (about 100 ms in ONNX
 Runtime on two busy cores, against 1.3 ms for one window): done as the audio arrives, the decision latency keeps
@@ -19,6 +19,7 @@ import numpy as np
 from avcil.errors import InvalidInput
 from avcil.data.preprocess import SPEECH_WINDOW_HOP_SAMPLES, SfxSpeech, fit_length, resample
 from avcil.model.encoders.lite import SoundAndSpeechEncoder
+from avcil.runtime.sfx_stream import SfxStream
 
 MARGIN_S = 0.05  # audio on each side of a window resampled with it, so that resampling's edges fall outside it
 
@@ -31,12 +32,15 @@ def snap_hop(hop: float, prep: SfxSpeech) -> float:
 
 class SpeechStream:
     """Speech-window embeddings keyed by their clock time, and the audio vector of a decision window from them.
-    `sfx_encoder`, `window_encoder`: backends of the profile's 'audio_sfx' and 'speech_window' graphs."""
+    `sfx_encoder`, `window_encoder`: backends of the profile's 'audio_sfx' and 'speech_window' graphs;
+    `sfx_columns`: of its 'audio_sfx_columns' graph, to run aiSFX's head before the window ends
+    (avcil.runtime.sfx_stream; None, as in an export made before it: aiSFX runs whole after the end)."""
 
-    def __init__(self, sfx_encoder, window_encoder, prep: SfxSpeech):
+    def __init__(self, sfx_encoder, window_encoder, prep: SfxSpeech, sfx_columns=None):
         if not self.supports(prep):
             raise InvalidInput(f"{prep}: not a sound + speech audio preprocessing whose window holds its speech windows")
         self.sfx_encoder, self.window_encoder, self.prep = sfx_encoder, window_encoder, prep
+        self.sfx = SfxStream(sfx_columns, prep) if sfx_columns is not None and SfxStream.supports(prep) else None
         self.window_samples = window_encoder.input_shapes[0][0]
         self.count = 1 + (prep.speech_samples - self.window_samples) // SPEECH_WINDOW_HOP_SAMPLES
         self.hop_s = SPEECH_WINDOW_HOP_SAMPLES / prep.speech_rate
@@ -74,22 +78,25 @@ class SpeechStream:
 
     def encode_ready(self, ring, start: float) -> int:
         """Embed the windows of the decision window starting at `start` whose audio (and margin) the ring holds
-        and that are not embedded yet; returns how many were."""
+        and that are not embedded yet, and run aiSFX's head once its audio is in; returns how many windows were
+        embedded (the head counts as one)."""
+        head = int(self.sfx.encode_ready(ring, start)) if self.sfx is not None else 0
         ready = [p for p in self.positions(start) if self._key(p) not in self.embeddings
                  and ring.covers(p + self.window_s + MARGIN_S)]
         if not ready:
-            return 0
+            return head
         margin = int(round(MARGIN_S * ring.rate))
         segments = [ring.window(p + self.window_s + MARGIN_S, self.window_s + 2 * MARGIN_S) for p in ready]
         self._embed(ready, segments, ring.rate, [margin] * len(ready))
-        return len(ready)
+        return head + len(ready)
 
-    def audio_features(self, spectrogram: np.ndarray, waveform: np.ndarray, rate: int,
-                       start: float) -> tuple[np.ndarray, int]:
+    def audio_features(self, spectrogram: np.ndarray, waveform: np.ndarray, rate: int, start: float,
+                       first_sample: int | None = None) -> tuple[np.ndarray, int, int]:
         """The audio vector [1, audio_dim] of the decision window (`waveform` at `rate`, starting at clock time
-        `start`): aiSFX on its `spectrogram` [1, frames, bands] (`SfxSpeech.sfx_input`), and its speech windows,
-        embedding from `waveform` those that are not embedded yet. Returns the vector and how many windows were
-        embedded here."""
+        `start` and at ring index `first_sample`): aiSFX on its `spectrogram` [1, frames, bands]
+        (`SfxSpeech.sfx_input`), or on its tail where its head ran before, and its speech windows, embedding from
+        `waveform` those that are not embedded yet. Returns the vector, how many windows were embedded here and
+        how many spectrogram frames aiSFX ran on here."""
         positions = self.positions(start)
         missing = [p for p in positions if self._key(p) not in self.embeddings]
         if missing:
@@ -101,7 +108,10 @@ class SpeechStream:
                 left.append(offset - begin)
             self._embed(missing, segments, rate, left)
         windows = np.stack([self.embeddings[self._key(p)] for p in positions])[None]
-        sfx, = self.sfx_encoder(spectrogram)
+        if self.sfx is not None:
+            sfx, sfx_frames = self.sfx.vector(spectrogram, first_sample)
+        else:
+            (sfx,), sfx_frames = self.sfx_encoder(spectrogram), spectrogram.shape[1]
         while len(self.embeddings) > self.keep:
             self.embeddings.popitem(last=False)
-        return SoundAndSpeechEncoder.combine(sfx, windows), len(missing)
+        return SoundAndSpeechEncoder.combine(sfx, windows), len(missing), sfx_frames

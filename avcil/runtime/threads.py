@@ -37,7 +37,9 @@ DEFAULT_INTRA_OP = {"torch": 1, "onnxruntime": 2, "tensorrt": 2}
 # 88 ms), as above. It is not the default: beside one CPU-bound process (avcil bench load's phases, 40 s each) p95
 # went from 111 to 137 ms (1.28x to 1.81x the quiet p95, over the 1.5x target), beside two from 118 to 136 ms; and a
 # replay, which never idles, ran 9.5-10.2x real time against 10.5-11.9x.
-SPINNING_GRAPHS = ("audio_sfx",)
+# Since aiSFX runs its head before a window's end and its tail after (avcil.runtime.sfx_stream), the tail's graph is
+# the one that runs alone after the end; the whole graph still does for a window whose head did not run.
+SPINNING_GRAPHS = ("audio_sfx", "audio_sfx_columns")
 LEARNER_THREADS = 1  # `avcil learn`'s default torch threads: the update is small, encoding its clips is not
 LEARNER_NICE = 10  # `avcil learn`'s default priority drop, also that of a class learnt from the page
 

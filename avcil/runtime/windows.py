@@ -42,6 +42,7 @@ class Window:
     frame_stamps: list[float] | None = None  # each frame's clock time: the same stamp is the same frame
     audio_missing: bool = False  # a live microphone's audio did not reach the window's end (zeros stand in)
     video_missing: bool = False  # a live camera delivered no frame lately (frames is None: black frames stand in)
+    first_sample: int | None = None  # the ring's index of the waveform's first sample (AudioRing.cut); None: replayed
 
 
 class WindowAssembler:
@@ -64,10 +65,12 @@ class WindowAssembler:
             time.sleep(0.002)
         video_missing = video_live and self.video_stale(end)
         stamped = None if video_missing else self.frames.sample_stamped(self.frame_times(end))
-        return Window(end - self.seconds, end, self.ring.window(end, self.seconds), self.ring.rate,
+        waveform, first_sample = self.ring.cut(end, self.seconds)
+        return Window(end - self.seconds, end, waveform, self.ring.rate,
                       None if stamped is None else [frame for _, frame in stamped],
                       None if stamped is None else [stamp for stamp, _ in stamped],
-                      audio_missing=audio_live and not self.ring.covers(end), video_missing=video_missing)
+                      audio_missing=audio_live and not self.ring.covers(end), video_missing=video_missing,
+                      first_sample=first_sample)
 
     def audio_stale(self) -> bool:
         newest = self.ring.newest_time

@@ -151,6 +151,26 @@ class SpectrogramCNNEncoder(nn.Module):
         return self.net(spectrogram)
 
 
+class SfxColumns(nn.Module):
+    """log-mel [B, frames, mel_bands] -> aiSFX's time columns [B, frames // 8, 512]: the CNN's map after its four
+    blocks averaged over frequency, before its max over time (whose result is `SpectrogramCNNEncoder`'s vector).
+    Any number of frames: a live stream runs it on a window's head before the window ends and on its tail after
+    (avcil.runtime.sfx_stream)."""
+
+    POOLS = ((2, 2), (2, 2), (2, 2), (1, 1))  # EmbeddingNet.forward's pooling after each block
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.blocks = [net.conv_block1, net.conv_block2, net.conv_block3, net.conv_block4]
+
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        x = spectrogram.unsqueeze(1)
+        for block, pool in zip(self.blocks, self.POOLS):
+            x = block(x, pool_size=pool, pool_type=self.net.pool_type)
+        return x.mean(dim=3).transpose(1, 2)
+
+
 # The speech part is scaled to aiSFX's range: on AV-Digits train clips the pooled speech embedding's values vary
 # 7.6 times more than aiSFX's (per-dimension std 3.27 vs 0.43), which would saturate the head's tanh query and drown
 # the sound-event part in an unnormalised linear layer. Linear probes (standardised) do not see the scale.
@@ -191,9 +211,11 @@ class SoundAndSpeechEncoder(nn.Module):
                               axis=1).astype(np.float32)
 
     def stream_parts(self) -> dict[str, tuple[nn.Module, tuple[int, ...]]]:
-        """The two graphs a live stream runs on their own (avcil.runtime.speech_stream), with their input shapes
-        without the batch: aiSFX on the window's spectrogram, and one speech-embedding window."""
+        """The graphs a live stream runs on their own (avcil.runtime.speech_stream, sfx_stream), with their input
+        shapes without the batch (a whole window's): aiSFX on the window's spectrogram, its time columns on part
+        of one, and one speech-embedding window."""
         return {"audio_sfx": (self.sfx, self.sfx_shape),
+                "audio_sfx_columns": (SfxColumns(self.sfx.net), self.sfx_shape),
                 "speech_window": (self.speech.window, (self.speech.window.samples,))}
 
     def stream_inputs(self, packed: np.ndarray) -> dict[str, np.ndarray]:
@@ -201,7 +223,8 @@ class SoundAndSpeechEncoder(nn.Module):
         spectrogram, waveform = self.unpack(packed)
         window = self.speech.window.samples
         windows = [w[start:start + window] for w in waveform for start in window_starts(len(w))]
-        return {"audio_sfx": np.ascontiguousarray(spectrogram), "speech_window": np.stack(windows)}
+        spectrogram = np.ascontiguousarray(spectrogram)
+        return {"audio_sfx": spectrogram, "audio_sfx_columns": spectrogram, "speech_window": np.stack(windows)}
 
 
 def load_lite_audio(window_seconds: float = AUDIO_WINDOW_SECONDS) -> tuple[SoundAndSpeechEncoder, SfxSpeech, dict]:
