@@ -39,13 +39,15 @@ def lite_model(root: Path, backend: str):
     return profile
 
 
-def measure(backend: str, clips: list[Path]) -> dict:
+def measure(backend: str, clips: list[Path], model: Path | None = None) -> dict:
+    """Decisions on `clips` played paced, by a lite model with a random attention head (the encoders' cost) or by
+    the model dir `model` with its own readout and default score (exported for onnxruntime), as `avcil run`."""
     from avcil.runtime.recognizer import Recognizer, run_live
 
     with tempfile.TemporaryDirectory(prefix="avcil-live-") as tmp:
-        profile = lite_model(Path(tmp) / "model", backend)
-        recognizer = Recognizer(Path(tmp) / "model", backend, profile=profile if backend == "torch" else None,
-                                smoothing=1, watch=False)
+        profile = lite_model(Path(tmp) / "model", backend) if model is None else None
+        recognizer = Recognizer(model or Path(tmp) / "model", backend,
+                                profile=profile if backend == "torch" else None, smoothing=1, watch=False)
         decisions: list[dict] = []
         load_before = os.getloadavg()
         paths = ",".join(str(p) for p in clips)

@@ -8,7 +8,8 @@ encoders in torch and in ONNX Runtime side by side:
 - replay: the live path at CPU speed (avcil/runtime/replay.py, as `avcil bench stream` runs it) over a stream of
   `--replay-clips` test clips one after another: seconds of stream decided per second of wall time;
 - decisions: from a window's end to its decision on paced clips, p50 and p95, as `avcil bench live-latency`
-  measures them (`--paced-clips` 2 s clips per backend).
+  measures them (`--paced-clips` 2 s clips per backend), by a lite model with a random attention head or, with
+  `--model`, by a model dir with its readout and default score (the demo's, as `avcil run` decides).
 
 Targets on two quiet cores: extraction >= 8 clips/s, 40 field clips in <= 8 s, replay >= 20x real time, decision
 p95 <= 50 ms in ONNX Runtime and <= 70 ms in torch. Writes speed-lite-cpu.{json,md,png} with the machine and its
@@ -91,10 +92,10 @@ def replay_speed(clips: list[Path], backend: str, scratch: Path) -> dict:
             "real_time_factor": round(ends[-1] / seconds, 2)}
 
 
-def decisions(clips: list[Path], backend: str) -> dict:
+def decisions(clips: list[Path], backend: str, model: Path | None = None) -> dict:
     from avcil.bench.live_latency import measure
 
-    measured = measure(backend, clips)
+    measured = measure(backend, clips, model)
     return {"decisions": measured["decisions"], "p50_ms": measured["latency"]["total"]["p50_ms"],
             "p95_ms": measured["latency"]["total"]["p95_ms"], "stages": measured["latency"]}
 
@@ -116,10 +117,12 @@ def run(args: argparse.Namespace) -> int:
                          "replay": _timed("replay", lambda: replay_speed(tests[::12][:args.replay_clips], backend,
                                                                          Path(tmp))),
                          "decisions": _timed("decisions", lambda: decisions(tests[::12][:args.paced_clips],
-                                                                            backend))})
+                                                                            backend, args.model))})
     result = {"targets": TARGETS, "rows": rows,
-              "settings": {k: getattr(args, k) for k in ("extract_clips", "field_clips", "replay_clips",
-                                                         "paced_clips")}}
+              "settings": {**{k: getattr(args, k) for k in ("extract_clips", "field_clips", "replay_clips",
+                                                            "paced_clips")},
+                           "decisions_by": str(args.model) if args.model else "a lite model with a random attention "
+                                                                              "head"}}
     text = describe(result)
     paths = write_report(args.out_dir, "speed-lite-cpu", result, text, "Speed of the lite profile on this CPU",
                          lambda path: plot(result, path))
@@ -179,4 +182,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--field-clips", type=int, default=40, help="clip files encoded as avcil learn --files does")
     parser.add_argument("--replay-clips", type=int, default=10, help="test clips replayed one after another")
     parser.add_argument("--paced-clips", type=int, default=6, help="test clips played in real time per backend")
+    parser.add_argument("--model", type=Path, help="decide the paced clips with this model dir, its readout and its "
+                        "default score, as `avcil run` does (e.g. the demo's runs/demo/train/model, exported for "
+                        "onnxruntime; default: a lite model with a random attention head, the encoders' cost alone)")
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_DIR)

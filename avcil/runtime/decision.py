@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from avcil.errors import InvalidInput
+from avcil.runtime.metric import Points, ShrunkMetric
 
 UNKNOWN = "unknown"
 REJECTED = "rejected"  # HeadScores' per-window flag beside the scores: corrected by `avcil learn --not`
@@ -178,7 +179,7 @@ class HeadScores:
         ranking = (logits / scale).double()
         if scores and scores[0] == "softmax":
             ranking = torch.softmax(logits.double(), dim=1)
-        result, whitened = {}, None  # the within-class whitened rows, shared by the distance and the corrections
+        result, whitened = {}, None  # the rows in the within-class metric, shared by the distance and the corrections
         for score in scores:
             if score == "softmax":
                 result[score] = torch.softmax(logits.double(), dim=1).amax(dim=1)
@@ -193,10 +194,10 @@ class HeadScores:
             result[REJECTED] = self.rejected(expanded, whitened)
         return ranking.numpy(), {k: v.numpy() for k, v in result.items()}
 
-    def whitened(self, expanded: torch.Tensor) -> torch.Tensor:
-        """Rows of the expanded features in the whitened within-class metric (float64): a 2048 x 2048 product per
-        window, computed once for both the distance and the corrections."""
-        return expanded.double() @ self._gaussians()[0]
+    def whitened(self, expanded: torch.Tensor) -> Points:
+        """Rows of the expanded features in the within-class metric (avcil.runtime.metric), computed once for both
+        the distance and the corrections."""
+        return self._gaussians()[0].points(expanded)
 
     def rejected(self, expanded: torch.Tensor, whitened: torch.Tensor | None = None) -> torch.Tensor:
         """Per row of the expanded features: nearer to a corrected window (the readout's `rejection_inputs`) than
@@ -207,13 +208,13 @@ class HeadScores:
         readout = self.readout
         if len(readout.rejection_inputs) == 0:
             return torch.zeros(len(expanded), dtype=torch.bool)
-        _, class_means, _, _ = self._gaussians()
+        within, class_means, _, _ = self._gaussians()
         if self._rejections is None:
             self._rejections = self.whitened(readout.expanded(readout.rejection_inputs))
         x = self.whitened(expanded) if whitened is None else whitened
-        return torch.cdist(x, self._rejections).amin(dim=1) < torch.cdist(x, class_means).amin(dim=1)
+        return within.squared(x, self._rejections).amin(dim=1) < within.squared(x, class_means).amin(dim=1)
 
-    def relative_mahalanobis(self, expanded: torch.Tensor, whitened: torch.Tensor | None = None) -> torch.Tensor:
+    def relative_mahalanobis(self, expanded: torch.Tensor, whitened: Points | None = None) -> torch.Tensor:
         """The relative distance of each row of the expanded features (`whitened`: those rows' `whitened`, when
         already computed), on the scale the module's docstring gives: 0 where the learnt background's mean lies, 1
         where the class means lie."""
@@ -224,18 +225,17 @@ class HeadScores:
         return (self._raw_relative(expanded, whitened) - background) / max(classes - background, 1e-6)
 
     def _gaussians(self) -> tuple:
-        """(within-class whitening, whitened class means, all-clips whitening, all-clips mean), fitted once."""
+        """(within-class metric, class means in it, all-clips metric, all-clips mean in it), fitted once."""
         if self._whitened is None:
             self._whitened = self._fit_gaussians()
         return self._whitened
 
-    def _raw_relative(self, expanded: torch.Tensor, whitened: torch.Tensor | None = None) -> torch.Tensor:
+    def _raw_relative(self, expanded: torch.Tensor, whitened: Points | None = None) -> torch.Tensor:
         """-(min_c d_c - d_0) / width."""
-        _, class_means, total, total_mean = self._gaussians()
-        x = expanded.double()
-        d_class = torch.cdist(self.whitened(x) if whitened is None else whitened, class_means) ** 2  # [B, C]
-        d_total = ((x - total_mean) @ total).pow(2).sum(dim=1)
-        return -(d_class.amin(dim=1) - d_total) / x.shape[1]
+        within, class_means, total, total_mean = self._gaussians()
+        d_class = within.squared(self.whitened(expanded) if whitened is None else whitened, class_means)  # [B, C]
+        d_total = total.squared(total.points(expanded), total_mean)[:, 0]
+        return -(d_class.amin(dim=1) - d_total) / expanded.shape[1]
 
     def _score_anchors(self) -> tuple[float, float]:
         """The raw relative distance of the learnt background's mean (NO_BACKGROUND_ANCHOR before any is learnt)
@@ -268,18 +268,10 @@ class HeadScores:
             scatter_within -= torch.outer(negative_sum, negative_sum) / negatives
         scatter_total = gram - total * torch.outer(mean, mean)
 
-        def whitening(scatter: torch.Tensor) -> torch.Tensor:
-            covariance = scatter / total
-            spread = covariance.diagonal().mean().clamp_min(1e-12)
-            covariance = (1 - COVARIANCE_SHRINK) * covariance + COVARIANCE_SHRINK * spread * torch.eye(
-                len(covariance), dtype=covariance.dtype)
-            values, vectors = torch.linalg.eigh(covariance)
-            return vectors / values.clamp_min(1e-12 * float(spread)).sqrt()
-
-        within = whitening(scatter_within)
-        class_means = means @ within  # classes with clips only: one with none is never the nearest
-        whole = whitening(scatter_total)
-        return within, class_means, whole, mean
+        within = ShrunkMetric(scatter_within, float(total), COVARIANCE_SHRINK)
+        whole = ShrunkMetric(scatter_total, float(total), COVARIANCE_SHRINK)
+        # Classes with clips only: one with none is never the nearest.
+        return within, within.points(means), whole, whole.points(mean[None])
 
 
 def default_score(scores: HeadScores) -> str:

@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 clock = time.monotonic
 STREAM_PREFIXES = ("http://", "https://", "rtsp://", "rtsps://", "udp://", "tcp://")
-AUDIO_BLOCK_S = 0.02  # how finely paced files and the microphone hand audio to the ring
+# How finely paced files and the microphone hand audio to the ring. A window's decision waits for the block that
+# holds its end, half a block on average: 10 ms blocks (WebRTC's frame) wait 5 ms less than 20 ms ones.
+AUDIO_BLOCK_S = 0.01
 RECONNECT_BACKOFF_S = (0.25, 4.0)  # first and largest wait between attempts to reopen a dropped stream
 
 
