@@ -39,6 +39,7 @@ from avcil.bench.stream_metrics import (DEFAULT_RULE, DEFAULT_THRESHOLD, EVENT_O
 from avcil.errors import InvalidInput
 from avcil.modeldir.schema import ManifestKey
 from avcil.runtime.decision import SCORES, HeadScores
+from avcil.runtime.windows import WINDOW_CUT_VERSION
 
 RULES = [{"score": s, "smoothing": k} for s in SCORES for k in (1, 2, 3)]
 EVENT_SETTINGS = [(start, end) for start in (1, 2, 3) for end in (1, 2, 3)]  # the event tracker's hysteresis
@@ -60,7 +61,7 @@ def window_inputs(model_dir: Path, folder: Path, stream: dict, cache: Path, back
     manifest = ModelDir(model_dir).load(with_memory=False).manifest
     video, audio = folder / stream["video"], folder / stream["audio"]
     key = _key(manifest[ManifestKey.FEATURES].get("profile"), video.stat().st_size, audio.stat().st_size, str(video),
-               backend)
+               backend, WINDOW_CUT_VERSION)
     path = cache / f"{video.stem}-{key}.npz"
     if path.is_file():
         with np.load(path) as f:

@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from avcil.runtime.replay import ReplayInput
-from avcil.runtime.windows import Window, window_seconds
+from avcil.runtime.windows import WINDOW_CUT_VERSION, Window, window_seconds
 
 DEFAULT_VIEWS = 5
 HELD_SHARE = 0.75  # the outermost views hold this share of a clip shorter than a window
@@ -66,7 +66,8 @@ def cached_window_views(profile, paths: list[Path], folder: Path) -> tuple[dict,
     whole-clip features (what its guard checks)) of media files, and whether they were read back: cached in
     `folder` per encoder profile and file set, for clips that cost minutes to encode and never change."""
     key = hashlib.sha256(json.dumps([profile.describe(), [p.name for p in paths], [p.stat().st_size for p in paths],
-                                     DEFAULT_VIEWS], sort_keys=True, default=str).encode()).hexdigest()[:16]
+                                     DEFAULT_VIEWS, WINDOW_CUT_VERSION], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
     path = folder / f"{key}.npz"
     if path.is_file():
         with np.load(path) as stored:

@@ -182,6 +182,16 @@ class Recognizer:
             self._watcher.join(timeout=5)
 
     # Deciding --------------------------------------------------------------------------------------------------
+    def start_stream(self) -> None:
+        """Forget what was encoded from an earlier stream before deciding a new one: frame tokens and speech windows
+        are kept by their clock time and aiSFX's heads by their ring's sample index, which a new stream gives to
+        other content (a replay's clock starts at 0, a new ring counts from 0). Without this a replay after another
+        took the first one's frames for its own windows at the same times."""
+        if self.frame_tokens is not None:
+            self.frame_tokens.tokens.clear()
+        if self.speech is not None:
+            self.speech.forget()
+
     def decide(self, window: Window) -> dict:
         """One decision: label, score, top-k, and the latency of each stage in milliseconds."""
         marks = [("start", time.perf_counter())]
@@ -241,7 +251,7 @@ class Recognizer:
         while not stop.is_set() and (now := clock()) < end:
             worked = False
             if self.frame_tokens is not None and times[0] <= now:
-                stamped = assembler.frames.sample_stamped(times[times <= now])
+                stamped = assembler.sample(end, times[times <= now])
                 worked = bool(stamped and self.frame_tokens.encode(self.frame_tokens.prepare(stamped)))
             if self.speech is not None:
                 worked = self.speech.encode_ready(assembler.ring, end - assembler.seconds) > 0 or worked
@@ -318,6 +328,7 @@ def recognise(recognizer: Recognizer, assembler: WindowAssembler, schedule: Sche
     when it is back); None for file sources, which are never missing."""
     count = 0
     stop = stop or threading.Event()
+    recognizer.start_stream()
     while not stop.is_set():
         end = schedule.next_end()
         if until is not None and end > until:

@@ -95,6 +95,7 @@ def replay(recognizer, camera: str, microphone: str, on_decision: Callable[[dict
         raise InvalidInput(f"{microphone}: {source.audio_seconds:.2f} s of audio is shorter than one window "
                            f"({seconds:.2f} s)")
     count, end = 0, seconds
+    recognizer.start_stream()
     while limit_s is None or end <= limit_s:
         window = source.window(end)
         decision = recognizer.decide(window)

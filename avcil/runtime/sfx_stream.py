@@ -49,6 +49,11 @@ class SfxStream:
         encoder_input = np.zeros((1, self.frames - self.tail_start, prep.mel_bands), np.float32)
         self.encoder(encoder_input)  # the runtime's first-call set-up, before the first window
 
+    def forget(self) -> None:
+        """Drop every head: a new stream starts, whose ring counts its samples from 0 again."""
+        self.heads.clear()
+        self.tried.clear()
+
     @staticmethod
     def supports(prep) -> bool:
         """Whether a window is long enough for a head and a tail (aiSFX's 3 s window: 131 frames)."""

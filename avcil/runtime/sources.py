@@ -139,13 +139,22 @@ class FrameHistory:
         stamped = self.sample_stamped(times)
         return None if stamped is None else [frame for _, frame in stamped]
 
-    def sample_stamped(self, times: Sequence[float]) -> list[tuple[float, np.ndarray]] | None:
-        """`sample` with each frame's clock time, which identifies it (a frame's features can be reused)."""
+    def sample_stamped(self, times: Sequence[float],
+                       earliest: float | None = None) -> list[tuple[float, np.ndarray]] | None:
+        """`sample` with each frame's clock time, which identifies it (a frame's features can be reused). With
+        `earliest` (a window's start), a time whose newest frame was taken before it takes the first frame taken at
+        or after it instead, where there is one: the frames kept are thinned to one per `min_interval`, so the
+        newest at a window's start may be up to that much older, and of the clip before (where paced files each
+        fill a window, every window's first frame was the previous clip's last)."""
         with self.lock:
             if not self.frames:
                 return None
             stamps = np.array([t for t, _ in self.frames])
             picks = np.clip(np.searchsorted(stamps, np.asarray(times), side="right") - 1, 0, len(stamps) - 1)
+            if earliest is not None:
+                first = int(np.searchsorted(stamps, earliest, side="left"))
+                if first < len(stamps):
+                    picks = np.maximum(picks, first)
             return [self.frames[i] for i in picks]
 
 

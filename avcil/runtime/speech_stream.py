@@ -51,6 +51,12 @@ class SpeechStream:
         window_encoder(np.zeros((1, self.window_samples), np.float32))
         sfx_encoder(np.zeros((1, *prep.sfx_shape), np.float32))
 
+    def forget(self) -> None:
+        """Drop every embedding and aiSFX head: a new stream starts (Recognizer.start_stream)."""
+        self.embeddings.clear()
+        if self.sfx is not None:
+            self.sfx.forget()
+
     @staticmethod
     def supports(prep) -> bool:
         # A window shorter than one speech window is padded by the preprocessing: nothing to stream then.

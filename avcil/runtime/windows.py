@@ -18,12 +18,16 @@ from avcil.runtime.sources import AudioRing, FrameHistory, clock
 
 HOP_SHARE = 1 / 3  # default hop as a share of the window: a decision every third of a clip
 AUDIO_WAIT_S = 0.25  # longest wait for a live source's audio to reach the window's end
-# A live microphone hands over a block every 20 ms: newest audio this old means its stream has stopped, and a
+# A live microphone hands over a block every 10 ms: newest audio this old means its stream has stopped, and a
 # window does not wait for it (each decision would otherwise come AUDIO_WAIT_S late).
 AUDIO_STALE_S = 1.0
 # A live camera's newest frame this much older than a window's end means it has stopped delivering (a camera gives
 # 5 to 30 frames a second; a dropped stream is reopened within RECONNECT_BACKOFF_S's first wait).
 VIDEO_STALE_S = 2.0
+# What a live window holds, for caches of encoded windows (the demo's background, the stream benchmark's windows):
+# 2 since a window's frames are those taken within it, [start, end) (frame_times, WindowAssembler.sample).
+WINDOW_CUT_VERSION = 2
+END_FRAME_MARGIN_S = 1e-3  # a frame stamped this close to a window's end counts as after it (float stamps)
 
 
 def window_seconds(audio_prep: KaldiFbank | SfxMel) -> float:
@@ -64,7 +68,7 @@ class WindowAssembler:
                and not (audio_live and self.audio_stale())):
             time.sleep(0.002)
         video_missing = video_live and self.video_stale(end)
-        stamped = None if video_missing else self.frames.sample_stamped(self.frame_times(end))
+        stamped = None if video_missing else self.sample(end, self.frame_times(end))
         waveform, first_sample = self.ring.cut(end, self.seconds)
         return Window(end - self.seconds, end, waveform, self.ring.rate,
                       None if stamped is None else [frame for _, frame in stamped],
@@ -80,10 +84,23 @@ class WindowAssembler:
         newest = self.frames.newest_time
         return newest is None or end - newest > VIDEO_STALE_S
 
+    def sample(self, end: float, times: np.ndarray) -> list[tuple[float, np.ndarray]] | None:
+        """The stamped frames of the window ending at `end` at some of its `frame_times`: taken within it where it
+        holds any (FrameHistory.sample_stamped)."""
+        return self.frames.sample_stamped(times, earliest=end - self.seconds)
+
     def frame_times(self, end: float) -> np.ndarray:
-        """The clock times at which the window ending at `end` samples its frames (first and last included)."""
+        """The clock times at which the window ending at `end` samples its frames (first and last included), each
+        taking the newest frame stamped at or before it (FrameHistory.sample_stamped)."""
         start = end - self.seconds
-        return np.linspace(start, end, self.count) if self.count > 1 else np.array([start + self.seconds / 2])
+        if self.count == 1:
+            return np.array([start + self.seconds / 2])
+        times = np.linspace(start, end, self.count)
+        # Half-open, like the audio: [start, end). A frame stamped at the very end is the next window's first (where
+        # paced files each fill a window, the next clip's first frame: the demo's live windows each took one frame of
+        # the clip after theirs, and decided differently from the clip's own features).
+        times[-1] = end - END_FRAME_MARGIN_S
+        return times
 
 
 class SourcePresence:
