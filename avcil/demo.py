@@ -3,8 +3,8 @@
 1. Train a lite model on digits 0-8 of AV-Digits with the default method (the project's protocol, one step,
    `train_clips` training clips per digit; the analytic method trains in seconds).
 2. Recognise every test clip of those digits through the live path (the real file sources' windows, replayed at
-   CPU speed; one decision per clip, window = hop = the lite window, each clip given that slot), and a few of them
-   also paced in real time.
+   CPU speed; one decision per clip, window = hop = the lite window, each clip centred in that slot as its
+   features centre it), and a few of them also paced in real time.
 3. Learn digit 9 in the field from its training clip files (`learn_class`, as `avcil learn --files` does) while
    the recognizer stays up.
 4. The recognizer picks the new version up by itself; recognise test clips of 9 and of the old digits.

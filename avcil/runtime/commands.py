@@ -336,7 +336,8 @@ def add_parsers(subparsers) -> None:
                      "or until file sources end)")
     run.add_argument("--loop", action="store_true", help="file sources: play again from the start when done")
     run.add_argument("--slot", type=float, default=0.0, metavar="S",
-                     help="file sources: give each file at least S seconds (silence, last frame held)")
+                     help="file sources: give each file at least S seconds, in the middle of them (silence and "
+                          "its first frame held before it, silence and its last frame after)")
     run.add_argument("--video-out", metavar="FILE", help="write an annotated video (one frame per decision)")
     run.add_argument("--quiet", action="store_true", help="no console line per decision")
     run.add_argument("--threads", type=int, default=0, metavar="N", help="torch and onnxruntime intra-op threads "

@@ -323,35 +323,45 @@ class PacedVideoFiles(_Reader):
 def video_file_frames(paths: Sequence[Path], start: float, loop: bool = False,
                       slot_s: float = 0.0) -> Iterator[tuple[float, np.ndarray]]:
     """(clock time, BGR frame) of video files played one after the other from clock time `start`, decoded just in
-    time: each file takes at least `slot_s` seconds, its last frame held until its slot ends, as a still camera
-    would keep showing it. Paced play waits for each time; replay (avcil.runtime.replay) does not, so both see the
-    same frames at the same times."""
+    time: each file takes at least `slot_s` seconds, in the middle of its slot, its first frame held before it and
+    its last after it, as a still camera would keep showing them (the audio likewise, load_audio_tracks): a clip's
+    features hold it centred in its window, and so does a window that is its slot. Paced play waits for each time;
+    replay (avcil.runtime.replay) does not, so both see the same frames at the same times."""
     at = start
     while True:
         for path in paths:
             period = 1.0 / _video_fps(path)
             capture = cv2.VideoCapture(str(path))
+            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if slot_s else 0
+            lead = max(0.0, slot_s - count * period) / 2 if count > 0 else 0.0  # no count given: no lead
             index, frame = 0, None
             try:
                 while True:
                     ok, image = capture.read()
                     if not ok:
                         break
+                    if index == 0:
+                        yield from _held(image, at, at + lead, period)
                     frame = image
-                    yield at + index * period, frame
+                    yield at + lead + index * period, frame
                     index += 1
             finally:
                 capture.release()
-            end = at + max(index * period, slot_s)
-            # The held frames are stamped before the slot's end, so that the next file's first frame is the one
-            # seen at the slot's end.
-            when = at + index * period
-            while frame is not None and when < end - period / 2:
-                yield when, frame
-                when += period
+            end = at + max(lead + index * period, slot_s)
+            yield from _held(frame, at + lead + index * period, end, period)
             at = end
         if not loop:
             return
+
+
+def _held(frame: np.ndarray | None, since: float, until: float, period: float) -> Iterator[tuple[float, np.ndarray]]:
+    """A frame held from clock time `since` until `until`, a copy every `period`; the last stamped before
+    `until - period / 2`, so that the frame seen at `until` is the one that comes next."""
+    when = since
+    while frame is not None and when < until - period / 2:
+        yield when, frame
+        when += period
+
 
 
 # Audio -------------------------------------------------------------------------------------------------------------
@@ -411,7 +421,8 @@ def audio_file_chunks(tracks: Sequence[np.ndarray], rate: int, start: float,
 
 
 def load_audio_tracks(paths: Sequence[str | Path], rate: int, slot_s: float = 0.0) -> list[np.ndarray]:
-    """Mono float32 tracks of audio or video files at `rate`, each padded with silence to `slot_s` seconds."""
+    """Mono float32 tracks of audio or video files at `rate`, each padded with silence to `slot_s` seconds, half
+    before it and half after (video_file_frames centres its frames alike)."""
     from avcil.data.preprocess import resample
 
     tracks = []
@@ -419,7 +430,7 @@ def load_audio_tracks(paths: Sequence[str | Path], rate: int, slot_s: float = 0.
         samples, file_rate = read_audio_file(path, rate)
         samples = resample(samples, file_rate, rate)
         pad = max(0, int(round(slot_s * rate)) - len(samples))
-        tracks.append(np.concatenate([samples, np.zeros(pad, np.float32)]))
+        tracks.append(np.concatenate([np.zeros(pad // 2, np.float32), samples, np.zeros(pad - pad // 2, np.float32)]))
     return tracks
 
 

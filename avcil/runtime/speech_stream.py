@@ -21,6 +21,9 @@ from avcil.data.preprocess import SPEECH_WINDOW_HOP_SAMPLES, SfxSpeech, fit_leng
 from avcil.model.encoders.lite import SoundAndSpeechEncoder
 from avcil.runtime.sfx_stream import SfxStream
 
+# Speech windows embedded in one call from this many (a replayed window's 12 or 28; live, as they arrive, one or two:
+# ONNX Runtime took 47-50 ms for 28 in one call against 60 ms one by one on two cores).
+BATCH_FROM = 8
 MARGIN_S = 0.05  # audio on each side of a window resampled with it, so that resampling's edges fall outside it
 
 
@@ -77,10 +80,14 @@ class SpeechStream:
             at_16k = resample(segment, rate, self.prep.speech_rate)
             offset = int(round(margin * self.prep.speech_rate / rate))
             windows.append(fit_length(at_16k[offset:], self.window_samples, centre=False))
-        for position, window in zip(positions, windows):
-            # One window a call: one input shape, which torch on a CPU would otherwise plan again per batch size.
-            embedding, = self.window_encoder(window[None])
-            self.embeddings[self._key(position)] = embedding[0]
+        if len(windows) >= BATCH_FROM:  # a replayed window's, all at once: a fifth less time than one by one
+            embeddings, = self.window_encoder(np.stack(windows))
+        else:
+            # Live, one or two windows a call: one input shape, which torch on a CPU would otherwise plan again per
+            # batch size.
+            embeddings = np.concatenate([self.window_encoder(window[None])[0] for window in windows])
+        for position, embedding in zip(positions, embeddings):
+            self.embeddings[self._key(position)] = embedding
 
     def encode_ready(self, ring, start: float) -> int:
         """Embed the windows of the decision window starting at `start` whose audio (and margin) the ring holds
