@@ -199,7 +199,7 @@ class HeadScores:
         the distance and the corrections."""
         return self._gaussians()[0].points(expanded)
 
-    def rejected(self, expanded: torch.Tensor, whitened: torch.Tensor | None = None) -> torch.Tensor:
+    def rejected(self, expanded: torch.Tensor, whitened: Points | None = None) -> torch.Tensor:
         """Per row of the expanded features: nearer to a corrected window (the readout's `rejection_inputs`) than
         to every class mean, in the whitened within-class metric. No threshold: a corrected window is at distance
         0 from itself; a window of a class lies nearer its class mean than another window (on the stream

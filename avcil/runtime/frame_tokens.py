@@ -35,6 +35,10 @@ class FrameTokens:
         """Whether a backend takes any number of frames (its frame axis is free)."""
         return encoder.input_shapes[0][FRAME_AXIS - 1] is None  # input_shapes leave the batch out
 
+    def forget(self) -> None:
+        """Drop every token: a new stream starts, whose frames' stamps may repeat an earlier one's."""
+        self.tokens.clear()
+
     def prepare(self, stamped: Sequence[tuple[float, np.ndarray]]) -> tuple[list[float], np.ndarray]:
         """The stamps of the frames not encoded yet (each once) and their preprocessed pixels [1, n, 3, H, W]."""
         pending = {stamp: frame for stamp, frame in stamped if stamp not in self.tokens}

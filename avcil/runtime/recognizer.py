@@ -188,7 +188,7 @@ class Recognizer:
         other content (a replay's clock starts at 0, a new ring counts from 0). Without this a replay after another
         took the first one's frames for its own windows at the same times."""
         if self.frame_tokens is not None:
-            self.frame_tokens.tokens.clear()
+            self.frame_tokens.forget()
         if self.speech is not None:
             self.speech.forget()
 

@@ -38,7 +38,7 @@ class SfxStream:
 
     def __init__(self, columns_encoder, prep: SfxMel):
         self.encoder, self.prep = columns_encoder, prep
-        self.frames = prep.sfx_shape[0] if hasattr(prep, "sfx_shape") else prep.input_shape[0]
+        self.frames = prep.frame_count(prep.window_samples)
         self.head_frames = COLUMN_FRAMES * ((self.frames - LEAD_FRAMES) // COLUMN_FRAMES)
         self.head_columns = self.head_frames // COLUMN_FRAMES - EDGE_COLUMNS
         self.tail_start = (self.head_columns - EDGE_COLUMNS) * COLUMN_FRAMES
@@ -59,8 +59,7 @@ class SfxStream:
         """Whether a window is long enough for a head and a tail (aiSFX's 3 s window: 131 frames)."""
         if not isinstance(prep, SfxMel) or prep.fft_size != 2 * prep.hop:
             return False
-        frames = prep.sfx_shape[0] if hasattr(prep, "sfx_shape") else prep.input_shape[0]
-        return frames - LEAD_FRAMES >= 2 * EDGE_COLUMNS * COLUMN_FRAMES + COLUMN_FRAMES
+        return prep.frame_count(prep.window_samples) - LEAD_FRAMES >= 2 * EDGE_COLUMNS * COLUMN_FRAMES + COLUMN_FRAMES
 
     def encode_ready(self, ring, start: float) -> bool:
         """Run the head of the window that starts at clock time `start` once the ring holds its audio (and a
@@ -71,9 +70,7 @@ class SfxStream:
         self.tried.add(key)
         # A whole number of the ring's samples, so that the head's first sample is the window's (AudioRing.cut).
         seconds = int(np.ceil((self.head_seconds + MARGIN_S) * ring.rate)) / ring.rate
-        samples, first = ring.cut(start + seconds, seconds)
-        if first is None:
-            return False
+        samples, first = ring.cut(start + seconds, seconds)  # the ring covers it: `first` is an index
         spectrogram = self.prep.spectrogram(resample(samples, ring.rate, self.prep.sample_rate))
         columns, = self.encoder(np.ascontiguousarray(spectrogram[None, :self.head_frames]))
         self.heads[first] = columns[:, :self.head_columns].max(axis=1)

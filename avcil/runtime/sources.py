@@ -363,7 +363,6 @@ def _held(frame: np.ndarray | None, since: float, until: float, period: float) -
         when += period
 
 
-
 # Audio -------------------------------------------------------------------------------------------------------------
 def read_audio_file(path: str | Path, fallback_rate: int) -> tuple[np.ndarray, int]:
     """Mono float32 audio of a file at its own rate when soundfile reads it (wav, flac, ogg), otherwise decoded by
