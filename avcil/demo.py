@@ -97,14 +97,14 @@ def _live_and_field(model_dir: Path, profile, files: dict, cache: Path, out: Pat
                     train_clips: int, background_clips: int) -> dict:
     """Steps 2-5: the old digits live, the new digit and the background learnt in the field while the recognizer
     stays up, then every digit live with the version it picked up."""
-    from avcil.export.onnx import export_onnx
+    from avcil.export.cached import export_once
     from avcil.runtime.recognizer import DecisionWriter, Recognizer
     from avcil.runtime.windows import window_seconds
 
     slot = window_seconds(profile.audio_prep)
-    # The encoders exported as `avcil export --format onnx` exports them, for the live path as a device runs it:
-    # ONNX Runtime encodes a window in a quarter of torch's time here (6 s to export, 50 s less to play the clips).
-    export_onnx(model_dir, profile, progress=False)
+    # The encoders exported as `avcil export --format onnx` exports them (once per profile, then copied from the
+    # cache), for the live path as a device runs it: ONNX Runtime encodes a window in a quarter of torch's time here.
+    export_once(model_dir, profile, cache)
     # Closed-set figures (threshold 0: every window gets its best class), comparable with the features' accuracy;
     # the open-set behaviour is `avcil bench stream`'s.
     recognizer = Recognizer(model_dir, "onnxruntime", profile=profile, score="softmax", threshold=0.0,

@@ -153,3 +153,43 @@ def test_an_export_made_before_the_head_was_left_out_still_loads_without_it(tmp_
     spec["graphs"]["head"] = {"file": "head.onnx", "sha256": "0" * 64}  # listed by an old export, never loaded
     spec_path.write_text(json.dumps(spec))
     assert set(model_backends(root, "onnxruntime")) == {"audio", "visual"}
+
+
+def test_export_once_exports_for_the_first_model_dir_and_copies_the_checked_export_to_the_next(tmp_path, tiny,
+                                                                                                monkeypatch):
+    from avcil.backends import model_backends
+    from avcil.export import cached
+
+    cache = tmp_path / "cache"
+    commit_model(tmp_path / "first", tiny)
+    report = cached.export_once(tmp_path / "first", tiny, cache)
+    first = read_spec(tmp_path / "first" / ENCODERS_DIR)["graphs"]
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    monkeypatch.setattr(cached, "export_onnx", no_export)
+    commit_model(tmp_path / "second", tiny)
+    assert cached.export_once(tmp_path / "second", tiny, cache) == report
+    second = tmp_path / "second" / ENCODERS_DIR
+    assert read_spec(second)["graphs"] == first
+    assert all(sha256_file(second / g["file"]) == g["sha256"] for g in first.values())
+    assert set(model_backends(tmp_path / "second", "onnxruntime")) == {"audio", "visual"}
+    assert not [p for p in (tmp_path / "second").iterdir() if p.name.startswith(".")]  # no staging folder left
+
+    # A kept graph that no longer matches its checksum is not copied: the export is made again.
+    kept = next(p for p in (cache / "onnx").iterdir() if p.name.endswith("-export"))
+    graph = kept / first["visual"]["file"]
+    graph.write_bytes(graph.read_bytes()[:1000])
+    monkeypatch.undo()
+    commit_model(tmp_path / "third", tiny)
+    cached.export_once(tmp_path / "third", tiny, cache)
+    assert sha256_file(graph) == first["visual"]["sha256"]  # and kept whole again
+    assert set(model_backends(tmp_path / "third", "onnxruntime")) == {"audio", "visual"}
+
+    # Encoders that do not fit a model dir's head are refused, kept export or not.
+    other = load_profile("tiny")
+    other.shape = type(other.shape)(audio_dim=99, time=2, positions=4, visual_dim=32)
+    commit_model(tmp_path / "fourth", tiny)
+    with pytest.raises(ValueError, match="the head takes features"):
+        cached.export_once(tmp_path / "fourth", other, cache)

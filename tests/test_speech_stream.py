@@ -69,3 +69,31 @@ def test_a_hop_that_is_a_whole_number_of_speech_hops_reuses_every_shared_window(
     assert stream.encode_ready(ring, 1.0) == stream.count
     # The next window starts one hop later: all but the windows of its last hop are already embedded.
     assert stream.encode_ready(ring, 1.0 + hop) == round(hop / stream.hop_s)
+
+
+def test_a_window_apart_from_the_one_before_runs_the_whole_graph_and_an_overlapping_one_its_parts(lite_audio,
+                                                                                                  tmp_path):
+    encoder, prep, parts = lite_audio
+    whole_graph = load_backend(encoder, "torch", input_names=["x"], output_names=["y"], input_shapes=[prep.input_shape])
+    stream = SpeechStream(parts["audio_sfx"], parts["speech_window"], prep, whole_encoder=whole_graph)
+    rng = np.random.default_rng(1)
+    audio = np.concatenate([spoken(tmp_path), rng.standard_normal(8 * RATE).astype(np.float32) * 0.05])
+    seconds = prep.window_seconds
+
+    def decide(start: float) -> tuple[np.ndarray, int, int]:
+        window = audio[int(round(start * RATE)):int(round(start * RATE)) + int(round(seconds * RATE))]
+        streamed = stream.audio_features(prep.sfx_input(window, RATE)[None], window, RATE, start)
+        with torch.no_grad():
+            return (*streamed, encoder(torch.from_numpy(prep(window, RATE)[None])).numpy())
+
+    # Windows one after another, as the demo replays one clip a window: each is extraction's vector, in one call.
+    for start in (0.0, seconds):
+        vector, embedded, sfx_frames, expected = decide(start)
+        np.testing.assert_array_equal(vector, expected)
+        assert (embedded, sfx_frames) == (stream.count, prep.sfx_shape[0])
+    # A window that overlaps the one before runs aiSFX and the speech windows apart, keeping them for the next one;
+    # its windows are cut from the window's own resampling, as extraction cuts them.
+    for start in (seconds + 0.96, seconds + 2 * 0.96):
+        vector, embedded, _, expected = decide(start)
+        np.testing.assert_allclose(vector, expected, rtol=1e-4, atol=1e-5)
+    assert embedded == round(0.96 / stream.hop_s)  # the second overlapping window reused the first's

@@ -33,9 +33,10 @@ def lite_model(root: Path, backend: str):
     ModelDir(root).commit(head, None, [{"name": str(i), "step": 0} for i in range(10)],
                           {"shape": profile.shape.to_dict(), "profile": profile.describe()})
     if backend == "onnxruntime":
-        from avcil.export.onnx import export_onnx
+        from avcil.export.cached import export_once
+        from avcil.fileio import default_cache
 
-        export_onnx(root, profile, progress=False)
+        export_once(root, profile, default_cache())
     return profile
 
 

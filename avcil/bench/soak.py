@@ -340,9 +340,9 @@ def run(args: argparse.Namespace) -> int:
         build_model(model_dir, benchmark, "analytic", epochs=1, digits=base)
         profile = profile_from_record(benchmark.profile)
         if args.backend == "onnxruntime":
-            from avcil.export.onnx import export_onnx
+            from avcil.export.cached import export_once
 
-            export_onnx(model_dir, profile, progress=False)
+            export_once(model_dir, profile, cache)
         soak = Soak(args, model_dir, files, profile)
         soak.run(plan, args.minutes * 60.0)
         payload = soak.payload(complete=True)

@@ -101,9 +101,9 @@ def measure_method(args: argparse.Namespace, work: Path, benchmark, files: dict,
     np.savez(features, audio=audio, visual=visual)
 
     if args.backend == "onnxruntime":
-        from avcil.export.onnx import export_onnx
+        from avcil.export.cached import export_once
 
-        export_onnx(model_dir, profile, progress=False)
+        export_once(model_dir, profile, cache)
     recognizer = Recognizer(model_dir, args.backend, profile=profile, score="softmax", threshold=0.0, smoothing=1)  # the raw argmax
     decisions: list[dict] = []
     stop = threading.Event()

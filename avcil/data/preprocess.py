@@ -313,8 +313,16 @@ class SfxSpeech(SfxMel):
         if len(mono) < SPEECH_WINDOW_SAMPLES * sample_rate / self.speech_rate:
             _warn_once("short", "audio of %.2f s is shorter than one speech-embedding window (%.2f s): padded with "
                        "silence (said once)", len(mono) / sample_rate, SPEECH_WINDOW_SAMPLES / self.speech_rate)
-        speech = fit_length(resample(mono, sample_rate, self.speech_rate), self.speech_samples, centre=True)
-        return np.concatenate([self.sfx_input(mono, sample_rate).ravel(), speech]).astype(np.float32)
+        return self.pack(self.sfx_input(mono, sample_rate), self.speech_input(mono, sample_rate))
+
+    def speech_input(self, waveform: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Only the speech part [speech_samples]: the window at `speech_rate`, centred."""
+        at_rate = resample(as_mono(waveform), sample_rate, self.speech_rate)
+        return fit_length(at_rate, self.speech_samples, centre=True).astype(np.float32)
+
+    def pack(self, spectrogram: np.ndarray, speech: np.ndarray) -> np.ndarray:
+        """The packed input [sfx_size + speech_samples] from its two parts (`sfx_input`, `speech_input`)."""
+        return np.concatenate([spectrogram.ravel(), speech]).astype(np.float32)
 
 
 AudioPreprocess = KaldiFbank | SfxMel | SfxSpeech

@@ -2,6 +2,7 @@
 --files`, the page's learning, the demo.
 
     use_onnxruntime(profile, cache)     # True: profile.encode_batch now runs the exported graphs
+    export_once(model_dir, profile, cache)   # a model dir's validated export, made once per profile
 
 On this 2-core CPU ONNX Runtime runs the lite encoders 2.5 times as fast as torch does (78 against 195 ms a clip at
 batch 2; benchmarks/results/profile-lite-cpu.md): it runs EfficientNet's depthwise convolutions and "same" padding
@@ -23,8 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avcil.export.onnx import OPSET, TOLERANCE, ExportError, check_tolerance, export_graph, random_inputs, validate
-from avcil.model.graphs import GRAPH_NAMES, dynamic_axes, graph_modules
+from avcil.export.onnx import (OPSET, TOLERANCE, ExportError, check_fits, check_tolerance, export_graph, export_onnx,
+                               random_inputs, replace_folder, validate)
+from avcil.fileio import fsync_dir, sha256_file, write_synced
+from avcil.model.graphs import ENCODERS_DIR, GRAPH_NAMES, REPORT_FILE, SPEC_FILE, dynamic_axes, graph_modules
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,49 @@ def _export(profile, folder: Path) -> None:
             staging.rename(folder)
         except OSError:  # another process put its export there first; it is as good as this one
             shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def export_once(model_dir: Path, profile, cache: Path) -> dict:
+    """`export_onnx(model_dir, profile)` at its defaults, made once per profile: the validated export (graphs,
+    spec and report) is kept in CACHE/onnx/ beside the bulk encoders' graphs and copied into the next model dir of
+    the same profile, each graph's checksum checked against the spec. For the demo and the benchmarks, which make
+    a new model dir per run (exporting and validating the lite graphs took 5-8 s of the demo's minute);
+    `avcil export` always exports. Returns the export report."""
+    model_dir = Path(model_dir)
+    kept = cache_folder(profile, cache).with_name(cache_folder(profile, cache).name + "-export")
+    if not _whole(kept):
+        report = export_onnx(model_dir, profile, progress=False)
+        _copy_folder(model_dir / ENCODERS_DIR, kept)
+        return report
+    check_fits(model_dir, profile)
+    _copy_folder(kept, model_dir / ENCODERS_DIR)
+    return json.loads((kept / REPORT_FILE).read_text())
+
+
+def _whole(folder: Path) -> bool:
+    """Whether a kept export has its spec, its report and every graph the spec lists, unchanged."""
+    try:
+        graphs = json.loads((folder / SPEC_FILE).read_text())["graphs"]
+        return (folder / REPORT_FILE).is_file() and all(
+            sha256_file(folder / graph["file"]) == graph["sha256"] for graph in graphs.values())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _copy_folder(source: Path, target: Path) -> None:
+    """Copy a folder's files into a staging folder beside `target`, then put it in place whole
+    (avcil.export.onnx.replace_folder): a reader never finds half of it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        for path in source.iterdir():
+            if path.is_file() and not path.is_symlink():
+                write_synced(staging / path.name, path.read_bytes())
+        fsync_dir(staging)
+        replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

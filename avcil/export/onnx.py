@@ -181,13 +181,9 @@ def export_onnx(model_dir: Path, profile, real: tuple[np.ndarray, np.ndarray] | 
     from tqdm import tqdm
 
     from avcil.backends import load_backend
-    from avcil.modeldir import ModelDir
 
     model_dir = Path(model_dir)
-    recorded = ModelDir(model_dir).manifest()[ManifestKey.FEATURES]["shape"]
-    if profile.shape.to_dict() != recorded:
-        raise InvalidInput(f"{model_dir}: the head takes features {recorded}, the {profile.name} encoders make "
-                           f"{profile.shape.to_dict()}")
+    check_fits(model_dir, profile)
     modules = graph_modules(profile)
     rng = np.random.default_rng(seed)
     real_inputs = graph_inputs(profile, real[0][None], real[1][None]) if real else {}
@@ -227,6 +223,16 @@ def export_onnx(model_dir: Path, profile, real: tuple[np.ndarray, np.ndarray] | 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return report
+
+
+def check_fits(model_dir: Path, profile) -> None:
+    """Refuse encoders whose features are not those the model dir's head takes."""
+    from avcil.modeldir import ModelDir
+
+    recorded = ModelDir(model_dir).manifest()[ManifestKey.FEATURES]["shape"]
+    if profile.shape.to_dict() != recorded:
+        raise InvalidInput(f"{model_dir}: the head takes features {recorded}, the {profile.name} encoders make "
+                           f"{profile.shape.to_dict()}")
 
 
 def _fsync_file(path: Path) -> None:

@@ -94,7 +94,7 @@ class Recognizer:
         self.speech = None  # the lite audio's speech windows, embedded as the audio arrives (runtime.speech_stream)
         if {"audio_sfx", "speech_window"} <= set(encoders) and SpeechStream.supports(self.audio_prep):
             self.speech = SpeechStream(encoders["audio_sfx"], encoders["speech_window"], self.audio_prep,
-                                       encoders.get("audio_sfx_columns"))
+                                       encoders.get("audio_sfx_columns"), self.audio_encoder)
         self.backend = backend
         # `score` None: each version's default (decision.default_score). A --threshold is on the scale of the score
         # in effect when it was given; a later version that needs another score decides with that one's default.

@@ -80,12 +80,15 @@ class SfxStream:
             self.tried = {k for k in self.tried if k >= key - int(1e4 * 10)}
         return True
 
+    def has_head(self, first_sample: int | None) -> bool:
+        """Whether the head of the window starting at ring index `first_sample` has run."""
+        return first_sample is not None and first_sample in self.heads
+
     def vector(self, spectrogram: np.ndarray, first_sample: int | None) -> tuple[np.ndarray, int]:
         """aiSFX's vector [1, 512] of the window whose `spectrogram` is [1, frames, bands] and whose waveform
         starts at ring index `first_sample` (None: not from a ring); and how many frames were run for it here."""
-        head = self.heads.get(first_sample) if first_sample is not None else None
-        if head is None:
+        if not self.has_head(first_sample):
             columns, = self.encoder(spectrogram)
             return columns.max(axis=1), self.frames
         tail, = self.encoder(np.ascontiguousarray(spectrogram[:, self.tail_start:]))
-        return np.maximum(head, tail[:, EDGE_COLUMNS:].max(axis=1)), self.frames - self.tail_start
+        return np.maximum(self.heads[first_sample], tail[:, EDGE_COLUMNS:].max(axis=1)), self.frames - self.tail_start
