@@ -127,6 +127,9 @@ def test_lite_recognizer_on_onnxruntime_embeds_speech_windows_as_the_audio_arriv
     # aiSFX ran its head before the end: its tail is left (75 of 131 frames), as for every window after the first.
     sfx_frames = [d["sfx_frames_after_end"] for d in decisions]
     assert np.median(sfx_frames) == 75, sfx_frames
+    # The newest frame too was final, and encoded, before the end (WindowAssembler.settled_times), in most windows.
+    frames = [d["frames_encoded_after_end"] for d in decisions]
+    assert np.median(frames) == 0, frames
 
 
 def test_each_version_decides_with_the_default_score_it_can_give(toy_model, tiny_profile, toy_clips):

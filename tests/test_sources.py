@@ -33,6 +33,30 @@ def test_frame_history_samples_frames_by_time_and_keeps_a_bounded_past():
     assert [int(f[0, 0, 0]) for f in picked] == [20, 30, 38, 18]
 
 
+def test_a_frame_time_before_the_settled_bound_keeps_its_frame_whatever_arrives_later():
+    # A camera at 25 fps with jittered stamps; the history keeps one frame per 0.1875 s (the lite window's spacing).
+    rng = np.random.default_rng(0)
+    stamps = np.cumsum(rng.uniform(0.03, 0.05, 200))
+    history = FrameHistory(seconds=30.0, min_interval=0.1875)
+    start, end = 2.0, 5.0
+    times = np.linspace(start, end - 0.001, 8)
+    settled_early = []
+    for stamp in stamps:
+        history.add(np.full((2, 2, 3), 0, np.uint8), float(stamp))
+        bound = history.settled_before(start)
+        early = times[(times < bound) & (times > stamp)]  # settled before their moment has come
+        if len(early):
+            settled_early.append((early, [t for t, _ in history.sample_stamped(early, earliest=start)]))
+    assert settled_early, "no time was ever settled before its moment"
+    for early, picked in settled_early:
+        assert [t for t, _ in history.sample_stamped(early, earliest=start)] == picked
+    assert any(times[-1] in early for early, _ in settled_early)  # the newest frame, before the window's end
+    assert FrameHistory(1.0, 0.1).settled_before(0.0) == float("-inf")
+    history = FrameHistory(10.0, 0.1875)
+    history.add(np.zeros((2, 2, 3), np.uint8), 1.95)
+    assert history.settled_before(2.0) == float("-inf")  # a frame within the window would still replace it
+
+
 def test_a_late_consumer_drops_windows_and_counts_them():
     schedule = Schedule(first_end=10.0, hop=1.0)
     assert schedule.next_end(now=9.0) == 10.0

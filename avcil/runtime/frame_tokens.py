@@ -2,9 +2,10 @@
 lite profile's CNN, `EncoderProfile.frames_independent`).
 
 A window's frames are sampled across it, so all but the newest have been taken before the window ends, and
-consecutive windows may share frames. Encoding each frame once, as soon as its moment has passed (while the
-recognizer waits for the window to end), leaves only the newest frame to encode after the end: the decision
-latency loses most of the visual encoder's time.
+consecutive windows may share frames. Encoding each frame once, as soon as it is final (while the recognizer waits
+for the window to end), leaves at most the newest frame to encode after the end, and mostly not even that: the
+frame history keeps one frame per 0.19 s, so a frame kept in the window's last 0.19 s is the one its last time takes
+(avcil.runtime.windows.WindowAssembler.settled_times). The decision latency loses the visual encoder's time.
 """
 
 from __future__ import annotations

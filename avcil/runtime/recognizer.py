@@ -2,7 +2,8 @@
 smoothing over recent windows -> a label, or `unknown` under the threshold.
 
 Where the visual encoder encodes each frame on its own (lite), the frames of the next window are encoded while the
-recognizer waits for it to end (avcil.runtime.frame_tokens), so that after the end only the newest frame is left;
+recognizer waits for it to end (avcil.runtime.frame_tokens), so that after the end at most the newest frame is left
+(mostly none: it is final up to 0.19 s before the end);
 likewise the lite audio's speech-embedding windows as their audio arrives (avcil.runtime.speech_stream), so that
 after the end aiSFX and the newest speech window or two are left.
 
@@ -244,14 +245,15 @@ class Recognizer:
 
     def wait_for_end(self, end: float, assembler: WindowAssembler, stop: threading.Event) -> None:
         """Sleep until the window ending at clock time `end` has ended (or `stop`); meanwhile, for a frame-by-frame
-        visual encoder, encode each of its frames once its moment has passed."""
-        times = assembler.frame_times(end)
+        visual encoder, encode each of its frames once it is final (WindowAssembler.settled_times): its moment has
+        passed, or, for the newest, no frame still to come can replace it."""
         streaming = self.frame_tokens is not None or self.speech is not None
         poll = FRAME_POLL_S if streaming else float("inf")
         while not stop.is_set() and (now := clock()) < end:
             worked = False
-            if self.frame_tokens is not None and times[0] <= now:
-                stamped = assembler.sample(end, times[times <= now])
+            ready = assembler.settled_times(end, now) if self.frame_tokens is not None else ()
+            if len(ready):
+                stamped = assembler.sample(end, ready)
                 worked = bool(stamped and self.frame_tokens.encode(self.frame_tokens.prepare(stamped)))
             if self.speech is not None:
                 worked = self.speech.encode_ready(assembler.ring, end - assembler.seconds) > 0 or worked

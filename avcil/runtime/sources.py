@@ -129,6 +129,15 @@ class FrameHistory:
             while self.frames and when - self.frames[0][0] > self.seconds:
                 self.frames.popleft()
 
+    def settled_before(self, earliest: float) -> float:
+        """Clock times (from `earliest`, as `sample_stamped` takes it) before this one pick the frame they pick now,
+        whatever arrives later: a frame is kept only `min_interval` or more after the newest kept. -inf while no
+        frame at or after `earliest` is kept (one that arrives would replace the newest)."""
+        with self.lock:
+            if not self.frames or self.frames[-1][0] < earliest:
+                return float("-inf")
+            return self.frames[-1][0] + self.min_interval
+
     def latest(self) -> tuple[float, np.ndarray] | None:
         with self.lock:
             return self.frames[-1] if self.frames else None

@@ -89,6 +89,14 @@ class WindowAssembler:
         holds any (FrameHistory.sample_stamped)."""
         return self.frames.sample_stamped(times, earliest=end - self.seconds)
 
+    def settled_times(self, end: float, now: float) -> np.ndarray:
+        """The `frame_times` of the window ending at `end` whose frame is final at clock time `now`: their moment has
+        passed, or no frame still to come can be kept before them (FrameHistory.settled_before). The newest frame
+        is kept up to `min_interval` (0.19 s for the lite window) before the window's last time, so that one is
+        mostly final, and can be encoded, before the window ends."""
+        times = self.frame_times(end)
+        return times[(times <= now) | (times < self.frames.settled_before(end - self.seconds))]
+
     def frame_times(self, end: float) -> np.ndarray:
         """The clock times at which the window ending at `end` samples its frames (first and last included), each
         taking the newest frame stamped at or before it (FrameHistory.sample_stamped)."""
