@@ -54,9 +54,10 @@ def test_a_column_depends_only_on_frames_within_its_edge_columns(lite):
         assert not torch.allclose(head[exact_head], whole[exact_head], rtol=1e-5, atol=1e-5)
 
 
-def stream_window(stream: SfxStream, prep, audio: np.ndarray, rate: int) -> tuple[np.ndarray, int, int, np.ndarray]:
+def stream_window(stream: SfxStream, prep, audio: np.ndarray, rate: int) -> tuple[np.ndarray, int, int, np.ndarray,
+                                                                                 int]:
     """Feed `audio` to a ring in a sound card's blocks, running the head as it arrives; the last window's vector,
-    frames run after its end, heads run, and its waveform."""
+    frames run after its end, heads run, its waveform and its first sample's ring index."""
     end = len(audio) / rate
     start = end - prep.window_seconds
     ring = AudioRing(rate, 10.0)
@@ -66,8 +67,8 @@ def stream_window(stream: SfxStream, prep, audio: np.ndarray, rate: int) -> tupl
         ring.append(audio[block_end - block:block_end], block_end / rate)
         heads += stream.encode_ready(ring, start)
     waveform, first = ring.cut(end, prep.window_seconds)
-    vector, after_end = stream.vector(prep.sfx_input(waveform, rate)[None], first)
-    return vector, after_end, heads, waveform
+    vector, after_end = stream.vector(stream.spectrogram(waveform, rate, first), first)  # as the recognizer runs it
+    return vector, after_end, heads, waveform, first
 
 
 @torch.no_grad()
@@ -75,10 +76,14 @@ def test_a_streamed_window_runs_its_tail_only_and_gives_the_whole_windows_vector
     encoder, prep, _, backend = lite
     stream = SfxStream(backend, prep)
     audio = noise(4.0 + 1000 / RATE, seed=2)
-    vector, after_end, heads, waveform = stream_window(stream, prep, audio, RATE)
-    whole = encoder.sfx(torch.from_numpy(prep.sfx_input(waveform, RATE)[None])).numpy()
+    vector, after_end, heads, waveform, first = stream_window(stream, prep, audio, RATE)
+    spectrogram = prep.sfx_input(waveform, RATE)[None]
+    whole = encoder.sfx(torch.from_numpy(spectrogram)).numpy()
     assert heads == 1 and after_end == prep.sfx_shape[0] - stream.tail_start < 0.6 * prep.sfx_shape[0]
     np.testing.assert_allclose(vector, whole, rtol=1e-5, atol=1e-5)
+    # After the end only the tail's spectrogram frames are computed, from the samples they span: the same numbers.
+    np.testing.assert_array_equal(stream.spectrogram(waveform, RATE, first), spectrogram[:, stream.tail_start:])
+    np.testing.assert_array_equal(stream.spectrogram(waveform, RATE, None), spectrogram)  # no head: every frame
     # A window that is not the one the head ran on (another first sample) is run whole.
     again, frames = stream.vector(prep.sfx_input(waveform, RATE)[None], None)
     assert frames == prep.sfx_shape[0]
@@ -91,7 +96,7 @@ def test_a_microphone_at_another_rate_gives_the_vector_within_resampling_error(l
     stream = SfxStream(backend, prep)
     rate = 48000
     audio = np.interp(np.arange(int(4.3 * rate)) / rate, np.arange(int(4.3 * RATE)) / RATE, noise(4.3, seed=3))
-    vector, after_end, heads, waveform = stream_window(stream, prep, audio.astype(np.float32), rate)
+    vector, after_end, heads, waveform, _ = stream_window(stream, prep, audio.astype(np.float32), rate)
     whole = encoder.sfx(torch.from_numpy(prep.sfx_input(waveform, rate)[None])).numpy()
     assert heads == 1 and after_end < prep.sfx_shape[0]
     np.testing.assert_allclose(vector, whole, rtol=1e-4, atol=1e-4)

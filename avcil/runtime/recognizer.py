@@ -202,7 +202,7 @@ class Recognizer:
 
         speech_after_end = sfx_frames = 0
         if self.speech is not None:
-            spectrogram = self.audio_prep.sfx_input(window.waveform, window.rate)[None]
+            spectrogram = self.speech.sfx_input(window.waveform, window.rate, window.first_sample)
             mark("audio_preprocess")
             audio_features, speech_after_end, sfx_frames = self.speech.audio_features(
                 spectrogram, window.waveform, window.rate, window.start, window.first_sample)

@@ -84,11 +84,23 @@ class SfxStream:
         """Whether the head of the window starting at ring index `first_sample` has run."""
         return first_sample is not None and first_sample in self.heads
 
+    def spectrogram(self, waveform: np.ndarray, rate: int, first_sample: int | None) -> np.ndarray:
+        """What `vector` needs of the window whose `waveform` is at `rate` and starts at ring index `first_sample`
+        [1, frames, bands]: where its head ran, the frames from `tail_start` on, computed from the samples they
+        reach only when the waveform is at aiSFX's rate (a frame spans the samples within one hop of its centre:
+        the same numbers); else every frame."""
+        at_rate = rate == self.prep.sample_rate and len(waveform) == self.prep.window_samples
+        if self.has_head(first_sample) and at_rate:
+            return self.prep.spectrogram(waveform[(self.tail_start - 1) * self.prep.hop:])[None, 1:]
+        return SfxMel.__call__(self.prep, waveform, rate)[None]
+
     def vector(self, spectrogram: np.ndarray, first_sample: int | None) -> tuple[np.ndarray, int]:
-        """aiSFX's vector [1, 512] of the window whose `spectrogram` is [1, frames, bands] and whose waveform
-        starts at ring index `first_sample` (None: not from a ring); and how many frames were run for it here."""
+        """aiSFX's vector [1, 512] of the window whose `spectrogram` (`spectrogram`: every frame, or the tail's
+        where its head ran) is [1, frames, bands] and whose waveform starts at ring index `first_sample` (None: not
+        from a ring); and how many frames were run for it here."""
         if not self.has_head(first_sample):
             columns, = self.encoder(spectrogram)
             return columns.max(axis=1), self.frames
-        tail, = self.encoder(np.ascontiguousarray(spectrogram[:, self.tail_start:]))
+        tail = spectrogram if spectrogram.shape[1] == self.frames - self.tail_start else spectrogram[:, self.tail_start:]
+        tail, = self.encoder(np.ascontiguousarray(tail))
         return np.maximum(self.heads[first_sample], tail[:, EDGE_COLUMNS:].max(axis=1)), self.frames - self.tail_start

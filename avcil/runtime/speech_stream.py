@@ -114,6 +114,23 @@ class SpeechStream:
         self._embed(ready, windows)
         return head + len(ready)
 
+    def sfx_input(self, waveform: np.ndarray, rate: int, first_sample: int | None) -> np.ndarray:
+        """aiSFX's input for `audio_features` [1, frames, bands]: the tail's frames where its head ran
+        (SfxStream.spectrogram), else the whole window's."""
+        if self.sfx is not None:
+            return self.sfx.spectrogram(waveform, rate, first_sample)
+        return self.prep.sfx_input(waveform, rate)[None]
+
+    def _cut_windows(self, waveform: np.ndarray, rate: int, start: float, positions: list[float]) -> list[np.ndarray]:
+        """The speech windows at `positions` (clock times) of the decision window whose `waveform` at `rate`
+        starts at `start`, from one resampling of the span they cover with MARGIN_S of the window's audio before
+        it: the numbers of the whole window's resampling (as extraction cuts them), whose edges lie outside."""
+        offsets = [int(round((p - start) * rate)) for p in positions]
+        begin = max(0, offsets[0] - int(round(MARGIN_S * rate)))
+        at_rate = resample(waveform[begin:], rate, self.prep.speech_rate)
+        cuts = [int(round((o - begin) * self.prep.speech_rate / rate)) for o in offsets]
+        return [fit_length(at_rate[c:c + self.window_samples], self.window_samples, centre=False) for c in cuts]
+
     def audio_features(self, spectrogram: np.ndarray, waveform: np.ndarray, rate: int, start: float,
                        first_sample: int | None = None) -> tuple[np.ndarray, int, int]:
         """The audio vector [1, audio_dim] of the decision window (`waveform` at `rate`, starting at clock time
@@ -126,18 +143,16 @@ class SpeechStream:
         head_ran = self.sfx is not None and self.sfx.has_head(first_sample)
         apart = self.last_end is None or start >= self.last_end - 1e-6  # shares no audio with the window before
         self.last_end = start + self.prep.window_seconds
-        speech = self.prep.speech_input(waveform, rate) if missing else None  # as extraction resamples it
         if self.whole_encoder is not None and apart and len(missing) == self.count and not head_ran:
             # Nothing of this window was encoded before, and windows do not overlap (a replay at a hop of a window,
             # as the demo's one clip a window; a stream's first window), so nothing of it is kept for the next:
             # the whole graph in one call, as extraction runs it (ONNX Runtime on two cores: 54 ms, against 71 ms
             # for aiSFX and the 28 speech windows apart).
-            vector, = self.whole_encoder(self.prep.pack(spectrogram[0], speech)[None])
+            vector, = self.whole_encoder(self.prep.pack(spectrogram[0], self.prep.speech_input(waveform, rate))[None])
             return vector, len(missing), spectrogram.shape[1]
         if missing:
-            hop = SPEECH_WINDOW_HOP_SAMPLES
-            self._embed([positions[k] for k in missing],
-                        [speech[k * hop:k * hop + self.window_samples] for k in missing])
+            ready = [positions[k] for k in missing]
+            self._embed(ready, self._cut_windows(waveform, rate, start, ready))
         windows = np.stack([self.embeddings[self._key(p)] for p in positions])[None]
         if self.sfx is not None:
             sfx, sfx_frames = self.sfx.vector(spectrogram, first_sample)
