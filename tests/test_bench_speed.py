@@ -33,6 +33,12 @@ def test_each_part_measures_the_clips_it_was_given(clips, tmp_path, monkeypatch)
     # Three 3 s clips one after another: windows of 3 s, a hop (0.96 s) apart, until one ends past the 9 s.
     assert 9.0 <= replayed["stream_seconds"] < 9.0 + 0.97 and replayed["decisions"] == 8
     assert replayed["real_time_factor"] > 0
+    apart = speed.replay_speed(clips, "torch", tmp_path, slot_s=3.0)  # one clip a window, as the demo replays them
+    # Windows of 3 s a clip each, until one ends at or after the end of both files (the video's held last frame
+    # may take one more).
+    assert apart["decisions"] in (len(clips), len(clips) + 1)
+    assert apart["stream_seconds"] == pytest.approx(3.0 * apart["decisions"])
+    assert speed.spread(list(range(10)), 4) == [0, 3, 6, 9] and speed.spread([1, 2], 5) == [1, 2]
 
 
 def test_the_report_shows_each_backend_with_its_load(tmp_path):
@@ -41,6 +47,7 @@ def test_the_report_shows_each_backend_with_its_load(tmp_path):
         return {"backend": backend, "extract": {"clips_per_s": rate, "clips_per_s_with_start_up": rate / 2, **load},
                 "field": {"clips_per_s": 2 * rate, "encode_seconds": 40 / (2 * rate), "clips": 40, **load},
                 "replay": {"real_time_factor": 3 * rate, **load},
+                "replay_apart": {"real_time_factor": 5 * rate, **load},
                 "decisions": {"p50_ms": 100 / rate, "p95_ms": 120 / rate, **load}}
     result = {"targets": speed.TARGETS, "rows": [row("torch", 3.5), row("onnxruntime", 7.5)],
               "settings": {"extract_clips": 120}}
