@@ -187,6 +187,14 @@ def test_export_once_exports_for_the_first_model_dir_and_copies_the_checked_expo
     assert sha256_file(graph) == first["visual"]["sha256"]  # and kept whole again
     assert set(model_backends(tmp_path / "third", "onnxruntime")) == {"audio", "visual"}
 
+    # A kept export made when fewer graphs were exported (before a stream graph was added) is made again, whole.
+    spec = json.loads((kept / SPEC_FILE).read_text())
+    spec["graphs"].pop("visual")
+    (kept / SPEC_FILE).write_text(json.dumps(spec))
+    commit_model(tmp_path / "older", tiny)
+    cached.export_once(tmp_path / "older", tiny, cache)
+    assert set(read_spec(kept)["graphs"]) == set(first)
+
     # Encoders that do not fit a model dir's head are refused, kept export or not.
     other = load_profile("tiny")
     other.shape = type(other.shape)(audio_dim=99, time=2, positions=4, visual_dim=32)

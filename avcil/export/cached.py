@@ -115,7 +115,7 @@ def export_once(model_dir: Path, profile, cache: Path) -> dict:
     `avcil export` always exports. Returns the export report."""
     model_dir = Path(model_dir)
     kept = cache_folder(profile, cache).with_name(cache_folder(profile, cache).name + "-export")
-    if not _whole(kept):
+    if not _whole(kept, set(graph_modules(profile))):
         report = export_onnx(model_dir, profile, progress=False)
         _copy_folder(model_dir / ENCODERS_DIR, kept)
         return report
@@ -124,11 +124,12 @@ def export_once(model_dir: Path, profile, cache: Path) -> dict:
     return json.loads((kept / REPORT_FILE).read_text())
 
 
-def _whole(folder: Path) -> bool:
-    """Whether a kept export has its spec, its report and every graph the spec lists, unchanged."""
+def _whole(folder: Path, names: set[str]) -> bool:
+    """Whether a kept export has its spec, its report and the graphs `names` (an export made by an avcil that
+    exported fewer graphs lacks some), each unchanged."""
     try:
         graphs = json.loads((folder / SPEC_FILE).read_text())["graphs"]
-        return (folder / REPORT_FILE).is_file() and all(
+        return (folder / REPORT_FILE).is_file() and set(graphs) == names and all(
             sha256_file(folder / graph["file"]) == graph["sha256"] for graph in graphs.values())
     except (OSError, ValueError, KeyError, TypeError):
         return False
