@@ -114,7 +114,8 @@ def export_once(model_dir: Path, profile, cache: Path) -> dict:
     a new model dir per run (exporting and validating the lite graphs took 5-8 s of the demo's minute);
     `avcil export` always exports. Returns the export report."""
     model_dir = Path(model_dir)
-    kept = cache_folder(profile, cache).with_name(cache_folder(profile, cache).name + "-export")
+    folder = cache_folder(profile, cache)
+    kept = folder.with_name(folder.name + "-export")
     if not _whole(kept, set(graph_modules(profile))):
         report = export_onnx(model_dir, profile, progress=False)
         _copy_folder(model_dir / ENCODERS_DIR, kept)

@@ -105,13 +105,10 @@ class SpeechStream:
                  and ring.covers(p + self.window_s + MARGIN_S)]
         if not ready:
             return head
-        offset = int(round(MARGIN_S * self.prep.speech_rate))
-        windows = []
-        for p in ready:  # each resampled with a margin of real audio on both sides, which is then cut off
-            segment = ring.window(p + self.window_s + MARGIN_S, self.window_s + 2 * MARGIN_S)
-            at_rate = resample(segment, ring.rate, self.prep.speech_rate)
-            windows.append(fit_length(at_rate[offset:], self.window_samples, centre=False))
-        self._embed(ready, windows)
+        # The span they cover with a margin of real audio on both sides, resampled once (`_cut_windows`).
+        span_start, span_end = ready[0] - MARGIN_S, ready[-1] + self.window_s + MARGIN_S
+        span = ring.window(span_end, span_end - span_start)
+        self._embed(ready, self._cut_windows(span, ring.rate, span_start, ready))
         return head + len(ready)
 
     def sfx_input(self, waveform: np.ndarray, rate: int, first_sample: int | None) -> np.ndarray:
@@ -122,9 +119,10 @@ class SpeechStream:
         return self.prep.sfx_input(waveform, rate)[None]
 
     def _cut_windows(self, waveform: np.ndarray, rate: int, start: float, positions: list[float]) -> list[np.ndarray]:
-        """The speech windows at `positions` (clock times) of the decision window whose `waveform` at `rate`
-        starts at `start`, from one resampling of the span they cover with MARGIN_S of the window's audio before
-        it: the numbers of the whole window's resampling (as extraction cuts them), whose edges lie outside."""
+        """The speech windows at `positions` (clock times, in order) within `waveform` at `rate`, which starts at
+        clock time `start`: one resampling of the span they cover, with MARGIN_S of its audio before it where
+        there is any, so that the resampling's edges fall outside them (a decision window's, as extraction
+        resamples it whole; a span of the ring with margins on both sides, as the audio arrives)."""
         offsets = [int(round((p - start) * rate)) for p in positions]
         begin = max(0, offsets[0] - int(round(MARGIN_S * rate)))
         at_rate = resample(waveform[begin:], rate, self.prep.speech_rate)
