@@ -133,8 +133,8 @@ class HeadScores:
     def prepare(self, score: str) -> None:
         """Fit now what deciding with `score` will need (the Gaussians of the mahalanobis score and of corrections,
         the score's anchors) rather than at the first window: on a reload the recogniser's watcher thread pays for
-        it before the swap, not the decision after it (two eigendecompositions of the 2048-wide covariance: about
-        3 s on a loaded 2-core CPU)."""
+        it before the swap, not the decision after it (two eigendecompositions of the covariance within its range:
+        about 1 s for the demo's model on two cores, avcil.runtime.metric)."""
         if self.readout is None:
             return
         if score == "mahalanobis":
@@ -268,8 +268,9 @@ class HeadScores:
             scatter_within -= torch.outer(negative_sum, negative_sum) / negatives
         scatter_total = gram - total * torch.outer(mean, mean)
 
-        within = ShrunkMetric(scatter_within, float(total), COVARIANCE_SHRINK)
-        whole = ShrunkMetric(scatter_total, float(total), COVARIANCE_SHRINK)
+        # Both scatters are sums over the `total` clips and windows: their rank is at most that.
+        within = ShrunkMetric(scatter_within, float(total), COVARIANCE_SHRINK, rank_bound=round(float(total)))
+        whole = ShrunkMetric(scatter_total, float(total), COVARIANCE_SHRINK, rank_bound=round(float(total)))
         # Classes with clips only: one with none is never the nearest.
         return within, within.points(means), whole, whole.points(mean[None])
 
