@@ -44,32 +44,34 @@ def cache_folder(profile, cache: Path) -> Path:
     return Path(cache) / CACHE_DIR / f"{profile.name}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
 
-def use_onnxruntime(profile, cache: Path, device: str = "cpu", when: str = "auto", threads: int | None = None) -> bool:
+def use_onnxruntime(profile, cache: Path, device: str = "cpu", when: str = "auto") -> bool:
     """Point `profile.encode_batch` at ONNX Runtime sessions of its encoders, exported into the cache on first use;
     return whether it does. `when`: 'auto' (on a CPU, for the profiles of ON_CPU_BY_DEFAULT, where onnxruntime and
     onnx are installed), 'onnxruntime' (always; raises when it cannot) or 'torch' (never). A failed export or check
-    under 'auto' leaves torch in place with a warning: it is slower, never wrong. `threads`: each call's intra-op
-    threads (default: torch's count); extraction takes 1 and calls from one thread per core, which ran the lite
-    encoders 11 % faster here than calls one after another on two threads each (14.7 against 13.2 clips/s)."""
+    under 'auto' leaves torch in place with a warning: it is slower, never wrong. Each session runs one intra-op
+    thread, and bulk encoding keeps one call in flight per torch thread (`profile.concurrent_calls`; a learner
+    capped at one thread: one call): on two cores this ran the lite encoders 11 % faster than calls one after
+    another on two threads each (14.7 against 13.2 clips/s)."""
     if when == "torch" or (when == "auto" and (device != "cpu" or profile.name not in ON_CPU_BY_DEFAULT)):
         return False
     try:
-        sessions = _sessions(profile, cache_folder(profile, cache), threads)
+        sessions = _sessions(profile, cache_folder(profile, cache))
     except (ImportError, ExportError, OSError, RuntimeError) as error:
         if when == "onnxruntime":
             raise
         log.warning("encoding in torch: the %s encoders could not run in ONNX Runtime (%s)", profile.name, error)
         return False
     profile.runtime = sessions
+    profile.concurrent_calls = torch.get_num_threads()
     return True
 
 
-def _sessions(profile, folder: Path, threads: int | None) -> dict:
+def _sessions(profile, folder: Path) -> dict:
     """The encoders' ONNX Runtime backends from `folder`, exported and checked there first if it lacks them."""
     from avcil.backends import load_backend
 
     def load() -> dict:
-        return {name: load_backend(folder / f"{name}.onnx", "onnxruntime", threads=threads) for name in GRAPH_NAMES}
+        return {name: load_backend(folder / f"{name}.onnx", "onnxruntime", threads=1) for name in GRAPH_NAMES}
 
     if not all((folder / f"{name}.onnx").is_file() for name in GRAPH_NAMES):
         _export(profile, folder)

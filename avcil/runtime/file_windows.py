@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -42,23 +41,16 @@ def window_views(path: str | Path, profile, views: int = DEFAULT_VIEWS) -> list[
     return [source.window(end) for end in view_ends(source.audio_seconds, seconds, views)]
 
 
-def encode_window_views(profile, paths: Sequence[str | Path], views: int = DEFAULT_VIEWS, batch_size: int = 8,
-                        progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def encode_window_views(profile, paths: Sequence[str | Path], views: int = DEFAULT_VIEWS,
+                        batch_size: int | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Audio [n * views, Da] and visual [n * views, T, S, Dv] features of the live windows of media files."""
-    from tqdm import tqdm
-
     from avcil.data.decode import decode_clip
 
-    inputs = []
-    for path in tqdm(paths, desc="cut live windows", unit="file", disable=not progress, file=sys.stderr):
+    def inputs_of(path) -> list[tuple[np.ndarray, np.ndarray]]:
         decode_clip(path, profile.frame_prep.count, profile.audio_prep.sample_rate)  # a damaged file: one clear error
-        inputs += [profile.clip_inputs(w.waveform, w.rate, w.frames) for w in window_views(path, profile, views)]
-    audio, visual = [], []
-    for start in range(0, len(inputs), batch_size):
-        a, v = profile.encode_batch(*(np.stack(part) for part in zip(*inputs[start:start + batch_size])))
-        audio.append(a)
-        visual.append(v)
-    return np.concatenate(audio), np.concatenate(visual)
+        return [profile.clip_inputs(w.waveform, w.rate, w.frames) for w in window_views(path, profile, views)]
+
+    return profile.encode_each(list(paths), inputs_of, batch_size, progress, "live windows", len(paths) * views)
 
 
 def cached_window_views(profile, paths: list[Path], folder: Path) -> tuple[dict, bool]:

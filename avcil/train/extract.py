@@ -22,11 +22,8 @@ import json
 import logging
 import sys
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -40,6 +37,7 @@ from avcil.export.cached import BACKENDS, use_onnxruntime
 from avcil.features import Features
 from avcil.fileio import default_cache
 from avcil.model.encoders import PROFILES, EncoderProfile, load_profile
+from avcil.model.encoders.pipeline import pipelined
 from avcil.train import distributed
 from avcil.train.distributed import Group
 
@@ -122,28 +120,6 @@ def _prepare(entry: ClipEntry, profile: EncoderProfile, missing_audio: str) -> P
         return Prepared(entry, error=f"{type(error).__name__}: {error}")
 
 
-def _ahead(pool: ThreadPoolExecutor, fn, items: Iterable, window: int) -> Iterator:
-    """fn over items in order, computed up to `window` items ahead in the pool (bounded memory, unlike map)."""
-    pending: deque[Future] = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
-def _batches(prepared: Iterator[Prepared], size: int) -> Iterator[list[Prepared]]:
-    batch: list[Prepared] = []
-    for item in prepared:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def _encode(batch: list[Prepared], profile: EncoderProfile) -> tuple[list[Prepared], np.ndarray | None,
                                                                      np.ndarray | None]:
     """One encoder forward for the clips of `batch` that decoded: (the batch, their audio and visual features)."""
@@ -201,9 +177,9 @@ def extract(videos: str | Path, out: str | Path, profile_name: str = "lite", *, 
         profile = load_profile(profile_name, **profile_options)
     if device:
         profile.to(device)
-    use_onnxruntime(profile, default_cache(), str(next(profile.visual.parameters()).device), backend, threads=1)
+    use_onnxruntime(profile, default_cache(), str(next(profile.visual.parameters()).device), backend)
     if batch_size is None:
-        batch_size = _default_batch_size(profile)
+        batch_size = profile.bulk_batch_size
     out = Path(out)
     started = time.perf_counter()
     listed, done, todo = group.from_main(_missing(entries, out, profile, limit, group) if group.is_main else None,
@@ -236,29 +212,21 @@ def _extract_share(mine: list[ClipEntry], profile: EncoderProfile, missing_audio
     group)."""
     out, shard, group = where
     last_flush = last_report = time.perf_counter()
-    # In ONNX Runtime one single-threaded call per core at a time (avcil.export.cached.use_onnxruntime); torch runs
-    # one call at a time on all of them.
-    encoders = torch.get_num_threads() if profile.runtime is not None else 1
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, ThreadPoolExecutor(encoders) as encoding:
-        prepared = _ahead(pool, lambda e: _prepare(e, profile, missing_audio), mine, window=2 * batch_size)
-        for encoded in _ahead(encoding, lambda b: _encode(b, profile), _batches(prepared, batch_size), encoders):
-            batch = encoded[0]
-            _store(encoded, writer, summary)
-            if time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
-                writer.flush()
-                last_flush = time.perf_counter()
-            summary["processed"] += len(batch)
-            if time.perf_counter() - last_report > PROGRESS_EVERY_SECONDS:
-                _report_progress(shard, group, summary)
-                last_report = time.perf_counter()
-            bar.update(max(0, _all_processed(out, group, summary) - bar.n))
-            bar.set_postfix(failed=len(summary["failures"]), refresh=False)
-
-
-def _default_batch_size(profile: EncoderProfile) -> int:
-    """2 on a CPU, where larger batches of 224² frames run slower per frame; 16 on a GPU."""
-    on_gpu = next(profile.visual.parameters()).device.type != "cpu"
-    return 16 if on_gpu else 2
+    # In ONNX Runtime one single-threaded call per core at a time (the profile's `concurrent_calls`); torch runs one
+    # call at a time on all of them.
+    for encoded in pipelined(mine, lambda e: [_prepare(e, profile, missing_audio)], lambda b: _encode(b, profile),
+                             batch_size, workers, profile.concurrent_calls):
+        batch = encoded[0]
+        _store(encoded, writer, summary)
+        if time.perf_counter() - last_flush > FLUSH_EVERY_SECONDS:
+            writer.flush()
+            last_flush = time.perf_counter()
+        summary["processed"] += len(batch)
+        if time.perf_counter() - last_report > PROGRESS_EVERY_SECONDS:
+            _report_progress(shard, group, summary)
+            last_report = time.perf_counter()
+        bar.update(max(0, _all_processed(out, group, summary) - bar.n))
+        bar.set_postfix(failed=len(summary["failures"]), refresh=False)
 
 
 def _final_summary(summary: dict, seconds: float, profile: EncoderProfile, group: Group) -> dict:

@@ -74,6 +74,9 @@ class EncoderProfile:
     # The encoders as another runtime runs them, {'audio': backend, 'visual': backend}, which encode_batch uses in
     # place of the modules: set by avcil.export.cached.use_onnxruntime for bulk encoding on a CPU.
     runtime: dict | None = None
+    # How many encoder calls bulk encoding keeps in flight: one per torch thread where `runtime`'s sessions each run
+    # one thread (set with it), else 1.
+    concurrent_calls: int = 1
 
     def __post_init__(self) -> None:
         if self.version is None:
@@ -126,29 +129,53 @@ class EncoderProfile:
             on_decoded(path, clip)
         return (*self.clip_inputs(clip.waveform, clip.sample_rate, clip.frames), clip.silent_fallback)
 
-    def encode_files(self, paths: Sequence[str | Path], batch_size: int = 8, progress: bool = True,
+    def encode_files(self, paths: Sequence[str | Path], batch_size: int | None = None, progress: bool = True,
                      on_decoded=None) -> tuple[np.ndarray, np.ndarray]:
-        """Audio [n, Da] and visual [n, T, S, Dv] features of media files, `batch_size` clips per forward;
-        `on_decoded(path, clip)` for each file in order, as `file_inputs` calls it."""
+        """Audio [n, Da] and visual [n, T, S, Dv] features of media files, `batch_size` clips per forward (default:
+        `bulk_batch_size`); `on_decoded(path, clip)` for each file in order, as `file_inputs` calls it."""
+        return self.encode_each([Path(p) for p in paths],
+                                lambda path: [self.file_inputs(path, on_decoded=on_decoded)[:2]], batch_size, progress,
+                                "encode clips")
+
+    def encode_each(self, items: Sequence, inputs_of, batch_size: int | None = None, progress: bool = True,
+                    what: str = "encode", total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Audio and visual features of every (audio, visual) encoder input pair that `inputs_of(item)` lists, item
+        after item: prepared on a thread ahead of the encoders (`inputs_of` is called in the items' order),
+        `batch_size` pairs a forward, `concurrent_calls` forwards at a time (avcil.model.encoders.pipeline).
+        `total`: how many pairs there will be, for the progress bar (default: one an item)."""
         import sys
 
         from tqdm import tqdm
 
+        from avcil.model.encoders.pipeline import pipelined
+
         audio, visual = [], []
-        paths = [Path(p) for p in paths]
-        for start in tqdm(range(0, len(paths), batch_size), desc="encode clips", unit="batch", disable=not progress,
-                          file=sys.stderr):
-            inputs = [self.file_inputs(path, on_decoded=on_decoded)[:2] for path in paths[start:start + batch_size]]
-            a, v = self.encode_batch(*(np.stack(part) for part in zip(*inputs)))
-            audio.append(a)
-            visual.append(v)
+        with tqdm(total=len(items) if total is None else total, desc=what, unit="clip", disable=not progress,
+                  file=sys.stderr) as bar:
+            for a, v in pipelined(items, inputs_of, self._encode_pairs, batch_size or self.bulk_batch_size,
+                                  calls=self.concurrent_calls):
+                audio.append(a)
+                visual.append(v)
+                bar.update(len(a))
+        if not audio:
+            raise InvalidInput("nothing to encode: no clips given")
         return np.concatenate(audio), np.concatenate(visual)
+
+    @property
+    def bulk_batch_size(self) -> int:
+        """Clips a forward when encoding many: 2 on a CPU, where larger batches of 224² frames run slower per frame;
+        16 on a GPU."""
+        return 16 if next(self.visual.parameters()).device.type != "cpu" else 2
+
+    def _encode_pairs(self, pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        return self.encode_batch(*(np.stack(part) for part in zip(*pairs)))
 
     def to(self, device: str | torch.device) -> "EncoderProfile":
         """Move both encoders (e.g. to 'cuda' for extraction); encode_batch follows them, in torch."""
         self.audio.to(device)
         self.visual.to(device)
         self.runtime = None
+        self.concurrent_calls = 1
         return self
 
     @torch.inference_mode()
