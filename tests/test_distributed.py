@@ -214,3 +214,21 @@ def test_a_checkpoint_of_other_settings_is_refused_in_one_line(tmp_path, capsys)
     assert main(["train", "--data", "synthetic", "--method", "icarl", "--epochs", "1", "--out",
                  str(tmp_path / "run")]) == 2
     assert "checkpoint was made with other settings" in capsys.readouterr().err
+
+
+def test_a_lost_peer_is_named_with_everything_the_rank_was_doing():
+    """Whichever collective of a step notices (the gradients' all-reduce or the epoch's validation sum), the error
+    names the step; and a guard's label is gone once it is left."""
+    from avcil.errors import StageFailed
+    from avcil.train.distributed import Group
+
+    group = Group(rank=0, world=2)
+    with pytest.raises(StageFailed, match=r"^rank 0 of 2: lost another rank during training step 1, validation "
+                                          r"\(Connection closed by peer\); rerun"):
+        with group.guard("training step 1"), group.guard("validation"):
+            raise RuntimeError("[pair.cc:553] Connection closed by peer. More text")
+    assert group.doing == []
+    with pytest.raises(ValueError):  # not a peer's failure: passed on as it is
+        with group.guard("training step 2"):
+            raise ValueError("a bug")
+    assert group.doing == []

@@ -38,6 +38,8 @@ class Group:
     local_rank: int = 0
     control: object | None = field(default=None, repr=False)  # the gloo process group of the control messages
     rerun: str = "rerun the same command"  # what the user can do after a failure, said in the error
+    # What the rank is doing, outermost first (`guard`s within guards): "training step 1", "validation".
+    doing: list[str] = field(default_factory=list, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -53,7 +55,10 @@ class Group:
 
     @contextlib.contextmanager
     def guard(self, what: str) -> Iterator[None]:
-        """Turns a collective that fails (a peer died or timed out) into StageFailed naming this rank and `what`."""
+        """Turns a collective that fails (a peer died or timed out) into StageFailed naming this rank and `what`,
+        after what the guards around this one name: "during training step 1, validation", whichever collective of
+        the step noticed."""
+        self.doing.append(what)
         try:
             yield
         except StageFailed:  # already said (an inner collective, torchrun's SIGTERM)
@@ -61,8 +66,10 @@ class Group:
         except RuntimeError as e:  # DistBackendError, DistNetworkError and gloo's plain RuntimeError alike
             if not self.active or not _is_peer_failure(e):
                 raise
-            raise StageFailed(f"rank {self.rank} of {self.world}: lost another rank during {what} ({_first_line(e)});"
-                              f" {self.rerun}") from e
+            raise StageFailed(f"rank {self.rank} of {self.world}: lost another rank during {', '.join(self.doing)} "
+                              f"({_first_line(e)}); {self.rerun}") from e
+        finally:
+            self.doing.pop()
 
     def _collective(self, what: str, fn):
         with self.guard(what):
