@@ -34,6 +34,21 @@ def test_batches_come_back_in_order_with_calls_running_at_the_same_time():
     assert seen == list(range(20)) and most[0] == 2
 
 
+def test_a_process_held_to_one_core_prepares_and_encodes_on_its_own_thread():
+    threads = set()
+
+    def prepare(item: int) -> list[int]:
+        threads.add(threading.get_ident())
+        return [item]
+
+    def encode(batch: list[int]) -> list[int]:
+        threads.add(threading.get_ident())
+        return batch
+
+    out = list(pipelined(range(7), prepare, encode, batch_size=3, workers=0))
+    assert out == [[0, 1, 2], [3, 4, 5], [6]] and threads == {threading.get_ident()}
+
+
 def test_an_error_while_preparing_reaches_the_caller():
     def prepare(item: int) -> list[int]:
         if item == 5:

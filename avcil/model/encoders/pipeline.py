@@ -45,7 +45,11 @@ def pipelined(items: Iterable[Item], prepare: Callable[[Item], Iterable[Result]]
               encode: Callable[[list[Result]], object], batch_size: int, workers: int = 1, calls: int = 1) -> Iterator:
     """`encode(batch)` for consecutive batches of what `prepare(item)` lists for each item, in order: `prepare` on
     `workers` threads a few batches ahead (with one worker, called in the items' order), `encode` on `calls` threads
-    at a time."""
+    at a time. `workers` 0: both one after the other on the calling thread, for a process held to one core (a
+    learner beside the recognizer: decoding ahead on a thread of its own would take a second core)."""
+    if workers == 0:
+        yield from map(encode, batches((one for item in items for one in prepare(item)), batch_size))
+        return
     with ThreadPoolExecutor(max(1, workers)) as preparing, ThreadPoolExecutor(max(1, calls)) as encoding:
         listed = ahead(preparing, prepare, items, window=2 * batch_size)
         yield from ahead(encoding, encode, batches((one for each in listed for one in each), batch_size),

@@ -141,7 +141,8 @@ class EncoderProfile:
                     what: str = "encode", total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Audio and visual features of every (audio, visual) encoder input pair that `inputs_of(item)` lists, item
         after item: prepared on a thread ahead of the encoders (`inputs_of` is called in the items' order),
-        `batch_size` pairs a forward, `concurrent_calls` forwards at a time (avcil.model.encoders.pipeline).
+        `batch_size` pairs a forward, `concurrent_calls` forwards at a time (avcil.model.encoders.pipeline); in a
+        process held to one thread (`avcil learn`'s default), one after the other on this one.
         `total`: how many pairs there will be, for the progress bar (default: one an item)."""
         import sys
 
@@ -152,8 +153,9 @@ class EncoderProfile:
         audio, visual = [], []
         with tqdm(total=len(items) if total is None else total, desc=what, unit="clip", disable=not progress,
                   file=sys.stderr) as bar:
-            for a, v in pipelined(items, inputs_of, self._encode_pairs, batch_size or self.bulk_batch_size,
-                                  calls=self.concurrent_calls):
+            ahead = 1 if torch.get_num_threads() > 1 else 0
+            for a, v in pipelined(items, inputs_of, self._encode_pairs, batch_size or self.bulk_batch_size, ahead,
+                                  self.concurrent_calls):
                 audio.append(a)
                 visual.append(v)
                 bar.update(len(a))
