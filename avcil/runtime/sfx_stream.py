@@ -101,6 +101,7 @@ class SfxStream:
         if not self.has_head(first_sample):
             columns, = self.encoder(spectrogram)
             return columns.max(axis=1), self.frames
-        tail = spectrogram if spectrogram.shape[1] == self.frames - self.tail_start else spectrogram[:, self.tail_start:]
+        tail_frames = self.frames - self.tail_start
+        tail = spectrogram if spectrogram.shape[1] == tail_frames else spectrogram[:, self.tail_start:]
         tail, = self.encoder(np.ascontiguousarray(tail))
         return np.maximum(self.heads[first_sample], tail[:, EDGE_COLUMNS:].max(axis=1)), self.frames - self.tail_start
