@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -227,6 +228,9 @@ def test_the_last_will_says_offline_when_the_process_dies(brokers):
         process.wait()
         listener.wait(lambda l: l.on("avcil/doomed/availability") == ["online", "offline"], timeout=10,
                       what="the last will")
+        # The broker said the will for it: nothing of the killed process could publish 'offline' itself.
+        assert listener.on("avcil/doomed/availability") == ["online", "offline"]
+        assert process.returncode == -signal.SIGKILL
     finally:
         process.kill()
         listener.close()
